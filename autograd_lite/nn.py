@@ -1,0 +1,194 @@
+"""Layers: Module, Linear, GatedDense, Dropout, Sequential and an MLP builder."""
+import math
+import os
+import tempfile
+
+import numpy as np
+
+from . import backend, ops
+from .tensor import Tensor
+
+
+class Parameter(Tensor):
+    """A tensor that a Module owns and an optimizer updates."""
+
+    def __init__(self, data, name=None):
+        super().__init__(data, requires_grad=True, name=name)
+
+
+class Module:
+    """A container of parameters and sub-modules, found through its attributes."""
+
+    training = True
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def named_parameters(self, prefix=""):
+        for name, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield prefix + name, value
+            elif isinstance(value, Module):
+                yield from value.named_parameters(f"{prefix}{name}.")
+            elif isinstance(value, (list, tuple)):
+                for i, item in enumerate(value):
+                    if isinstance(item, Module):
+                        yield from item.named_parameters(f"{prefix}{name}.{i}.")
+                    elif isinstance(item, Parameter):
+                        yield f"{prefix}{name}.{i}", item
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def modules(self):
+        yield self
+        for value in vars(self).values():
+            items = value if isinstance(value, (list, tuple)) else (value,)
+            for item in items:
+                if isinstance(item, Module):
+                    yield from item.modules()
+
+    def train(self, mode=True):
+        for module in self.modules():
+            module.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    def state_dict(self):
+        """Parameter name -> NumPy array (copied to the host)."""
+        return {name: backend.to_numpy(p.data).copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state):
+        """Copy arrays into the parameters; names and shapes must match exactly."""
+        own = dict(self.named_parameters())
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
+        for name, p in own.items():
+            value = np.asarray(state[name])
+            if value.shape != p.shape:
+                raise ValueError(f"load_state_dict: {name} has shape {value.shape}, "
+                                 f"the model expects {p.shape}")
+            p.data = backend.as_array(value, dtype=p.dtype)
+
+    def save(self, path):
+        """Write the parameters to an ``.npz`` file atomically."""
+        save_npz(path, self.state_dict())
+
+    def load(self, path):
+        with np.load(path) as archive:
+            self.load_state_dict(dict(archive))
+
+
+def save_npz(path, arrays):
+    """``np.savez`` to a temporary file beside ``path``, then an atomic rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def glorot_uniform(fan_in, fan_out, rng, shape=None, dtype="float32"):
+    """Glorot & Bengio (2010): U(-a, a) with a = sqrt(6 / (fan_in + fan_out))."""
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    shape = shape or (fan_in, fan_out)
+    u = rng.random(shape, dtype=np.float64 if dtype == "float64" else np.float32)
+    return ((2 * u - 1) * limit).astype(dtype)
+
+
+def _rng(rng):
+    return rng if rng is not None else backend.default_rng()
+
+
+class Linear(Module):
+    """y = x W + b, with W of shape (in, out), Glorot-uniform initialised."""
+
+    def __init__(self, in_features, out_features, rng=None, dtype="float32"):
+        self.W = Parameter(glorot_uniform(in_features, out_features, _rng(rng), dtype=dtype))
+        self.b = Parameter(backend.xp().zeros(out_features, dtype=dtype))
+
+    def forward(self, x):
+        return ops.linear(x, self.W, self.b)
+
+
+class GatedDense(Module):
+    """h = (x W1 + b1) * sigmoid(x W2 + b2) (Dauphin et al. 2016), as in the paper.
+
+    W1 and W2 are stored side by side in one (in, 2 out) matrix so that both
+    halves come from one matmul; each half is Glorot-initialised on its own.
+    """
+
+    def __init__(self, in_features, out_features, rng=None, dtype="float32"):
+        rng = _rng(rng)
+        halves = [glorot_uniform(in_features, out_features, rng, dtype=dtype) for _ in range(2)]
+        self.W = Parameter(backend.xp().concatenate(halves, axis=1))
+        self.b = Parameter(backend.xp().zeros(2 * out_features, dtype=dtype))
+
+    def forward(self, x):
+        return ops.gated_linear(x, self.W, self.b)
+
+
+class Activation(Module):
+    """A parameter-free elementwise function as a layer (tanh, relu, ...)."""
+
+    def __init__(self, function):
+        self.function = function
+
+    def forward(self, x):
+        return self.function(x)
+
+
+class Dropout(Module):
+    """Inverted dropout with keep probability ``keep``; the identity in eval mode."""
+
+    def __init__(self, keep, rng=None):
+        self.keep, self.rng = keep, _rng(rng)
+
+    def forward(self, x):
+        return ops.dropout(x, self.keep, self.rng, training=self.training)
+
+
+class Sequential(Module):
+    def __init__(self, *layers):
+        self.layers = list(layers)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def mlp(sizes, kind="gated", dropout_keep=None, rng=None, dtype="float32"):
+    """Hidden layers from ``sizes`` = (in, h1, h2, ...), without an output head.
+
+    ``kind="gated"``: GatedDense layers (the paper's encoder and decoder);
+    ``kind="tanh"`` / ``"relu"``: Linear + activation (the density ratio
+    estimator uses tanh), each optionally followed by dropout.
+    """
+    rng = _rng(rng)
+    layers = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        if kind == "gated":
+            layers.append(GatedDense(n_in, n_out, rng, dtype))
+        elif kind in ("tanh", "relu"):
+            layers += [Linear(n_in, n_out, rng, dtype), Activation(getattr(ops, kind))]
+        else:
+            raise ValueError(f"mlp: unknown kind {kind!r} (gated, tanh or relu)")
+        if dropout_keep is not None and dropout_keep < 1.0:
+            layers.append(Dropout(dropout_keep, rng))
+    return Sequential(*layers)
