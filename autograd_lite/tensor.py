@@ -28,6 +28,7 @@ def no_grad():
 
 
 def grad_enabled():
+    """Whether ops record the graph right now (False inside ``no_grad``)."""
     return _grad_enabled[0]
 
 
@@ -35,12 +36,15 @@ class Tensor:
     """An array with an optional gradient and the op that made it."""
 
     is_tensor = True
-    __array_priority__ = 1000  # so that ndarray <op> Tensor defers to Tensor
+    # NumPy must hand ``ndarray <op> Tensor`` to the Tensor's reflected operator
+    # (so the result has a graph) instead of treating the Tensor as an object array.
+    __array_ufunc__ = None
+    __array_priority__ = 1000
 
     def __init__(self, data, requires_grad=False, name=None):
         if isinstance(data, Tensor):
             data = data.data
-        if backend.array_backend(data) is None:
+        elif backend.array_backend(data) is None or isinstance(data, np.generic):
             data = backend.xp().asarray(data)
         self.data = data
         self.grad = None
@@ -66,9 +70,9 @@ class Tensor:
         return self.data.size
 
     @property
-    def T(self):
-        from .ops import transpose
-        return transpose(self)
+    def is_leaf(self):
+        """True for tensors made by the user rather than by an op."""
+        return self.creator is None
 
     def __len__(self):
         return len(self.data)
@@ -81,6 +85,7 @@ class Tensor:
         return self.data.item()
 
     def numpy(self):
+        """The data as a NumPy array (copied to the host under CuPy)."""
         return backend.to_numpy(self.data)
 
     def detach(self):
@@ -98,54 +103,80 @@ class Tensor:
         Unless ``retain_graph`` is true, the graph is freed as it is consumed,
         so nothing from this step is kept alive into the next one.
         """
+        if not self.requires_grad:
+            raise RuntimeError("backward(): this tensor does not require grad (no input of "
+                               "the ops that made it requires grad, or it was made in no_grad)")
+        grads = {id(self): self._initial_grad(grad)}
+        shared = {id(grads[id(self)])}  # arrays owned by the caller or by a leaf already
+        for tensor in _reverse_topological_order(self):
+            g = grads.pop(id(tensor), None)
+            function = tensor.creator
+            if function is None:
+                if g is not None:
+                    tensor._accumulate(g, shared)
+                continue
+            if g is not None:
+                _propagate(function, g, grads)
+            if not retain_graph:
+                function.release()
+
+    def _initial_grad(self, grad):
         xp = backend.xp()
         if grad is None:
             if self.data.size != 1:
                 raise ValueError(
                     f"backward() on a non-scalar tensor of shape {self.shape} needs a gradient "
                     "argument of the same shape")
-            grad = xp.ones_like(self.data)
-        else:
-            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
-            if grad.shape != self.shape:
-                raise ValueError(f"backward(): gradient of shape {grad.shape} "
-                                 f"for a tensor of shape {self.shape}")
-        if self.creator is None:
-            self._accumulate(grad)
-            return
+            return xp.ones_like(self.data)
+        grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+        if grad.shape != self.shape:
+            raise ValueError(f"backward(): gradient of shape {grad.shape} "
+                             f"for a tensor of shape {self.shape}")
+        return grad
 
-        grads = {id(self): grad}
-        for tensor in _reverse_topological_order(self):
-            g = grads.pop(id(tensor), None)
-            function = tensor.creator
-            if function is None:  # a leaf
-                if g is not None and tensor.requires_grad:
-                    tensor._accumulate(g)
-                continue
-            if g is None:
-                continue
-            input_grads = function.backward(g)
-            if not isinstance(input_grads, tuple):
-                input_grads = (input_grads,)
-            for x, gx in zip(function.inputs, input_grads):
-                if gx is None or not x.requires_grad:
-                    continue
-                key = id(x)
-                grads[key] = gx if key not in grads else grads[key] + gx
-            if not retain_graph:
-                function.release()
-                tensor.creator = None
-
-    def _accumulate(self, g):
+    def _accumulate(self, g, shared):
+        """Add ``g`` into ``self.grad``, copying only arrays that something else may hold."""
         if g.shape != self.data.shape:
             g = sum_to(g, self.data.shape)
-        self.grad = g.copy() if self.grad is None else self.grad + g
+        if g.dtype != self.data.dtype:
+            g = g.astype(self.data.dtype)
+        if self.grad is not None:
+            self.grad = self.grad + g
+        elif id(g) in shared or not _owns_memory(g):
+            self.grad = g.copy()
+        else:
+            self.grad = g
+        shared.add(id(self.grad))
 
-    # --- Python operators (defined in ops, bound below) ----------------------------
+
+def _owns_memory(a):
+    """True for an array that is not a view of another (so no one else can write it)."""
+    return a.base is None and a.flags.owndata
+
+
+def _propagate(function, g, grads):
+    """Run one op's backward and add its input gradients into ``grads`` (by tensor id)."""
+    if function.released:
+        raise RuntimeError(f"backward() through {function.name} a second time: its graph was "
+                           "freed by the first backward(); pass retain_graph=True to keep it")
+    input_grads = function.backward(g)
+    if not isinstance(input_grads, tuple):
+        input_grads = (input_grads,)
+    if len(input_grads) != len(function.inputs):
+        raise RuntimeError(f"{function.name}.backward returned {len(input_grads)} gradients "
+                           f"for {len(function.inputs)} inputs")
+    for x, gx in zip(function.inputs, input_grads):
+        if gx is None or not x.requires_grad:
+            continue
+        if gx.shape != x.shape:
+            raise RuntimeError(f"{function.name}.backward returned a gradient of shape "
+                               f"{gx.shape} for an input of shape {x.shape}")
+        previous = grads.get(id(x))
+        grads[id(x)] = gx if previous is None else previous + gx
 
 
 def _reverse_topological_order(root):
-    """Tensors reachable from ``root``, each one before the tensors it was made from.
+    """Tensors reachable from ``root`` that require grad, each before its inputs.
 
     An iterative depth-first search: a tensor is appended after all of its
     inputs (post-order), and the list is then reversed.
@@ -170,6 +201,7 @@ def _reverse_topological_order(root):
 
 def sum_to(g, shape):
     """Sum a broadcast gradient back down to ``shape`` (the inverse of broadcasting)."""
+    shape = tuple(shape)
     if g.shape == shape:
         return g
     lead = g.ndim - len(shape)
@@ -182,29 +214,43 @@ def sum_to(g, shape):
 
 
 def as_tensor(value, like=None):
-    """Wrap numbers and arrays as constant tensors (matching ``like``'s dtype for numbers)."""
+    """Wrap numbers and arrays as constant tensors.
+
+    A Python or NumPy scalar next to a floating tensor ``like`` takes that
+    tensor's dtype, so ``0.5 * x`` stays float32 for a float32 ``x``.
+    """
     if isinstance(value, Tensor):
         return value
-    if backend.array_backend(value) is None:  # a Python number or a list
-        dtype = like.dtype if like is not None and np.isscalar(value) else None
-        return Tensor(backend.xp().asarray(value, dtype=dtype))
+    if like is not None and like.dtype.kind == "f" and _is_real_scalar(value):
+        return Tensor(backend.xp().asarray(value, dtype=like.dtype))
     return Tensor(value)
+
+
+def _is_real_scalar(value):
+    return isinstance(value, (int, float, np.integer, np.floating))
 
 
 class Function:
     """One differentiable op: ``forward`` on arrays, ``backward`` on the output gradient.
 
     Subclasses keep whatever ``forward`` needs for ``backward`` on ``self``;
-    ``release`` drops it once the gradient has been propagated.
+    ``release`` drops it once the gradient has been propagated.  ``backward``
+    returns one array (or None) per input, shaped like that input; it may
+    skip inputs whose ``needs_input_grad`` entry is False by returning None.
+    It must not return arrays that it keeps elsewhere (a saved input, say):
+    gradients it makes are handed to leaves without a copy.
     """
 
+    released = False
+
     def __call__(self, *inputs):
-        tensors = [x for x in inputs if isinstance(x, Tensor)]
-        like = tensors[0] if tensors else None
+        like = next((x for x in inputs if isinstance(x, Tensor)), None)
         inputs = [as_tensor(x, like) for x in inputs]
-        _check_same_backend(self, inputs)
+        _check_backend(self, inputs)
+        record = _grad_enabled[0] and any(x.requires_grad for x in inputs)
+        self.needs_input_grad = tuple(record and x.requires_grad for x in inputs)
         output = Tensor(self.forward(*(x.data for x in inputs)))
-        if _grad_enabled[0] and any(x.requires_grad for x in inputs):
+        if record:
             output.requires_grad = True
             output.creator = self
             self.inputs = inputs
@@ -217,17 +263,20 @@ class Function:
         raise NotImplementedError
 
     def release(self):
+        """Drop the inputs and saved arrays: this op's part of the graph is done."""
         self.__dict__.clear()
         self.inputs = ()
+        self.released = True
 
     @property
     def name(self):
         return type(self).__name__.lower()
 
 
-def _check_same_backend(function, inputs):
-    kinds = {backend.array_backend(x.data) for x in inputs}
-    if len(kinds) > 1:
+def _check_backend(function, inputs):
+    active = backend.backend_name()
+    kinds = [backend.array_backend(x.data) for x in inputs]
+    if any(kind != active for kind in kinds):
         raise backend.BackendError(
-            f"{function.name}: inputs live on different backends {sorted(kinds)}; "
-            "move them with autograd_lite.as_array first")
+            f"{function.name}: inputs are {'/'.join(map(str, kinds))} arrays but the active "
+            f"backend is {active}; move arrays with autograd_lite.as_array first")
