@@ -379,9 +379,11 @@ def density_ratio_loss(t_positive, t_negative):
 
     With logits, -ln sigma(t) = BCE(t, 1) and -ln(1 - sigma(t)) = BCE(t, 0).
     """
-    ones = ag.xp().ones(t_positive.shape, dtype=t_positive.dtype)
+    xp = ag.xp()
+    ones = xp.ones(t_positive.shape, dtype=t_positive.dtype)
+    zeros = xp.zeros(t_negative.shape, dtype=t_negative.dtype)
     return (ag.binary_cross_entropy_with_logits(t_positive, ones).mean()
-            + ag.binary_cross_entropy_with_logits(t_negative, 0 * ones).mean())
+            + ag.binary_cross_entropy_with_logits(t_negative, zeros).mean())
 
 
 def standard_normal(rng, shape, dtype=np.float32):
@@ -874,6 +876,9 @@ def command_train(args):
         trainer = resume_trainer(out, data, out)
         print(f"resuming {out} at epoch {trainer.epoch}")
     else:
+        if os.path.exists(os.path.join(out, "checkpoint.npz")):
+            raise ValueError(f"{out} already holds a checkpoint: continue it with --resume, "
+                             "or choose another --out")
         data = _load_data(config.dataset, config.data_dir, config.seed)
         trainer = Trainer(config, data, out)
     print(f"training {config.method} on {config.dataset} ({data.train.shape[0]} points, "

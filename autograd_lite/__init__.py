@@ -6,5 +6,6 @@ from .ops import (add, binary_cross_entropy_with_logits, clip, clipped_relu, con
                   dropout, exp, gated_linear, getitem, hardtanh, linear, log, log_sigmoid, logsumexp, matmul, mean,
                   mul, neg, pow, relu, reshape, sigmoid, softplus, sub, sum, take, tanh,
                   transpose)
+from .threads import num_threads, set_num_threads
 from . import nn, optim
 from .gradcheck import gradcheck, numerical_grad

@@ -9,40 +9,47 @@ Example::
 import numpy as np
 
 from . import backend
-from .tensor import Tensor
+from .tensor import Tensor, no_grad
 
 
 def _scalar_objective(function, inputs, weights):
+    """sum(f(inputs) * weights) as a Python float (f itself when it is a scalar)."""
     out = function(*inputs)
-    if weights is None:
-        return out
-    return (out * weights).sum()
+    if weights is not None:
+        out = (out * weights).sum()
+    return float(out.item())
 
 
 def numerical_grad(function, inputs, eps=1e-6, weights=None):
-    """d sum(f(inputs) * weights) / d input by central differences, for each input."""
+    """d sum(f(inputs) * weights) / d input by central differences, for each input.
+
+    Each element of each input's ``.data`` is perturbed in place and restored,
+    by index, so non-contiguous arrays and CuPy arrays work as well.  Returns
+    NumPy float64 arrays shaped like the inputs.
+    """
     grads = []
-    for x in inputs:
-        g = np.zeros(x.shape, dtype=np.float64)
-        flat = x.data.reshape(-1)  # a view: perturb in place, then restore
-        for i in range(flat.size):
-            original = flat[i].item()
-            flat[i] = original + eps
-            up = float(_scalar_objective(function, inputs, weights).item())
-            flat[i] = original - eps
-            down = float(_scalar_objective(function, inputs, weights).item())
-            flat[i] = original
-            g.reshape(-1)[i] = (up - down) / (2 * eps)
-        grads.append(g)
+    with no_grad():
+        for x in inputs:
+            g = np.zeros(x.shape, dtype=np.float64)
+            for index in np.ndindex(*x.shape):
+                original = x.data[index].item()
+                x.data[index] = original + eps
+                up = _scalar_objective(function, inputs, weights)
+                x.data[index] = original - eps
+                down = _scalar_objective(function, inputs, weights)
+                x.data[index] = original
+                g[index] = (up - down) / (2 * eps)
+            grads.append(g)
     return grads
 
 
 def gradcheck(function, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, seed=0):
     """Compare autograd gradients of ``function(*inputs)`` with finite differences.
 
-    ``inputs`` are float64 tensors that require gradients.  A non-scalar output
-    is reduced with fixed random weights, so every output element is checked.
-    Returns True, or raises AssertionError naming the input and the worst element.
+    ``inputs`` are float64 tensors; they are made to require gradients.  A
+    non-scalar output is reduced with fixed random weights, so every output
+    element is checked.  Returns True, or raises AssertionError naming the
+    input and its worst element.
     """
     for i, x in enumerate(inputs):
         if not isinstance(x, Tensor) or x.dtype != np.float64:
@@ -55,10 +62,14 @@ def gradcheck(function, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, seed=0):
     if out.size != 1:
         rng = np.random.default_rng(seed)
         weights = Tensor(backend.as_array(rng.standard_normal(out.shape)))
-    _scalar_objective(function, inputs, weights).backward()
+        out = (out * weights).sum()
+    out.backward()
     numeric = numerical_grad(function, inputs, eps, weights)
     for i, (x, expected) in enumerate(zip(inputs, numeric)):
         actual = np.zeros(x.shape) if x.grad is None else backend.to_numpy(x.grad)
+        if actual.shape != expected.shape:
+            raise AssertionError(f"gradcheck: input {i} has shape {x.shape} but its "
+                                 f"gradient has shape {actual.shape}")
         error = np.abs(actual - expected)
         bound = atol + rtol * np.abs(expected)
         if np.any(error > bound):

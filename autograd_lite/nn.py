@@ -28,28 +28,18 @@ class Module:
         raise NotImplementedError
 
     def named_parameters(self, prefix=""):
-        for name, value in vars(self).items():
+        """(dotted name, Parameter) for each parameter, found through attributes, lists,
+        tuples and dicts of sub-modules; a parameter reached twice is listed once."""
+        for name, value in _walk(self):
             if isinstance(value, Parameter):
                 yield prefix + name, value
-            elif isinstance(value, Module):
-                yield from value.named_parameters(f"{prefix}{name}.")
-            elif isinstance(value, (list, tuple)):
-                for i, item in enumerate(value):
-                    if isinstance(item, Module):
-                        yield from item.named_parameters(f"{prefix}{name}.{i}.")
-                    elif isinstance(item, Parameter):
-                        yield f"{prefix}{name}.{i}", item
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
     def modules(self):
-        yield self
-        for value in vars(self).values():
-            items = value if isinstance(value, (list, tuple)) else (value,)
-            for item in items:
-                if isinstance(item, Module):
-                    yield from item.modules()
+        """This module and every sub-module, each once."""
+        return [value for _, value in _walk(self) if isinstance(value, Module)]
 
     def train(self, mode=True):
         for module in self.modules():
@@ -68,17 +58,19 @@ class Module:
         return {name: backend.to_numpy(p.data).copy() for name, p in self.named_parameters()}
 
     def load_state_dict(self, state):
-        """Copy arrays into the parameters; names and shapes must match exactly."""
+        """Copy arrays (NumPy or of the backend) into the parameters, keeping each
+        parameter's dtype and moving it to the active backend; names and shapes
+        must match exactly."""
         own = dict(self.named_parameters())
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
             raise KeyError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
         for name, p in own.items():
-            value = np.asarray(state[name])
+            value = backend.to_numpy(state[name])
             if value.shape != p.shape:
                 raise ValueError(f"load_state_dict: {name} has shape {value.shape}, "
                                  f"the model expects {p.shape}")
-            p.data = backend.as_array(value, dtype=p.dtype)
+            p.data = backend.as_array(value, dtype=p.dtype).copy()  # never alias ``state``
 
     def save(self, path):
         """Write the parameters to an ``.npz`` file atomically."""
@@ -87,6 +79,30 @@ class Module:
     def load(self, path):
         with np.load(path) as archive:
             self.load_state_dict(dict(archive))
+
+
+def _walk(root):
+    """(dotted name, object) for ``root`` and each module, parameter and container under
+    it, depth first and each object once, without recursion.  Modules are opened
+    through their attributes, lists and tuples by position, dicts by key."""
+    stack, seen = [("", root)], set()
+    while stack:
+        name, value = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        yield name, value
+        if isinstance(value, Module):
+            children = vars(value).items()
+        elif isinstance(value, (list, tuple)):
+            children = enumerate(value)
+        elif isinstance(value, dict):
+            children = value.items()
+        else:
+            continue
+        prefix = f"{name}." if name else ""
+        stack.extend(reversed([(f"{prefix}{key}", child) for key, child in children
+                               if isinstance(child, (Module, Parameter, list, tuple, dict))]))
 
 
 def save_npz(path, arrays):
@@ -104,11 +120,17 @@ def save_npz(path, arrays):
 
 
 def glorot_uniform(fan_in, fan_out, rng, shape=None, dtype="float32"):
-    """Glorot & Bengio (2010): U(-a, a) with a = sqrt(6 / (fan_in + fan_out))."""
+    """Glorot & Bengio (2010): U(-a, a) with a = sqrt(6 / (fan_in + fan_out)).
+
+    ``rng`` is a NumPy or CuPy Generator; the array is of its kind.
+    """
+    dtype = np.dtype(dtype)
     limit = math.sqrt(6.0 / (fan_in + fan_out))
-    shape = shape or (fan_in, fan_out)
-    u = rng.random(shape, dtype=np.float64 if dtype == "float64" else np.float32)
-    return ((2 * u - 1) * limit).astype(dtype)
+    u = rng.random(shape or (fan_in, fan_out), dtype=np.float64 if dtype == np.float64
+                   else np.float32)
+    u *= 2 * limit
+    u -= limit
+    return u.astype(dtype, copy=False)
 
 
 def _rng(rng):
@@ -116,10 +138,14 @@ def _rng(rng):
 
 
 class Linear(Module):
-    """y = x W + b, with W of shape (in, out), Glorot-uniform initialised."""
+    """y = x W + b, with W of shape (in, out), Glorot-uniform initialised.
+
+    ``rng`` may be a NumPy Generator also under CuPy (the same start on both).
+    """
 
     def __init__(self, in_features, out_features, rng=None, dtype="float32"):
-        self.W = Parameter(glorot_uniform(in_features, out_features, _rng(rng), dtype=dtype))
+        w = glorot_uniform(in_features, out_features, _rng(rng), dtype=dtype)
+        self.W = Parameter(backend.as_array(w))
         self.b = Parameter(backend.xp().zeros(out_features, dtype=dtype))
 
     def forward(self, x):
@@ -135,7 +161,8 @@ class GatedDense(Module):
 
     def __init__(self, in_features, out_features, rng=None, dtype="float32"):
         rng = _rng(rng)
-        halves = [glorot_uniform(in_features, out_features, rng, dtype=dtype) for _ in range(2)]
+        halves = [backend.as_array(glorot_uniform(in_features, out_features, rng, dtype=dtype))
+                  for _ in range(2)]
         self.W = Parameter(backend.xp().concatenate(halves, axis=1))
         self.b = Parameter(backend.xp().zeros(2 * out_features, dtype=dtype))
 

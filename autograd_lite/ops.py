@@ -22,10 +22,10 @@ def _xp():
     return backend.xp()
 
 
-def _ignore_overflow():
-    """Silence NumPy's overflow warning where overflow to inf is the intended result."""
+def _quiet(**kinds):
+    """Silence NumPy's floating-point warnings ``kinds`` where inf is the intended result."""
     if backend.backend_name() == "numpy":
-        return np.errstate(over="ignore")
+        return np.errstate(**kinds)
     return contextlib.nullcontext()
 
 
@@ -209,7 +209,7 @@ def _sigmoid(a):
     """1 / (1 + exp(-a)) in a new array, computed in place after the first pass."""
     xp = _xp()
     s = xp.negative(a)
-    with _ignore_overflow():
+    with _quiet(over="ignore"):
         xp.exp(s, out=s)
     s += 1
     return xp.reciprocal(s, out=s)
@@ -357,7 +357,9 @@ class Mean(Sum):
 class LogSumExp(Function):
     """log sum exp over ``axis``, computed as m + log sum exp(x - m) with m the max.
 
-    A slice whose entries are all -inf gives -inf, and gradient 0 there.
+    The gradient is the softmax exp(x - m) / sum exp(x - m), formed from the
+    forward's exp(x - m) (accurate even where the result is large).  A slice
+    whose entries are all -inf gives -inf, with gradient 0.
     """
 
     def __init__(self, axis=-1, keepdims=False):
@@ -368,16 +370,18 @@ class LogSumExp(Function):
         self.axes = _normalise_axes(self.axis, a.ndim)
         m = a.max(axis=self.axes, keepdims=True)
         m = xp.where(xp.isfinite(m), m, 0)
-        y = xp.log(xp.exp(a - m).sum(axis=self.axes, keepdims=True))
+        self.e = xp.exp(a - m)
+        total = self.e.sum(axis=self.axes, keepdims=True)
+        with _quiet(divide="ignore"):  # log(0) = -inf for a slice of -inf only
+            y = xp.log(total)
         y += m
-        self.a = a
-        self.shift = xp.where(y == -math.inf, 0, y)  # exp(-inf - 0) = 0 instead of nan
+        self.total = xp.where(total == 0, 1, total)  # 0 / 1 = 0 there instead of nan
         return y if self.keepdims else y.reshape(
             [n for i, n in enumerate(y.shape) if i not in self.axes])
 
     def backward(self, gy):
-        g = _xp().exp(self.a - self.shift)
-        g *= _expand_reduced(gy, self.a.shape, self.axes)
+        g = self.e / self.total
+        g *= _expand_reduced(gy, self.e.shape, self.axes)
         return g
 
 

@@ -1,0 +1,46 @@
+"""Shared test setup: the repository on sys.path, and autograd_lite's backend per test.
+
+Every test starts and ends on the NumPy backend (``_numpy_backend_around_each_test``),
+so a test that switches to CuPy, or fails half-way, cannot leak its backend into
+the next one.  Tests that take the ``on_backend`` fixture run once per backend;
+the CuPy run is skipped, with the reason below, where CuPy or a GPU is missing.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import autograd_lite as ag  # noqa: E402
+
+CUPY_MISSING = "CuPy with a CUDA GPU is not available here"
+HAS_CUPY = ag.cupy_available()
+BACKENDS = [pytest.param("numpy", id="numpy"),
+            pytest.param("cupy", id="cupy",
+                         marks=pytest.mark.skipif(not HAS_CUPY, reason=CUPY_MISSING))]
+
+
+@pytest.fixture(autouse=True)
+def _numpy_backend_around_each_test():
+    ag.set_backend("numpy")
+    yield
+    ag.set_backend("numpy")
+
+
+@pytest.fixture(params=BACKENDS)
+def on_backend(request):
+    """Run the test under each backend; the value is the backend's name."""
+    ag.set_backend(request.param)
+    return request.param
+
+
+@pytest.fixture
+def make_tensor():
+    """``make_tensor(array_like, requires_grad=False)``: a Tensor on the active backend."""
+    def make(value, requires_grad=False):
+        return ag.Tensor(ag.as_array(np.asarray(value)), requires_grad=requires_grad)
+    return make

@@ -1,0 +1,306 @@
+"""Layers, initialisation, checkpoints and optimizers, including a composite model and
+100 optimizer steps compared with PyTorch in float64."""
+import math
+
+import numpy as np
+import pytest
+
+import autograd_lite as ag
+from autograd_lite import Tensor, nn, optim
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    torch = F = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
+
+
+class TinyVAEHead(nn.Module):
+    """Two gated layers and a linear head, as in the paper's encoder and decoder."""
+
+    def __init__(self, sizes=(6, 5, 4, 3), dtype="float64", seed=0):
+        rng = np.random.default_rng(seed)
+        self.hidden = nn.mlp(sizes[:3], kind="gated", rng=rng, dtype=dtype)
+        self.head = nn.Linear(sizes[2], sizes[3], rng=rng, dtype=dtype)
+        for p in self.parameters():                 # non-zero biases exercise their gradients
+            p.data[...] = p.data + 0.1 * rng.standard_normal(p.shape)
+
+    def forward(self, x):
+        return self.head(self.hidden(x))
+
+
+def composite_loss(model, x, targets):
+    return ag.binary_cross_entropy_with_logits(model(x), targets).mean()
+
+
+# --- Module ----------------------------------------------------------------------------
+def test_parameters_are_found_in_attributes_lists_and_submodules():
+    model = TinyVAEHead()
+    names = [name for name, _ in model.named_parameters()]
+    assert names == ["hidden.layers.0.W", "hidden.layers.0.b", "hidden.layers.1.W",
+                     "hidden.layers.1.b", "head.W", "head.b"]
+    assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in model.parameters())
+
+
+def test_a_shared_parameter_is_listed_once():
+    layer = nn.Linear(3, 3, rng=np.random.default_rng(0))
+    model = nn.Sequential(layer, layer)
+    assert len(model.parameters()) == 2
+
+
+def test_train_and_eval_reach_every_submodule():
+    model = nn.mlp((4, 3, 2), kind="tanh", dropout_keep=0.5, rng=np.random.default_rng(0))
+    assert model.eval() is model
+    assert not any(m.training for m in model.modules())
+    model.train()
+    assert all(m.training for m in model.modules())
+
+
+def test_dropout_module_acts_only_in_training():
+    layer = nn.Dropout(0.5, rng=np.random.default_rng(0))
+    x = Tensor(np.ones((50, 40)))
+    assert (layer(x).data == 0).any()
+    layer.eval()
+    assert layer(x) is x
+
+
+def test_zero_grad_clears_every_parameter():
+    model = TinyVAEHead()
+    composite_loss(model, Tensor(np.ones((2, 6))), Tensor(np.ones((2, 3)))).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+# --- checkpoints ---------------------------------------------------------------------
+def test_state_dict_round_trips_through_an_npz_file(tmp_path):
+    model, other = TinyVAEHead(seed=0), TinyVAEHead(seed=1)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    other.load(path)
+    for (name, a), (_, b) in zip(model.named_parameters(), other.named_parameters()):
+        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+    with np.load(path) as archive:
+        assert sorted(archive.files) == sorted(model.state_dict())
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]   # no temporary left over
+
+
+def test_state_dict_copies_and_load_keeps_the_parameter_dtype():
+    model = TinyVAEHead(dtype="float32")
+    state = model.state_dict()
+    state["head.b"][...] = 7.0                     # a copy: the model is untouched
+    assert not np.any(model.head.b.data == 7.0)
+    model.load_state_dict({k: v.astype(np.float64) for k, v in state.items()})
+    assert model.head.b.dtype == np.float32 and np.all(model.head.b.data == 7.0)
+
+
+def test_load_state_dict_rejects_wrong_names_and_shapes():
+    model = TinyVAEHead()
+    state = model.state_dict()
+    with pytest.raises(KeyError, match="missing.*head.b"):
+        model.load_state_dict({k: v for k, v in state.items() if k != "head.b"})
+    with pytest.raises(KeyError, match="unexpected.*extra"):
+        model.load_state_dict({**state, "extra": np.zeros(1)})
+    with pytest.raises(ValueError, match=r"head.W has shape \(3, 4\).*\(4, 3\)"):
+        model.load_state_dict({**state, "head.W": np.zeros((3, 4))})
+
+
+# --- layers and initialisation ---------------------------------------------------------
+def test_linear_layer_computes_x_w_plus_b():
+    layer = nn.Linear(3, 2, rng=np.random.default_rng(0), dtype="float64")
+    x = np.random.default_rng(1).standard_normal((4, 3))
+    np.testing.assert_allclose(layer(Tensor(x)).data, x @ layer.W.data + layer.b.data)
+
+
+def test_gated_dense_is_one_op_with_one_weight_matrix():
+    layer = nn.GatedDense(3, 4, rng=np.random.default_rng(0), dtype="float64")
+    layer.b.data[...] = np.linspace(-1, 1, 8)
+    x = Tensor(np.random.default_rng(1).standard_normal((5, 3)))
+    h = layer(x)
+    w1, w2 = layer.W.data[:, :4], layer.W.data[:, 4:]
+    b1, b2 = layer.b.data[:4], layer.b.data[4:]
+    expected = (x.data @ w1 + b1) / (1 + np.exp(-(x.data @ w2 + b2)))
+    np.testing.assert_allclose(h.data, expected, rtol=1e-12)
+    assert layer.W.shape == (3, 8) and layer.b.shape == (8,)
+    assert type(h.creator).__name__ == "GatedLinear"      # both halves in one op
+    assert h.creator.inputs == [x, layer.W, layer.b]
+
+
+def test_glorot_uniform_bound_and_variance():
+    fan_in, fan_out = 400, 600
+    w = nn.glorot_uniform(fan_in, fan_out, np.random.default_rng(0))
+    limit = math.sqrt(6 / (fan_in + fan_out))
+    assert w.dtype == np.float32 and w.shape == (fan_in, fan_out)
+    assert np.abs(w).max() <= limit and np.abs(w).max() > 0.99 * limit
+    assert abs(w.var() / (2 / (fan_in + fan_out)) - 1) < 0.02   # var of U(-a, a) is a^2/3
+    assert abs(w.mean()) < 0.01 * limit
+    assert nn.glorot_uniform(3, 4, np.random.default_rng(0), dtype=np.float64).dtype == np.float64
+
+
+def test_gated_dense_initialises_each_half_on_its_own():
+    layer = nn.GatedDense(300, 200, rng=np.random.default_rng(0))
+    limit = math.sqrt(6 / 500)
+    assert np.abs(layer.W.data).max() <= limit
+    assert not np.array_equal(layer.W.data[:, :200], layer.W.data[:, 200:])
+    assert np.all(layer.b.data == 0)
+
+
+def test_mlp_builds_the_requested_layers():
+    rng = np.random.default_rng(0)
+    gated = nn.mlp((784, 500, 500), kind="gated", rng=rng)
+    assert [type(layer).__name__ for layer in gated.layers] == ["GatedDense", "GatedDense"]
+    assert gated(Tensor(np.zeros((2, 784), np.float32))).shape == (2, 500)
+    tanh = nn.mlp((3, 4, 5), kind="tanh", dropout_keep=0.9, rng=rng)
+    assert [type(layer).__name__ for layer in tanh.layers] == [
+        "Linear", "Activation", "Dropout", "Linear", "Activation", "Dropout"]
+    with pytest.raises(ValueError, match="unknown kind"):
+        nn.mlp((3, 4), kind="swish")
+
+
+# --- comparison with PyTorch -------------------------------------------------------------
+def torch_twin(model):
+    """The model's parameters as torch leaves, by name."""
+    return {name: torch.tensor(p.numpy(), requires_grad=True)
+            for name, p in model.named_parameters()}
+
+
+def torch_composite_loss(params, x, targets):
+    h = torch.as_tensor(x)
+    for i in range(2):
+        w, b = params[f"hidden.layers.{i}.W"], params[f"hidden.layers.{i}.b"]
+        y = torch.addmm(b, h, w)
+        half = w.shape[1] // 2
+        h = y[:, :half] * torch.sigmoid(y[:, half:])
+    logits = torch.addmm(params["head.b"], h, params["head.W"])
+    return F.binary_cross_entropy_with_logits(logits, torch.as_tensor(targets))
+
+
+def composite_data(seed=3):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((8, 6)), (rng.random((8, 3)) < 0.5).astype(np.float64)
+
+
+@needs_torch
+def test_composite_loss_and_gradients_match_torch(on_backend):
+    model = TinyVAEHead()
+    x, targets = composite_data()
+    params = torch_twin(model)
+    ref = torch_composite_loss(params, x, targets)
+    ref.backward()
+    if on_backend == "cupy":
+        model.load_state_dict(model.state_dict())            # moves the parameters over
+    loss = composite_loss(model, Tensor(ag.as_array(x)), Tensor(ag.as_array(targets)))
+    loss.backward()
+    np.testing.assert_allclose(loss.item(), ref.item(), rtol=1e-10)
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(ag.to_numpy(p.grad), params[name].grad.numpy(),
+                                   rtol=1e-10, atol=1e-13, err_msg=name)
+
+
+def train_both(make_ours, make_theirs, steps=100):
+    """Run the same optimizer in both frameworks from the same start; return the params."""
+    model = TinyVAEHead()
+    x, targets = composite_data()
+    params = torch_twin(model)
+    ours, theirs = make_ours(model.parameters()), make_theirs(list(params.values()))
+    for _ in range(steps):
+        ours.zero_grad()
+        composite_loss(model, Tensor(x), Tensor(targets)).backward()
+        ours.step()
+        theirs.zero_grad()
+        torch_composite_loss(params, x, targets).backward()
+        theirs.step()
+    return model, params
+
+
+OPTIMIZERS = {
+    "adam": (lambda p: optim.Adam(p, lr=1e-2), lambda p: torch.optim.Adam(p, lr=1e-2)),
+    "adam_weight_decay": (
+        lambda p: optim.Adam(p, lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1),
+        lambda p: torch.optim.Adam(p, lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)),
+    "sgd": (lambda p: optim.SGD(p, lr=0.1), lambda p: torch.optim.SGD(p, lr=0.1)),
+    "sgd_momentum_weight_decay": (
+        lambda p: optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.01),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.01)),
+}
+
+
+@needs_torch
+@pytest.mark.parametrize("kind", OPTIMIZERS)
+def test_100_optimizer_steps_match_torch(kind):
+    make_ours, make_theirs = OPTIMIZERS[kind]
+    model, params = train_both(make_ours, make_theirs)
+    start = TinyVAEHead()
+    for (name, p), (_, p0) in zip(model.named_parameters(), start.named_parameters()):
+        assert not np.allclose(p.data, p0.data), f"{name} did not move"
+        np.testing.assert_allclose(p.data, params[name].detach().numpy(), rtol=1e-8,
+                                   atol=1e-10, err_msg=name)
+
+
+def test_adam_first_step_is_lr_times_the_gradient_sign():
+    """With bias correction, the first update is lr * g / (|g| + eps) for every element."""
+    p = nn.Parameter(np.array([1.0, 2.0, 3.0]))
+    p.grad = np.array([0.5, -2.0, 1e-3])
+    optim.Adam([p], lr=0.1, eps=0.0).step()
+    np.testing.assert_allclose(p.data, [0.9, 2.1, 2.9], rtol=1e-12)
+
+
+def test_optimizers_keep_float32_parameters_float32():
+    for make in (lambda ps: optim.Adam(ps, weight_decay=0.1),
+                 lambda ps: optim.SGD(ps, momentum=0.9, weight_decay=0.1)):
+        p = nn.Parameter(np.ones(4, np.float32))
+        opt = make([p])
+        for _ in range(2):
+            p.grad = np.full(4, 0.5, np.float32)
+            opt.step()
+        assert p.data.dtype == np.float32
+
+
+def test_optimizers_skip_parameters_without_gradient_and_zero_grad_clears():
+    a, b = nn.Parameter(np.ones(2)), nn.Parameter(np.ones(2))
+    for opt in (optim.Adam([a, b]), optim.SGD([a, b])):
+        a.grad = np.ones(2)
+        opt.step()
+        np.testing.assert_array_equal(b.data, [1.0, 1.0])
+        opt.zero_grad()
+        assert a.grad is None and b.grad is None
+    with pytest.raises(ValueError, match="no parameters"):
+        optim.Adam([])
+
+
+@pytest.mark.parametrize("make", [lambda p: optim.Adam(p, lr=0.05),
+                                  lambda p: optim.SGD(p, lr=0.05, momentum=0.9)])
+def test_optimizer_state_round_trip_resumes_identically(make, tmp_path):
+    x, targets = composite_data()
+
+    def train(model, opt, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            composite_loss(model, Tensor(x), Tensor(targets)).backward()
+            opt.step()
+
+    straight = TinyVAEHead()
+    train(straight, make(straight.parameters()), 6)
+    first = TinyVAEHead()
+    opt = make(first.parameters())
+    train(first, opt, 3)
+    nn.save_npz(tmp_path / "opt.npz", opt.state_dict())
+    resumed = TinyVAEHead()
+    resumed.load_state_dict(first.state_dict())
+    opt2 = make(resumed.parameters())
+    with np.load(tmp_path / "opt.npz") as archive:
+        opt2.load_state_dict(dict(archive))
+    assert opt2.t == 3
+    train(resumed, opt2, 3)
+    for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
+        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+
+
+def test_optimizer_load_state_dict_rejects_mismatches():
+    opt = optim.Adam([nn.Parameter(np.ones((2, 3)))])
+    with pytest.raises(KeyError, match="unexpected"):
+        opt.load_state_dict({"t": np.asarray(1.0), "m.5": np.zeros((2, 3))})
+    with pytest.raises(ValueError, match=r"m.0 has shape \(3, 2\)"):
+        opt.load_state_dict({"t": np.asarray(1.0), "m.0": np.zeros((3, 2))})

@@ -1,0 +1,153 @@
+"""The command line, through ``iopvae.main(argv)``: train, evaluate, sample, and
+the one-line errors for bad input (exit status 2, no traceback)."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import iopvae  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TINY = ["--epochs", "2", "--hidden", "16", "--j2", "1", "--warmup", "2"]
+
+
+def one_error_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def iop_run(tmp_path_factory):
+    """A tiny IOP run trained through the CLI (shared by the evaluate/sample tests)."""
+    out = tmp_path_factory.mktemp("cli") / "iop"
+    code = iopvae.main(["train", "--dataset", "onehot", "--method", "iop", *TINY,
+                        "--samples", "5", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_train_writes_checkpoint_and_reports(iop_run, capsys):
+    """`train` returns 0, writes checkpoint.npz and config.json with the command-line
+    settings, and the checkpoint holds both epochs."""
+    assert (iop_run / "checkpoint.npz").is_file()
+    config = json.loads((iop_run / "config.json").read_text())
+    assert config["method"] == "iop" and config["hidden"] == 16 and config["j2"] == 1
+    assert config["epochs"] == 2 and config["latent"] == 2
+    meta, _ = iopvae.read_checkpoint(str(iop_run))
+    assert meta["epoch"] == 2 and len(meta["history"]) == 2
+
+
+@pytest.mark.parametrize("method", ["vae", "vamp", "avb"])
+def test_train_other_methods_print_results(method, tmp_path, capsys):
+    """Every method trains from the CLI and prints its test ELBO; the explicit-posterior
+    methods also print an importance-sampled log-likelihood, AVB says it has none."""
+    out = tmp_path / method
+    assert iopvae.main(["train", "--dataset", "onehot", "--method", method, *TINY,
+                        "--components", "5", "--samples", "3", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "test ELBO" in text
+    if method == "avb":
+        assert "not available" in text
+    else:
+        assert "log-likelihood, importance sampling with S=3" in text
+    assert (out / "checkpoint.npz").is_file()
+
+
+def test_train_resume_continues(iop_run, tmp_path, capsys):
+    """`train --resume --epochs 3` continues a 2-epoch run to epoch 3."""
+    import shutil
+    out = tmp_path / "again"
+    shutil.copytree(iop_run, out)
+    assert iopvae.main(["train", "--dataset", "onehot", "--method", "iop", "--epochs", "3",
+                        "--resume", "--samples", "3", "--out", str(out)]) == 0
+    assert "resuming" in capsys.readouterr().out
+    meta, _ = iopvae.read_checkpoint(str(out))
+    assert meta["epoch"] == 3
+
+
+def test_evaluate_prints_elbo_and_log_likelihood(iop_run, capsys):
+    """`evaluate CHECKPOINT` returns 0 and prints finite numbers for the chosen split."""
+    capsys.readouterr()
+    assert iopvae.main(["evaluate", str(iop_run / "checkpoint.npz"), "--samples", "4",
+                        "--split", "valid"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    elbo = [line for line in lines if line.startswith("valid ELBO")]
+    ll = [line for line in lines if line.startswith("valid log-likelihood")]
+    assert len(elbo) == 1 and len(ll) == 1
+    assert np.isfinite(float(elbo[0].split(":")[1].split()[0]))
+    assert np.isfinite(float(ll[0].split(":")[1].split()[0]))
+
+
+@pytest.mark.parametrize("sir", [False, True])
+def test_sample_writes_png(iop_run, tmp_path, sir, capsys):
+    """`sample` (ancestral from the data, or --sir from N(0,I) with exp(T)) returns 0
+    and writes a PNG."""
+    png = tmp_path / ("sir.png" if sir else "samples.png")
+    argv = ["sample", str(iop_run / "checkpoint.npz"), "--n", "9", "--out", str(png)]
+    assert iopvae.main(argv + (["--sir"] if sir else [])) == 0
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert "wrote 9 samples" in capsys.readouterr().out
+
+
+def test_unknown_method_is_an_argparse_error(capsys):
+    """An unknown --method is rejected by argparse (SystemExit 2) with its usage message."""
+    with pytest.raises(SystemExit) as info:
+        iopvae.main(["train", "--dataset", "onehot", "--method", "gan"])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option,value,word", [("--lr", "-1", "lr"), ("--keep", "0", "keep"),
+                                               ("--hidden", "0", "hidden")])
+def test_invalid_setting_is_one_error_line(option, value, word, tmp_path, capsys):
+    """A bad setting returns 2 with one line 'error: ...' naming it on stderr and
+    writes no run folder."""
+    out = tmp_path / "never"
+    code = iopvae.main(["train", "--dataset", "onehot", "--method", "vae", option, value,
+                        "--out", str(out)])
+    assert code == 2
+    assert word in one_error_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_unreadable_checkpoint_is_one_error_line(tmp_path, capsys):
+    """evaluate/sample on a file that is not a checkpoint (or is missing) returns 2 with
+    one line naming the file."""
+    bad = tmp_path / "checkpoint.npz"
+    bad.write_bytes(b"not a checkpoint")
+    for argv in (["evaluate", str(bad)], ["sample", str(bad)],
+                 ["evaluate", str(tmp_path / "missing.npz")]):
+        assert iopvae.main(argv) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert argv[1] in line
+
+
+def test_missing_mnist_file_is_one_error_line(tmp_path, capsys):
+    """Training on MNIST with an empty --data-dir returns 2 with one line naming the
+    missing file (no download attempt, no traceback)."""
+    empty = tmp_path / "data"
+    empty.mkdir()
+    code = iopvae.main(["train", "--dataset", "mnist", "--method", "vae", "--data-dir",
+                        str(empty), "--out", str(tmp_path / "run"), *TINY])
+    assert code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(empty) in line and "train-images-idx3-ubyte.gz" in line
+
+
+def test_train_refuses_to_overwrite_an_existing_run(iop_run, capsys):
+    """`train` into a folder that already holds a checkpoint, without --resume, returns 2
+    with one line pointing to --resume, and leaves the checkpoint untouched."""
+    before = (iop_run / "checkpoint.npz").read_bytes()
+    code = iopvae.main(["train", "--dataset", "onehot", "--method", "iop", *TINY,
+                        "--out", str(iop_run)])
+    assert code == 2
+    assert "--resume" in one_error_line(capsys.readouterr().err)
+    assert (iop_run / "checkpoint.npz").read_bytes() == before

@@ -1,0 +1,401 @@
+"""Training (Algorithm 1), checkpoints and resume, divergence handling, VampPrior
+initialisation and sampling, on OneHot and on tiny synthetic data sets.
+
+Runs are short (hidden 16-32, a few epochs of 10 mini-batches) so the file
+takes seconds; settings and seeds are fixed so that the outcomes are
+deterministic.
+"""
+import dataclasses
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import autograd_lite as ag  # noqa: E402
+import datasets  # noqa: E402
+import iopvae  # noqa: E402
+
+LN4 = math.log(4)
+
+
+def quiet(_line):
+    pass
+
+
+@pytest.fixture(scope="module")
+def onehot():
+    return datasets.load("onehot")
+
+
+def synthetic(name="mnist", n=300, dim=8, likelihood="bernoulli", dynamic=True, seed=0):
+    """A tiny grey-valued data set (unique rows), optionally dynamically binarised."""
+    g = np.random.default_rng(seed)
+    split = lambda m: g.uniform(0.05, 0.95, size=(m, dim)).astype(np.float32)  # noqa: E731
+    valid, test = split(60), split(60)
+    if dynamic:
+        valid, test = (valid > 0.5).astype(np.float32), (test > 0.5).astype(np.float32)
+    return datasets.Dataset(name, split(n), valid, test, likelihood, dynamic, None)
+
+
+SHORT = dict(dataset="onehot", epochs=15, warmup=5, hidden=32, j2=5, lr=1e-3, patience=0, seed=0)
+
+
+# =============================================================================
+# Short OneHot runs: every method learns
+# =============================================================================
+@pytest.mark.parametrize("method", ["vae", "vamp", "avb", "iop"])
+def test_short_onehot_run_improves(method, onehot):
+    """15 rounds of Algorithm 1 on OneHot (hidden 32) must raise the validation ELBO
+    by at least 0.2 nats from the first to the last epoch; for IOP and AVB the
+    density-ratio loss of the last round must be below ln 4 - 0.05 (chance level:
+    T learned to tell q from p).  A gradient with the wrong sign, a frozen
+    optimizer or a T that is never trained fails."""
+    trainer = iopvae.Trainer(iopvae.Config(method=method, **SHORT), onehot, out_dir=None,
+                             log=quiet)
+    history = trainer.run()
+    assert [r["epoch"] for r in history] == list(range(1, 16))
+    first, last = history[0]["valid_elbo"], history[-1]["valid_elbo"]
+    assert last > first + 0.2, [round(r["valid_elbo"], 3) for r in history]
+    assert history[0]["beta"] == pytest.approx(0.2) and history[-1]["beta"] == 1.0
+    if method in ("avb", "iop"):
+        assert history[-1]["disc_loss"] < LN4 - 0.05, [r["disc_loss"] for r in history]
+    else:
+        assert all(r["disc_loss"] is None for r in history)
+
+
+def test_early_stopping_stops_after_patience(onehot, monkeypatch):
+    """With a validation ELBO that never improves after epoch 1, training must stop
+    after `patience` further epochs and keep epoch 1 as the best."""
+    values = iter([-2.0] + [-3.0] * 50)
+    monkeypatch.setattr(iopvae, "elbo", lambda *a, **k: next(values))
+    config = iopvae.Config(method="vae", dataset="onehot", hidden=16, epochs=50, patience=3)
+    trainer = iopvae.Trainer(config, onehot, out_dir=None, log=quiet)
+    history = trainer.run()
+    assert len(history) == 4
+    assert trainer.best["epoch"] == 1
+
+
+# =============================================================================
+# Checkpoints and resume
+# =============================================================================
+def _config(method, **kw):
+    base = dict(dataset="onehot", method=method, hidden=16, epochs=4, warmup=3, j2=2,
+                components=6, patience=0, seed=3)
+    base.update(kw)
+    return iopvae.Config(**base)
+
+
+def _strip_timing(history):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def _assert_states_equal(a, b):
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype, name
+        assert np.array_equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize("method,data_kind", [
+    ("vae", "onehot"), ("vamp", "onehot"), ("avb", "onehot"), ("iop", "onehot"),
+    ("iop", "binarized"), ("vamp", "gaussian")])
+def test_resume_is_bit_identical(method, data_kind, onehot, tmp_path):
+    """4 epochs straight vs 2 epochs, a checkpoint, and `resume_trainer(...).run(4)`:
+    final weights, optimizer moments, best weights and history (except timing) must
+    be bit-identical.  Forgetting the RNG state, Adam's moments or step count, the
+    best-so-far record, or the dropout generator breaks this.  Also run with dynamic
+    binarisation and with a Gaussian decoder."""
+    data = {"onehot": onehot, "binarized": synthetic(),
+            "gaussian": synthetic("freyfaces", likelihood="gaussian", dynamic=False)}[data_kind]
+    latent = {} if data_kind == "onehot" else {"latent": 2}
+    straight = iopvae.Trainer(_config(method, **latent), data, str(tmp_path / "A"), quiet)
+    straight.run(4)
+    first = iopvae.Trainer(_config(method, **latent), data, str(tmp_path / "B"), quiet)
+    first.run(2)
+    resumed = iopvae.resume_trainer(str(tmp_path / "B"), data, str(tmp_path / "B"), quiet)
+    assert resumed.epoch == 2
+    resumed.run(4)
+    assert resumed.epoch == 4
+    _assert_states_equal(straight.model.state_dict(), resumed.model.state_dict())
+    _assert_states_equal(straight.vae_opt.state_dict(), resumed.vae_opt.state_dict())
+    if straight.disc_opt is not None:
+        _assert_states_equal(straight.disc_opt.state_dict(), resumed.disc_opt.state_dict())
+    assert _strip_timing(straight.history) == _strip_timing(resumed.history)
+    assert straight.best["epoch"] == resumed.best["epoch"]
+    _assert_states_equal(straight.best["state"], resumed.best["state"])
+    # the checkpoints on disk agree too
+    meta_a, arrays_a = iopvae.read_checkpoint(str(tmp_path / "A"))
+    meta_b, arrays_b = iopvae.read_checkpoint(str(tmp_path / "B" / "checkpoint.npz"))
+    assert meta_a["epoch"] == meta_b["epoch"] == 4
+    _assert_states_equal(arrays_a, arrays_b)
+
+
+def test_checkpoint_files_written_atomically(onehot, tmp_path, monkeypatch):
+    """A run folder holds exactly checkpoint.npz and config.json (no temporary files
+    left behind); config.json is valid JSON with the configuration; and when a
+    write fails half-way the previous checkpoint stays intact and readable."""
+    out = tmp_path / "run"
+    trainer = iopvae.Trainer(_config("iop", epochs=2), onehot, str(out), quiet)
+    trainer.run()
+    assert sorted(os.listdir(out)) == ["checkpoint.npz", "config.json"]
+    config = json.loads((out / "config.json").read_text())
+    assert config == dataclasses.asdict(trainer.config)
+    assert iopvae.Config(**config) == trainer.config
+    meta, arrays = iopvae.read_checkpoint(str(out))
+    assert meta["epoch"] == 2 and meta["config"] == trainer.config
+    assert meta["dim"] == 4 and meta["likelihood"] == "bernoulli"
+    assert any(k.startswith("opt_disc/") for k in arrays)
+
+    def failing_savez(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+    monkeypatch.setattr(np, "savez", failing_savez)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.run(3)
+    monkeypatch.undo()
+    assert sorted(os.listdir(out)) == ["checkpoint.npz", "config.json"]
+    meta_after, _ = iopvae.read_checkpoint(str(out))
+    assert meta_after["epoch"] == 2
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "truncated", "no_meta"])
+def test_bad_checkpoint_raises_checkpoint_error_naming_the_path(damage, onehot, tmp_path):
+    """read_checkpoint, resume_trainer and load_model must turn a missing, garbled,
+    truncated or meta-less checkpoint into CheckpointError whose message names the
+    file, never a raw zipfile / KeyError / JSON traceback."""
+    out = tmp_path / "run"
+    iopvae.Trainer(_config("vae", epochs=1), onehot, str(out), quiet).run()
+    path = out / "checkpoint.npz"
+    if damage == "missing":
+        path = tmp_path / "nowhere" / "checkpoint.npz"
+    elif damage == "garbage":
+        path.write_bytes(b"this is not a zip file at all")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        with np.load(path) as archive:
+            arrays = {k: archive[k] for k in archive.files if k != "meta"}
+        np.savez(path, **arrays)
+    for call in (lambda: iopvae.read_checkpoint(str(path)),
+                 lambda: iopvae.resume_trainer(str(path), onehot, str(out), quiet),
+                 lambda: iopvae.load_model(str(path))):
+        with pytest.raises(iopvae.CheckpointError) as info:
+            call()
+        assert str(path) in str(info.value)
+        assert "\n" not in str(info.value)
+
+
+def test_checkpoint_of_another_configuration_is_rejected(onehot, tmp_path):
+    """A checkpoint whose weights do not fit its stored configuration (here: hidden
+    size edited) must give CheckpointError, not a shape error deep in NumPy."""
+    out = tmp_path / "run"
+    iopvae.Trainer(_config("iop", epochs=1), onehot, str(out), quiet).run()
+    path = out / "checkpoint.npz"
+    with np.load(path) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["config"]["hidden"] = 24
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    for call in (lambda: iopvae.load_model(str(path)),
+                 lambda: iopvae.resume_trainer(str(path), onehot, str(out), quiet)):
+        with pytest.raises(iopvae.CheckpointError, match="does not match"):
+            call()
+
+
+def test_load_model_restores_best_weights(onehot, tmp_path, monkeypatch):
+    """With the best validation ELBO at epoch 2 of 4, load_model must return the
+    epoch-2 weights (and the last weights with best=False), in eval mode."""
+    scripted = iter([-3.0, -1.0, -2.0, -2.5])
+    monkeypatch.setattr(iopvae, "elbo", lambda *a, **k: next(scripted))
+    out = tmp_path / "run"
+    trainer = iopvae.Trainer(_config("iop"), onehot, str(out), quiet)
+    snapshots = []
+    trainer.log = lambda line: snapshots.append(trainer.model.state_dict())
+    trainer.run()
+    assert trainer.best["epoch"] == 2 and len(snapshots) == 4
+    model, config = iopvae.load_model(str(out))
+    assert config == trainer.config
+    assert not any(m.training for m in model.modules())
+    _assert_states_equal(model.state_dict(), snapshots[1])
+    assert any(not np.array_equal(snapshots[1][k], snapshots[3][k]) for k in snapshots[1])
+    last, _ = iopvae.load_model(str(out), best=False)
+    _assert_states_equal(last.state_dict(), snapshots[3])
+    _assert_states_equal(trainer.best_model().state_dict(), snapshots[1])
+
+
+# =============================================================================
+# Divergence
+# =============================================================================
+@pytest.mark.parametrize("where", ["vae_loss", "valid_elbo"])
+def test_divergence_raises_and_keeps_last_good_checkpoint(where, onehot, tmp_path, monkeypatch):
+    """When the VAE loss (or the validation ELBO) turns NaN at epoch 3, run() must
+    raise TrainingDiverged naming epoch 3, and the checkpoint on disk must still be
+    the finite one of epoch 2 (not overwritten with NaN weights)."""
+    out = tmp_path / "run"
+    trainer = iopvae.Trainer(_config("iop", epochs=6), onehot, str(out), quiet)
+    if where == "vae_loss":
+        loss = trainer.model.loss
+
+        def nan_from_epoch_3(x, rng, beta=1.0):
+            value = loss(x, rng, beta)
+            return value * float("nan") if trainer.epoch >= 2 else value
+        trainer.model.loss = nan_from_epoch_3
+    else:
+        elbo = iopvae.elbo
+        monkeypatch.setattr(iopvae, "elbo", lambda model, *a, **k: (
+            float("nan") if trainer.epoch >= 2 else elbo(model, *a, **k)))
+    with pytest.raises(iopvae.TrainingDiverged) as info:
+        trainer.run()
+    message = str(info.value)
+    assert "epoch 3" in message and str(out) in message
+    meta, arrays = iopvae.read_checkpoint(str(out))
+    assert meta["epoch"] == 2 and len(meta["history"]) == 2
+    for name, value in arrays.items():
+        if value.dtype.kind == "f":
+            assert np.all(np.isfinite(value)), name
+    model, _ = iopvae.load_model(str(out), best=False)
+    assert all(np.all(np.isfinite(p.data)) for p in model.parameters())
+
+
+# =============================================================================
+# VampPrior pseudo-inputs
+# =============================================================================
+def _vamp(pseudo_init, dim=20, K=300, seed=0):
+    return iopvae.VampPrior(dim, "bernoulli", 2, 8, ag.default_rng(seed), components=K,
+                            pseudo_init=pseudo_init)
+
+
+def test_vamp_uniform_init_spreads_over_unit_interval():
+    """'uniform': U[0, 1] pseudo-inputs (mean 0.5, sd 1/sqrt(12), covering the interval),
+    so that the K components start apart."""
+    u = _vamp("uniform").pseudo_inputs.data
+    assert u.shape == (300, 20)
+    assert u.min() >= 0 and u.max() <= 1
+    assert u.min() < 0.01 and u.max() > 0.99
+    assert abs(u.mean() - 0.5) < 0.01 and abs(u.std() - 1 / math.sqrt(12)) < 0.01
+    assert len(np.unique(u.round(6), axis=0)) == 300
+
+
+def test_vamp_constant_init_is_near_one_half():
+    """'constant': 0.5 + N(0, 0.01^2), the documented failure case."""
+    u = _vamp("constant").pseudo_inputs.data
+    assert np.all(np.abs(u - 0.5) < 0.06)
+    assert 0.008 < u.std() < 0.012
+
+
+def test_vamp_data_init_uses_distinct_training_points():
+    """'data': after the trainer starts, each pseudo-input is a training point, all
+    K of them different points (sampled without replacement)."""
+    data = synthetic(dynamic=False)
+    config = iopvae.Config(dataset="mnist", method="vamp", latent=2, hidden=8, components=40,
+                           pseudo_init="data", epochs=1)
+    trainer = iopvae.Trainer(config, data, out_dir=None, log=quiet)
+    u = trainer.model.pseudo_inputs.data
+    assert u.shape == (40, data.dim)
+    matches = [np.flatnonzero((data.train == row).all(axis=1)) for row in u]
+    assert all(len(m) == 1 for m in matches)
+    assert len({int(m[0]) for m in matches}) == 40
+    # "uniform" is left alone by init_pseudo_inputs
+    model = _vamp("uniform", dim=data.dim, K=40)
+    before = model.pseudo_inputs.data.copy()
+    model.init_pseudo_inputs(data.train, ag.default_rng(0))
+    assert np.array_equal(before, model.pseudo_inputs.data)
+
+
+def test_vamp_unknown_init_is_rejected():
+    with pytest.raises(ValueError, match="pseudo_init"):
+        _vamp("zeros")
+
+
+# =============================================================================
+# Sampling and the prior Monte Carlo log-likelihood
+# =============================================================================
+@pytest.fixture(scope="module")
+def trained(onehot):
+    """A VAE (30 epochs, log p(x) about -1.66) and an IOP (15 epochs) trained on
+    OneHot, shared by the tests below."""
+    models = {}
+    for method, settings in (("vae", dict(SHORT, epochs=30, lr=3e-3)), ("iop", SHORT)):
+        trainer = iopvae.Trainer(iopvae.Config(method=method, **settings), onehot, None, quiet)
+        trainer.run()
+        models[method] = trainer.model
+    return models
+
+
+def test_iop_prior_sample_needs_data_and_sir_gives_requested_count(trained, onehot):
+    """The implicit prior is sampled ancestrally from training data: without data a
+    clear ValueError; with data and by SIR, exactly n latent vectors."""
+    model = trained["iop"]
+    rng = ag.default_rng(0)
+    with pytest.raises(ValueError, match="data"):
+        model.prior_sample(5, rng)
+    with iopvae.evaluation(model):
+        z = model.prior_sample(17, rng, onehot.train)
+        assert z.shape == (17, 2) and np.all(np.isfinite(z.data))
+        for n, candidates in ((13, None), (7, 50)):
+            s = model.sir_prior_sample(n, rng, candidates)
+            assert s.shape == (n, 2) and np.all(np.isfinite(s.data))
+
+
+def test_sir_resamples_with_weights_exp_T(trained, monkeypatch):
+    """SIR from N(0, I) with weights exp(T(z)): for T(z) = z_1 the target is
+    N(0, I) * exp(z_1), i.e. N((1, 0), I).  Weights exp(-T) or uniform
+    weights would leave the mean at -1 or 0."""
+    model = trained["iop"]
+    monkeypatch.setattr(model.density_ratio, "forward", lambda z: z[:, 0])
+    z = model.sir_prior_sample(3000, ag.default_rng(1)).data
+    assert abs(z[:, 0].mean() - 1.0) < 0.12
+    assert abs(z[:, 1].mean()) < 0.12
+    assert abs(z[:, 0].std() - 1.0) < 0.12
+
+
+def test_prior_log_likelihood_normalised_and_close_to_importance_sampling(trained, onehot):
+    """prior_log_likelihood (Eq. 1 by plain MC over p(z)) for a trained VAE on OneHot:
+    every value <= 0, the model's probabilities of all 16 binary 4-vectors sum to 1
+    (same prior samples for all), and the mean over the test set is within 0.05 nats
+    of the importance-sampled estimate with S = 500."""
+    model = trained["vae"]
+    allx = np.array([[(i >> k) & 1 for k in range(4)] for i in range(16)], dtype=np.float32)
+    log_all = iopvae.prior_log_likelihood(model, allx, 20_000, ag.default_rng(0))
+    assert np.all(log_all <= 0)
+    assert abs(np.exp(log_all).sum() - 1.0) < 1e-6
+    x = onehot.test[:200]
+    prior_ll = iopvae.prior_log_likelihood(model, x, 20_000, ag.default_rng(1))
+    is_ll = iopvae.test_log_likelihood(model, x, 500, ag.default_rng(2))
+    assert np.all(prior_ll <= 0)
+    assert abs(prior_ll.mean() - is_ll.mean()) < 0.05, (prior_ll.mean(), is_ll.mean())
+    # no better than the data's entropy allows: uniform over four points
+    assert prior_ll.mean() <= -LN4 + 0.01
+    # the trained encoder is informative: the ELBO is clearly below log p(x)
+    elbo = iopvae.elbo(model, x, ag.default_rng(3))
+    assert prior_ll.mean() > elbo + 0.05
+
+
+def test_prior_log_likelihood_for_iop_uses_aggregated_posterior(trained, onehot):
+    """For IOP the prior is the aggregated posterior sampled from data: needs data,
+    gives values <= 0, and the model's probabilities of the 16 binary vectors sum
+    to 1."""
+    model = trained["iop"]
+    allx = np.array([[(i >> k) & 1 for k in range(4)] for i in range(16)], dtype=np.float32)
+    with pytest.raises(ValueError):
+        iopvae.prior_log_likelihood(model, allx, 100, ag.default_rng(0))
+    log_all = iopvae.prior_log_likelihood(model, allx, 5000, ag.default_rng(0), onehot.train)
+    assert np.all(log_all <= 0)
+    assert abs(np.exp(log_all).sum() - 1.0) < 1e-6
+
+
+def test_test_log_likelihood_refuses_avb(onehot):
+    """AVB's posterior is implicit: importance sampling must be refused clearly."""
+    model = iopvae.build_model(iopvae.Config(method="avb", hidden=8), 4, "bernoulli",
+                               ag.default_rng(0))
+    with pytest.raises(ValueError, match="implicit"):
+        iopvae.test_log_likelihood(model, onehot.test[:5], 3, ag.default_rng(0))
