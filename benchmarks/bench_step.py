@@ -14,6 +14,16 @@ their steps alternate so that both see the same machine state.  Usage::
 
 The thread count must be fixed before NumPy loads its BLAS, so this module sets the
 BLAS environment variables first and imports NumPy only afterwards.
+
+Two thread pools in one process (OpenBLAS's for NumPy, OpenMP's for torch) slow
+each other down: after its work, each pool's idle threads spin, waiting for
+more, on the cores the other framework needs next.  OpenBLAS spins for 2^28
+cycles (about 0.1 s) by default and libgomp for 300000 rounds (a few ms), so
+alternating steps would charge each framework for the other's spinning.  Unless
+they are set already, both spins are capped at well under a millisecond
+(``OPENBLAS_THREAD_TIMEOUT=20``, ``GOMP_SPINCOUNT=30000``); a step of either
+framework alone is no slower for it.  Each framework is also timed alone in a
+fresh process, as a check on the interleaved numbers.
 """
 import argparse
 import json
@@ -24,6 +34,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+SPIN_LIMITS = {"OPENBLAS_THREAD_TIMEOUT": "20", "GOMP_SPINCOUNT": "30000"}
 SIZES = {"x": 784, "hidden": 500, "z": 40}
 
 
@@ -36,7 +47,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=50, help="timed steps of each")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps of each first")
     parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--memory-of", choices=("autograd_lite", "torch"),
+    parser.add_argument("--alone", choices=("autograd_lite", "torch"),
                         help=argparse.SUPPRESS)  # internal: one framework in a child process
     return parser.parse_args(argv)
 
@@ -44,6 +55,8 @@ def parse_args(argv=None):
 ARGS = parse_args()
 for _name in THREAD_VARIABLES:
     os.environ[_name] = str(ARGS.threads)
+for _name, _value in SPIN_LIMITS.items():
+    os.environ.setdefault(_name, _value)
 
 import numpy as np  # noqa: E402  (after the thread variables, on purpose)
 
@@ -162,125 +175,139 @@ def torch_stepper(weights, batches, device):
 
 
 # --- measurement ----------------------------------------------------------------------
-def make_steppers(args):
+FRAMEWORKS = ("autograd_lite", "torch")
+
+
+def build(args, names=FRAMEWORKS):
+    """{name: (step, synchronise)} on the chosen backend, from the same weights."""
     import torch
 
     torch.set_num_threads(args.threads)
+    ag.set_backend(args.backend)
+    device, ag_sync, torch_sync = "cpu", (lambda: None), (lambda: None)
     if args.backend == "cupy":
-        ag.set_backend("cupy")
-        import cupy  # only the benchmark touches cupy directly, to synchronise the clock
+        import cupy  # the benchmark's own clock needs it; autograd_lite never imports it
 
-        return cupy.cuda.Device().synchronize, torch.cuda.synchronize, "cuda"
-    ag.set_backend("numpy")
-    return (lambda: None), (lambda: None), "cpu"
+        device, ag_sync, torch_sync = "cuda", cupy.cuda.Device().synchronize, torch.cuda.synchronize
+    weights, batches = initial_weights(), binary_batches(args.batch)
+    makers = {"autograd_lite": (lambda: autograd_lite_stepper(weights, batches), ag_sync),
+              "torch": (lambda: torch_stepper(weights, batches, device), torch_sync)}
+    return {name: (makers[name][0](), makers[name][1]) for name in names}
+
+
+def timed_step(step, sync):
+    """(milliseconds, loss) of one step, the device synchronised on both sides."""
+    sync()
+    start = time.perf_counter()
+    loss = step()
+    sync()
+    return 1e3 * (time.perf_counter() - start), loss
 
 
 def time_interleaved(args):
     """Median milliseconds per step of each framework, alternating their steps."""
-    ag_sync, torch_sync, device = make_steppers(args)
-    weights, batches = initial_weights(), binary_batches(args.batch)
-    runs = {"autograd_lite": (autograd_lite_stepper(weights, batches), ag_sync),
-            "torch": (torch_stepper(weights, batches, device), torch_sync)}
-    times = {name: [] for name in runs}
-    losses = {name: [] for name in runs}
+    runs = build(args)
+    times, losses = {name: [] for name in runs}, {}
     for i in range(args.warmup + args.steps):
         for name, (step, sync) in runs.items():
-            sync()
-            start = time.perf_counter()
-            losses[name].append(step())
-            sync()
+            ms, losses[name] = timed_step(step, sync)
             if i >= args.warmup:
-                times[name].append(1e3 * (time.perf_counter() - start))
+                times[name].append(ms)
     return {name: float(np.median(t)) for name, t in times.items()}, losses
 
 
-def current_rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(field):
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB (Linux only)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
 
 
-def peak_rss_mb():
-    import resource
+def reset_peak_rss():
+    """Start the peak-RSS mark afresh at the current size (Linux ``clear_refs``).
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    ``getrusage``'s maxrss would not do: it keeps the parent's peak across fork and exec.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # the peak then counts from the process start, which only overstates growth
 
 
-def measure_memory(args):
-    """In this (child) process, the memory one framework's steps need, as JSON."""
-    ag_sync, torch_sync, device = make_steppers(args)
-    weights, batches = initial_weights(), binary_batches(args.batch)
-    if args.memory_of == "torch":
-        step = torch_stepper(weights, batches, device)
-    else:
-        step = autograd_lite_stepper(weights, batches)
-    result = {}
-    if args.backend == "cupy" and args.memory_of == "torch":
+def measure_alone(args):
+    """In a child process: one framework's step time and memory, printed as JSON."""
+    name = args.alone
+    ((step, sync),) = build(args, [name]).values()
+    if args.backend == "cupy":
         import torch
 
         torch.cuda.reset_peak_memory_stats()
-        for _ in range(3):
-            step()
+    reset_peak_rss()
+    before = _status_mb("VmRSS")
+    times = [timed_step(step, sync)[0] for _ in range(args.warmup + args.steps)]
+    result = {"ms": float(np.median(times[args.warmup:])),
+              "rss_mb": _status_mb("VmHWM") - before}
+    if args.backend == "cupy" and name == "torch":
         result["device_mb"] = torch.cuda.max_memory_allocated() / 2**20
     elif args.backend == "cupy":
         import cupy
 
-        pool = cupy.get_default_memory_pool()
-        for _ in range(3):
-            step()
-        result["device_mb"] = pool.total_bytes() / 2**20
-    else:
-        before = current_rss_mb()
-        for _ in range(3):
-            step()
-        result["rss_mb"] = peak_rss_mb() - before
-        if args.memory_of == "autograd_lite":
-            import tracemalloc
+        result["device_mb"] = cupy.get_default_memory_pool().total_bytes() / 2**20
+    if name == "autograd_lite":
+        import tracemalloc
 
-            tracemalloc.start()
-            step()
-            result["tracemalloc_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
-            tracemalloc.stop()
+        tracemalloc.start()
+        step()
+        result["tracemalloc_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
     print(json.dumps(result))
 
 
-def memory_in_child(args, framework):
+def alone_in_child(args, name):
     command = [sys.executable, os.path.abspath(__file__), "--threads", str(args.threads),
-               "--backend", args.backend, "--batch", str(args.batch), "--memory-of", framework]
+               "--backend", args.backend, "--batch", str(args.batch), "--steps",
+               str(args.steps), "--warmup", str(args.warmup), "--alone", name]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
+def row(label, ours, theirs, digits=2, ratio=True):
+    cells = f"{label:34}{ours:>15.{digits}f}{theirs:>12.{digits}f}"
+    return cells + (f"{ours / theirs:>8.2f}" if ratio else "")
+
+
 def main(args):
     medians, losses = time_interleaved(args)
-    memory = {name: memory_in_child(args, name) for name in medians}
-    ratio = medians["autograd_lite"] / medians["torch"]
+    alone = {name: alone_in_child(args, name) for name in FRAMEWORKS}
+    ours, theirs = alone["autograd_lite"], alone["torch"]
     device = "CuPy vs torch CUDA" if args.backend == "cupy" else "NumPy vs torch CPU"
-    print(f"VAE training step (784-500-500 gated, z=40), batch {args.batch}, float32, "
-          f"{device}, {args.threads} thread(s), {args.steps} interleaved steps after "
-          f"{args.warmup} warm-up")
-    print(f"{'':32}{'autograd_lite':>15}{'torch':>12}{'ratio':>8}")
-    print(f"{'median ms / step':32}{medians['autograd_lite']:>15.2f}"
-          f"{medians['torch']:>12.2f}{ratio:>8.2f}")
-    key = "device_mb" if args.backend == "cupy" else "rss_mb"
-    label = "peak device memory (MB)" if args.backend == "cupy" else "peak RSS growth (MB)"
-    print(f"{label:32}{memory['autograd_lite'][key]:>15.1f}{memory['torch'][key]:>12.1f}")
-    if "tracemalloc_mb" in memory["autograd_lite"]:
-        print(f"{'tracemalloc peak, 1 step (MB)':32}"
-              f"{memory['autograd_lite']['tracemalloc_mb']:>15.1f}{'-':>12}")
-    print(f"final loss: autograd_lite {losses['autograd_lite'][-1]:.3f}, "
-          f"torch {losses['torch'][-1]:.3f} (same start, different noise)")
+    spin = ", ".join(f"{name}={os.environ[name]}" for name in SPIN_LIMITS)
+    print(f"VAE training step (784-500-500 gated, z=40, Adam), batch {args.batch}, float32, "
+          f"{device}, {args.threads} thread(s); {args.steps} timed steps after "
+          f"{args.warmup} warm-up; {spin}")
+    print(f"{'':34}{'autograd_lite':>15}{'torch':>12}{'ratio':>8}")
+    print(row("median ms / step, interleaved", medians["autograd_lite"], medians["torch"]))
+    print(row("median ms / step, alone", ours["ms"], theirs["ms"]))
     if args.backend == "cupy":
-        print("memory: autograd_lite = CuPy memory pool size, torch = "
-              "torch.cuda.max_memory_allocated, each after 3 steps in a fresh process")
-    else:
-        print("memory: each framework runs 3 steps alone in a fresh process; 'peak RSS "
-              "growth' is its peak resident size minus the size after building the model "
-              "(activations, gradients, Adam moments, allocator slack).  'tracemalloc' "
-              "counts only the NumPy arrays alive at once during one later step.")
+        print(row("peak device memory (MB)", ours["device_mb"], theirs["device_mb"], 1))
+    print(row("peak RSS growth (MB)", ours["rss_mb"], theirs["rss_mb"], 1))
+    print(f"{'tracemalloc peak, 1 step (MB)':34}{ours['tracemalloc_mb']:>15.1f}{'-':>12}")
+    print(f"final loss: autograd_lite {losses['autograd_lite']:.3f}, torch "
+          f"{losses['torch']:.3f} (same start and data, different noise)")
+    print("'alone': each framework in a fresh process by itself.  'peak RSS growth': that "
+          "process's peak resident size minus its size after building the model (activations, "
+          "gradients, optimizer state, allocator slack).  'tracemalloc': the most NumPy memory "
+          "allocated and alive at once during one more autograd_lite step, beyond the "
+          "parameters and Adam state made before it (torch's allocator is not traced)."
+          + ("  Device memory: CuPy's pool size vs torch.cuda.max_memory_allocated."
+             if args.backend == "cupy" else ""))
 
 
 if __name__ == "__main__":
-    if ARGS.memory_of:
-        measure_memory(ARGS)
+    if ARGS.alone:
+        measure_alone(ARGS)
     else:
         main(ARGS)

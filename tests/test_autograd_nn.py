@@ -94,6 +94,9 @@ def test_state_dict_copies_and_load_keeps_the_parameter_dtype():
     assert not np.any(model.head.b.data == 7.0)
     model.load_state_dict({k: v.astype(np.float64) for k, v in state.items()})
     assert model.head.b.dtype == np.float32 and np.all(model.head.b.data == 7.0)
+    model.load_state_dict(state)
+    state["head.b"][...] = 8.0                     # loading copied too: no aliasing
+    assert np.all(model.head.b.data == 7.0)
 
 
 def test_load_state_dict_rejects_wrong_names_and_shapes():
@@ -197,6 +200,24 @@ def test_composite_loss_and_gradients_match_torch(on_backend):
     for name, p in model.named_parameters():
         np.testing.assert_allclose(ag.to_numpy(p.grad), params[name].grad.numpy(),
                                    rtol=1e-10, atol=1e-13, err_msg=name)
+
+
+def test_a_float32_vae_step_stays_float32():
+    """Python floats, means and the optimizer must not upcast a float32 model."""
+    model = TinyVAEHead(dtype="float32")
+    opt = optim.Adam(model.parameters(), weight_decay=1e-4)
+    x, targets = (a.astype(np.float32) for a in composite_data())
+    stats = model(Tensor(x))
+    mu, logvar = stats[:, :1], stats[:, 1:2]
+    z = mu + ag.exp(0.5 * logvar) * Tensor(np.ones((8, 1), np.float32))
+    kl = -0.5 * (1 + logvar - mu * mu - ag.exp(logvar)).sum(axis=1)
+    loss = (ag.binary_cross_entropy_with_logits(stats, Tensor(targets)).sum(axis=1)
+            + kl + z.sum(axis=1)).mean()
+    assert loss.dtype == np.float32
+    loss.backward()
+    opt.step()
+    for name, p in model.named_parameters():
+        assert p.grad.dtype == np.float32 and p.dtype == np.float32, name
 
 
 def train_both(make_ours, make_theirs, steps=100):
@@ -304,3 +325,52 @@ def test_optimizer_load_state_dict_rejects_mismatches():
         opt.load_state_dict({"t": np.asarray(1.0), "m.5": np.zeros((2, 3))})
     with pytest.raises(ValueError, match=r"m.0 has shape \(3, 2\)"):
         opt.load_state_dict({"t": np.asarray(1.0), "m.0": np.zeros((3, 2))})
+
+
+# --- threads ---------------------------------------------------------------------------
+@pytest.fixture
+def restore_threads(monkeypatch):
+    monkeypatch.setitem(ag.threads._state, "threads", ag.threads._state["threads"])
+
+
+@pytest.mark.parametrize("make", [lambda p: optim.Adam(p, lr=0.01, weight_decay=0.1),
+                                  lambda p: optim.SGD(p, lr=0.01, momentum=0.9)])
+def test_threaded_updates_equal_single_threaded_ones(make, restore_threads):
+    """Parameters big enough to be cut into pieces give bit-identical results."""
+    rng = np.random.default_rng(0)
+    shapes = [(700, 500), (300,), (3, 100_000)]
+    start = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
+    results = []
+    for n in (1, 3):
+        ag.set_num_threads(n)
+        params = [nn.Parameter(a.copy()) for a in start]
+        opt = make(params)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g
+            opt.step()
+        results.append([p.data for p in params])
+    assert len(ag.threads._pieces((start[0],) * 5, 3)) == 3      # the big ones were cut
+    for single, threaded in zip(*results):
+        np.testing.assert_array_equal(single, threaded)
+
+
+def test_non_contiguous_parameters_are_updated_whole(restore_threads):
+    ag.set_num_threads(2)
+    p = nn.Parameter(np.ones((400, 400), np.float32).T)           # an F-ordered view
+    p.grad = np.ones((400, 400), np.float32)
+    assert len(ag.threads._pieces((p.data, p.grad), 2)) == 1
+    optim.SGD([p], lr=0.5).step()
+    np.testing.assert_array_equal(p.data, np.full((400, 400), 0.5, np.float32))
+
+
+def test_thread_count_comes_from_omp_num_threads_or_set_num_threads(restore_threads,
+                                                                     monkeypatch):
+    monkeypatch.setitem(ag.threads._state, "threads", None)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert ag.num_threads() == 3
+    ag.set_num_threads(1)
+    assert ag.num_threads() == 1
+    with pytest.raises(ValueError, match="at least 1"):
+        ag.set_num_threads(0)
