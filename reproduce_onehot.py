@@ -32,7 +32,7 @@ OPTIMUM = -math.log(4)
 ALL_METHODS = ("vae", "avb", "vamp", "iop")
 TITLES = {"vae": "(a) Standard VAE", "avb": "(b) AVB", "vamp": "(c) VAE with VampPrior",
           "iop": "(d) Proposed (implicit optimal prior)"}
-DEFAULT_EPOCHS = 300
+DEFAULT_EPOCHS = 500
 QUICK = {"epochs": 4, "warmup": 2, "prior_samples": 2000}
 
 
