@@ -950,7 +950,8 @@ def command_table2(args):
             for seed in args.seeds:
                 out = os.path.join(args.out, f"{dataset}-{method}-seed{seed}")
                 config = Config(dataset=dataset, method=method, seed=seed, epochs=args.epochs,
-                                lr=args.lr, patience=args.patience, data_dir=args.data_dir)
+                                lr=args.lr, patience=args.patience, warmup=args.warmup,
+                                hidden=args.hidden, data_dir=args.data_dir)
                 if os.path.exists(os.path.join(out, "checkpoint.npz")):
                     trainer = resume_trainer(out, data, out)
                 else:
@@ -1036,6 +1037,8 @@ def build_parser():
     table.add_argument("--seeds", nargs="+", type=int, default=[0])
     table.add_argument("--epochs", type=int, default=1000)
     table.add_argument("--patience", type=int, default=50)
+    table.add_argument("--warmup", type=int, default=100)
+    table.add_argument("--hidden", type=int, default=500)
     table.add_argument("--lr", type=float, default=1e-3)
     table.add_argument("--samples", type=int, default=5000,
                        help="importance samples (the paper: 10; VampPrior's code: 5000)")
