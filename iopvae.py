@@ -149,7 +149,6 @@ class StandardVAE(nn.Module):
     """VAE with the standard Gaussian prior p(z) = N(0, I): the ELBO of Eq. (3)."""
 
     name = "vae"
-    has_discriminator = False
     explicit_posterior = True
 
     def __init__(self, dim, likelihood, latent, hidden, rng, decoder_logvar_bounds=(-9.0, 0.0)):
@@ -161,6 +160,17 @@ class StandardVAE(nn.Module):
     def vae_parameters(self):
         """theta and phi (and, for VampPrior, the pseudo-inputs)."""
         return self.encoder.parameters() + self.decoder.parameters()
+
+    def discriminators(self):
+        """The density ratio networks trained on their own (psi); none here."""
+        return []
+
+    @property
+    def has_discriminator(self):
+        return bool(self.discriminators())
+
+    def discriminator_parameters(self):
+        return [p for module in self.discriminators() for p in module.parameters()]
 
     def elbo_terms(self, x, rng):
         """(E_q[log p(x|z)], KL estimate) per row, one reparameterised sample (L = 1)."""
@@ -253,7 +263,6 @@ class ImplicitOptimalPrior(StandardVAE):
     """
 
     name = "iop"
-    has_discriminator = True
 
     def __init__(self, dim, likelihood, latent, hidden, rng, decoder_logvar_bounds=(-9.0, 0.0),
                  keep=0.5):
@@ -261,8 +270,8 @@ class ImplicitOptimalPrior(StandardVAE):
         self.density_ratio = DensityRatio(latent, hidden, rng, keep)
         self._posterior_cache = None
 
-    def discriminator_parameters(self):
-        return self.density_ratio.parameters()
+    def discriminators(self):
+        return [self.density_ratio]
 
     def kl(self, z, mu, logvar):
         """Eq. (15): KL(q(z|x) || q(z)) ~ KL(q(z|x) || N(0, I)) - T_psi(z)."""
@@ -331,7 +340,6 @@ class AVB(StandardVAE):
     """
 
     name = "avb"
-    has_discriminator = True
     explicit_posterior = False
 
     def __init__(self, dim, likelihood, latent, hidden, rng, decoder_logvar_bounds=(-9.0, 0.0),
@@ -343,8 +351,8 @@ class AVB(StandardVAE):
         self.latent, self.noise_dim = latent, noise_dim
         self._train_x = None
 
-    def discriminator_parameters(self):
-        return self.discriminator.parameters()
+    def discriminators(self):
+        return [self.discriminator]
 
     def posterior_sample(self, x, rng):
         """z = f_phi(x, eps): a sample of the implicit q(z|x)."""
@@ -546,9 +554,7 @@ class Trainer:
         model = self.model
         step = lambda idx: model.loss(ag.Tensor(self.training_batch(idx)), self.rng, beta)
         model.train()
-        frozen_parts = [model.density_ratio] if isinstance(model, ImplicitOptimalPrior) else (
-            [model.discriminator] if isinstance(model, AVB) else [])
-        with frozen(*frozen_parts):
+        with frozen(*model.discriminators()):
             return run_epoch(step, self.vae_opt, self.train_x.shape[0],
                              self.config.batch_size, self.rng)
 
@@ -558,7 +564,7 @@ class Trainer:
         n = self.train_x.shape[0]
         x = self.training_batch(np.arange(n)) if self.data.dynamic_binarization else self.train_x
         model.begin_discriminator_round(x, self.config.batch_size)
-        with frozen(*[m for m in (model.encoder, model.decoder)]):
+        with frozen(model.encoder, model.decoder):
             loss = 0.0
             for _ in range(self.config.j2):
                 loss = run_epoch(lambda idx: model.discriminator_loss(idx, self.rng),
