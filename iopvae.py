@@ -56,17 +56,25 @@ def log_bernoulli(x, logits):
     return -ag.binary_cross_entropy_with_logits(logits, x).sum(axis=-1)
 
 
-def log_normal_mixture(z, mu, logvar):
+def log_normal_mixture(z, mu, logvar, block_elements=1 << 22):
     """log (1/K) sum_k N(z | mu_k, diag exp(logvar_k)) for z (B, d), mu, logvar (K, d) -> (B,).
 
     The VampPrior of Eq. (9): every z against every component, then a
-    max-shifted logsumexp over the K components.
+    max-shifted logsumexp over the K components.  The pairwise terms form a
+    (rows, K, d) array, so many rows (evaluation) are taken in blocks of about
+    ``block_elements`` elements; a training batch is one block.
     """
     B, d = z.shape
     K = mu.shape[0]
-    pairwise = log_normal_diag(ag.reshape(z, (B, 1, d)), ag.reshape(mu, (1, K, d)),
-                               ag.reshape(logvar, (1, K, d)))
-    return ag.logsumexp(pairwise, axis=1) - math.log(K)
+    rows = max(1, block_elements // (K * d))
+    mu, logvar = ag.reshape(mu, (1, K, d)), ag.reshape(logvar, (1, K, d))
+    blocks = []
+    for start in range(0, B, rows):
+        zb = z[start:start + rows]
+        pairwise = log_normal_diag(ag.reshape(zb, (zb.shape[0], 1, d)), mu, logvar)
+        blocks.append(ag.logsumexp(pairwise, axis=1))
+    log_sum = blocks[0] if len(blocks) == 1 else ag.concatenate(blocks, axis=0)
+    return log_sum - math.log(K)
 
 
 def reparameterize(mu, logvar, eps):

@@ -386,3 +386,20 @@ def test_binarize_statistics():
     assert not np.array_equal(b1, b2)
     # pixels are drawn independently: two middle columns are uncorrelated
     assert abs(np.corrcoef(b1[:, 4], b1[:, 6])[0, 1]) < 0.03
+
+
+def test_log_normal_mixture_blocks_give_the_same_values_and_gradients():
+    """Evaluation splits many rows into blocks (to bound the (rows, K, d) array); the values and
+    gradients must not depend on the block size, including a ragged last block."""
+    rng = np.random.default_rng(3)
+    z0, mu0 = rng.standard_normal((37, 3)), rng.standard_normal((5, 3))
+    lv0 = 0.3 * rng.standard_normal((5, 3))
+    results = []
+    for block in (1 << 22, 60, 15):
+        z, mu, lv = (ag.Tensor(a.copy(), requires_grad=True) for a in (z0, mu0, lv0))
+        out = iopvae.log_normal_mixture(z, mu, lv, block_elements=block)
+        (out * ag.Tensor(np.arange(37.0))).sum().backward()
+        results.append([out.data, z.grad, mu.grad, lv.grad])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
