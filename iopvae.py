@@ -659,7 +659,8 @@ def save_checkpoint(trainer, path):
             "history": trainer.history, "bad_epochs": trainer.bad_epochs,
             "best_epoch": trainer.best["epoch"], "best_valid_elbo": trainer.best["valid_elbo"],
             "rng_state": rng_state(trainer.rng), "format": 1,
-            "dim": trainer.data.dim, "likelihood": trainer.data.likelihood}
+            "dim": trainer.data.dim, "likelihood": trainer.data.likelihood,
+            "image_shape": list(trainer.data.image_shape) if trainer.data.image_shape else None}
     arrays["meta"] = np.array(json.dumps(meta))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     nn.save_npz(path, arrays)
@@ -745,6 +746,7 @@ def load_model(path, best=True):
         raise CheckpointError(f"checkpoint {path} does not match its configuration ({exc})") \
             from None
     model.eval()
+    model.image_shape = meta.get("image_shape")
     return model, config
 
 
@@ -935,9 +937,10 @@ def command_sample(args):
                                               config.seed).train)
             z = model.prior_sample(args.n, rng, data)
         images = ag.to_numpy(model.decoder.mean(z))
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
-                                   "samples.png")
-    save_image_grid(images, config.dataset, out)
+    run_dir = (args.checkpoint if os.path.isdir(args.checkpoint)
+               else os.path.dirname(os.path.abspath(args.checkpoint)))
+    out = args.out or os.path.join(run_dir, "samples.png")
+    save_image_grid(images, model.image_shape, out)
     print(f"wrote {args.n} samples to {out}")
 
 
@@ -984,16 +987,12 @@ def command_table2(args):
         print(f"{dataset:<16}{method:<8}{ours:>22}{paper:>20}")
 
 
-IMAGE_SHAPES = {"mnist": (28, 28), "omniglot": (28, 28), "histopathology": (28, 28),
-                "freyfaces": (28, 20)}
-
-
-def save_image_grid(images, dataset, path):
+def save_image_grid(images, image_shape, path):
     """Decoder means as a grid of images (or, for OneHot, a table) in a PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    shape = IMAGE_SHAPES.get(dataset, (1, images.shape[1]))
+    shape = tuple(image_shape) if image_shape else (1, images.shape[1])
     n = images.shape[0]
     cols = int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
