@@ -180,6 +180,14 @@ class StandardVAE(nn.Module):
     def discriminator_parameters(self):
         return [p for module in self.discriminators() for p in module.parameters()]
 
+    def posterior_sample(self, x, rng):
+        """z ~ q_phi(z|x) by reparameterisation (Eq. 18)."""
+        mu, logvar = self.encoder(x)
+        return reparameterize(mu, logvar, standard_normal(rng, mu.shape))
+
+    def init_from_data(self, train_x, rng):
+        """A hook for methods whose start depends on the training data (VampPrior)."""
+
     def elbo_terms(self, x, rng):
         """(E_q[log p(x|z)], KL estimate) per row, one reparameterised sample (L = 1)."""
         mu, logvar = self.encoder(x)
@@ -212,7 +220,7 @@ class VampPrior(StandardVAE):
     ReLU min(max(u, 0), 1).  Their start matters: if they all start near one
     value they never separate and the prior stays one Gaussian.  ``pseudo_init``:
     ``"uniform"`` (U[0, 1], the default), ``"data"`` (random training points,
-    given later by ``init_pseudo_inputs``) or ``"constant"`` (0.5 + N(0, 0.01^2),
+    given later by ``init_from_data``) or ``"constant"`` (0.5 + N(0, 0.01^2),
     the failure case, for experiments).
     """
 
@@ -230,7 +238,7 @@ class VampPrior(StandardVAE):
         self.pseudo_inputs = nn.Parameter(u)
         self.pseudo_init = pseudo_init
 
-    def init_pseudo_inputs(self, train_x, rng):
+    def init_from_data(self, train_x, rng):
         """For ``pseudo_init="data"``: start from K random training points."""
         if self.pseudo_init == "data":
             idx = rng.choice(train_x.shape[0], self.pseudo_inputs.shape[0], replace=False)
@@ -304,9 +312,8 @@ class ImplicitOptimalPrior(StandardVAE):
 
     def aggregated_posterior_sample(self, idx, rng):
         """Ancestral sampling from q_phi(z) = E_pD(x)[q(z|x)]: pick x, draw z ~ q(z|x)."""
-        mu, logvar = (a[idx] for a in self._posterior_cache)
-        eps = standard_normal(rng, mu.shape).data
-        return ag.Tensor(mu + ag.xp().exp(0.5 * logvar) * eps)
+        mu, logvar = (ag.Tensor(a[idx]) for a in self._posterior_cache)
+        return reparameterize(mu, logvar, standard_normal(rng, mu.shape))
 
     def discriminator_loss(self, idx, rng):
         """-Eq. (20): BCE of T on z ~ q(z) (label 1) and z ~ N(0, I) (label 0)."""
@@ -320,8 +327,7 @@ class ImplicitOptimalPrior(StandardVAE):
             raise ValueError("sampling the implicit prior needs training data (ancestral "
                              "sampling); or use sir_prior_sample")
         idx = rng.integers(0, data.shape[0], n)
-        mu, logvar = self.encoder(ag.Tensor(data[idx]))
-        return reparameterize(mu, logvar, standard_normal(rng, mu.shape))
+        return self.posterior_sample(ag.Tensor(data[idx]), rng)
 
     def sir_prior_sample(self, n, rng, candidates=None):
         """Sampling-importance-resampling from N(0, I) with weights exp(T(z)) ~ q(z)/p(z).
@@ -370,9 +376,6 @@ class AVB(StandardVAE):
     def elbo_terms(self, x, rng):
         z = self.posterior_sample(x, rng)
         return self.decoder.log_likelihood(x, z), self.discriminator(ag.concatenate([x, z], axis=1))
-
-    def log_prior(self, z):
-        return log_standard_normal(z)
 
     def begin_discriminator_round(self, train_x, batch_size):
         self._train_x = train_x
@@ -511,7 +514,7 @@ class TrainingDiverged(RuntimeError):
     """A loss or the validation ELBO became NaN or infinite."""
 
 
-def run_epoch(step_loss, optimizer, n, batch_size, rng, prepare=None):
+def run_epoch(step_loss, optimizer, n, batch_size, rng):
     """One pass over n training points in shuffled mini-batches; mean loss (a device scalar).
 
     ``step_loss(idx)`` builds the loss of the batch ``idx``; this is the single
@@ -543,8 +546,7 @@ class Trainer:
         self.rng = ag.default_rng(self.config.seed)
         self.model = build_model(self.config, data.dim, data.likelihood, self.rng)
         self.train_x, self.valid_x = ag.as_array(data.train), ag.as_array(data.valid)
-        if isinstance(self.model, VampPrior):
-            self.model.init_pseudo_inputs(self.train_x, self.rng)
+        self.model.init_from_data(self.train_x, self.rng)
         self.vae_opt = Adam(self.model.vae_parameters(), lr=self.config.lr)
         self.disc_opt = (Adam(self.model.discriminator_parameters(), lr=self.config.lr)
                          if self.model.has_discriminator else None)
@@ -570,8 +572,7 @@ class Trainer:
         """Lines 7-12: update psi on Eq. (20) with theta, phi fixed, ``j2`` epochs."""
         model = self.model
         n = self.train_x.shape[0]
-        x = self.training_batch(np.arange(n)) if self.data.dynamic_binarization else self.train_x
-        model.begin_discriminator_round(x, self.config.batch_size)
+        model.begin_discriminator_round(self.training_batch(slice(None)), self.config.batch_size)
         with frozen(model.encoder, model.decoder):
             loss = 0.0
             for _ in range(self.config.j2):
@@ -758,23 +759,26 @@ def _batches(x, batch_size):
         yield x[start:start + batch_size]
 
 
-def elbo(model, x, rng, batch_size=100):
-    """Mean ELBO (Eq. 2/3; estimated for AVB and IOP) of the rows of ``x``, one sample each."""
-    total = 0.0
+def mean_elbo_terms(model, x, rng, batch_size=100):
+    """Means over the rows of ``x`` of E_q[log p(x|z)] and of the KL estimate, one sample each."""
+    reconstruction, kl = 0.0, 0.0
     with evaluation(model):
         for batch in _batches(x, batch_size):
-            reconstruction, kl = model.elbo_terms(ag.Tensor(batch), rng)
-            total = total + (reconstruction - kl).data.sum()
-    return total / x.shape[0]
+            r, k = model.elbo_terms(ag.Tensor(batch), rng)
+            reconstruction = reconstruction + r.data.sum()
+            kl = kl + k.data.sum()
+    return reconstruction / x.shape[0], kl / x.shape[0]
+
+
+def elbo(model, x, rng, batch_size=100):
+    """Mean ELBO (Eq. 2/3; estimated for AVB and IOP) of the rows of ``x``."""
+    reconstruction, kl = mean_elbo_terms(model, x, rng, batch_size)
+    return reconstruction - kl
 
 
 def reconstruction(model, x, rng, batch_size=100):
-    """Mean E_q[log p(x|z)] of the rows of ``x``, one sample each."""
-    total = 0.0
-    with evaluation(model):
-        for batch in _batches(x, batch_size):
-            total = total + model.elbo_terms(ag.Tensor(batch), rng)[0].data.sum()
-    return total / x.shape[0]
+    """Mean E_q[log p(x|z)] of the rows of ``x``."""
+    return mean_elbo_terms(model, x, rng, batch_size)[0]
 
 
 def importance_sampled_log_likelihood(x, posterior, log_likelihood, log_prior, samples, rng,
@@ -797,12 +801,12 @@ def importance_sampled_log_likelihood(x, posterior, log_likelihood, log_prior, s
             for done in range(0, samples, per_pass):
                 s = min(per_pass, samples - done)
                 eps = standard_normal(rng, (s, B, mu.shape[1]), dtype=mu.dtype)
-                z = ag.reshape(reparameterize(mu, logvar, eps), (s * B, mu.shape[1]))
+                z = reparameterize(mu, logvar, eps)                 # (s, B, d)
+                log_q = log_normal_diag(z, mu, logvar).data         # (s, B)
+                z = ag.reshape(z, (s * B, mu.shape[1]))
                 xs = ag.Tensor(xp.broadcast_to(batch, (s,) + batch.shape).reshape(s * B, -1))
-                mus = ag.Tensor(xp.broadcast_to(mu.data, (s,) + mu.shape).reshape(s * B, -1))
-                lvs = ag.Tensor(xp.broadcast_to(logvar.data, (s,) + mu.shape).reshape(s * B, -1))
-                w = log_likelihood(xs, z) + log_prior(z) - log_normal_diag(z, mus, lvs)
-                log_w.append(w.data.astype(np.float64).reshape(s, B))
+                log_joint = (log_likelihood(xs, z) + log_prior(z)).data.reshape(s, B)
+                log_w.append((log_joint - log_q).astype(np.float64))
             log_w = xp.concatenate(log_w, axis=0)
             out.append(ag.logsumexp(ag.Tensor(log_w), axis=0).data - math.log(samples))
     return xp.concatenate(out)
@@ -870,9 +874,9 @@ def _add_config_options(parser):
     for field in dataclasses.fields(Config):
         if field.name in ("dataset", "method", "data_dir"):
             continue
-        parser.add_argument("--" + field.name.replace("_", "-"), type=field.type
-                            if field.type in (int, float, str) else type(getattr(defaults, field.name)),
-                            default=getattr(defaults, field.name))
+        default = getattr(defaults, field.name)
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(default),
+                            default=default)
 
 
 def _load_data(name, data_dir, seed):

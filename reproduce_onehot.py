@@ -57,11 +57,8 @@ def train_one(method, epochs, warmup, seed, prior_samples, posterior_samples=1):
     valid = ag.as_array(data.valid)
     with iopvae.evaluation(model):
         x = ag.Tensor(ag.xp().concatenate([test] * posterior_samples))
-        if isinstance(model, iopvae.AVB):
-            z = model.posterior_sample(x, rng)
-        else:
-            mu, logvar = model.encoder(x)
-            z = iopvae.reparameterize(mu, logvar, iopvae.standard_normal(rng, mu.shape))
+        z = model.posterior_sample(x, rng)
+    valid_reconstruction, valid_kl = iopvae.mean_elbo_terms(model, valid, rng)
     log_px = iopvae.prior_log_likelihood(model, test, prior_samples, rng,
                                          data=ag.as_array(data.train))
     return {
@@ -69,8 +66,8 @@ def train_one(method, epochs, warmup, seed, prior_samples, posterior_samples=1):
         "history": history,
         "z": ag.to_numpy(z.data).tolist(),
         "labels": np.tile(data.test.argmax(axis=1), posterior_samples).tolist(),
-        "valid_elbo": float(iopvae.elbo(model, valid, rng)),
-        "valid_reconstruction": float(iopvae.reconstruction(model, valid, rng)),
+        "valid_elbo": float(valid_reconstruction - valid_kl),
+        "valid_reconstruction": float(valid_reconstruction),
         "test_log_px": float(log_px.mean()),
         "elbo_is_estimate": bool(model.has_discriminator),
         "seconds": time.time() - started,

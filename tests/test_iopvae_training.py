@@ -304,10 +304,10 @@ def test_vamp_data_init_uses_distinct_training_points():
     matches = [np.flatnonzero((data.train == row).all(axis=1)) for row in u]
     assert all(len(m) == 1 for m in matches)
     assert len({int(m[0]) for m in matches}) == 40
-    # "uniform" is left alone by init_pseudo_inputs
+    # "uniform" is left alone by init_from_data
     model = _vamp("uniform", dim=data.dim, K=40)
     before = model.pseudo_inputs.data.copy()
-    model.init_pseudo_inputs(data.train, ag.default_rng(0))
+    model.init_from_data(data.train, ag.default_rng(0))
     assert np.array_equal(before, model.pseudo_inputs.data)
 
 
