@@ -267,15 +267,16 @@ def _require(root: Path, relpath: str, name: str, verify_checksums: bool) -> Pat
 # Binarization
 
 
-def binarize(x, rng) -> np.ndarray:
+def binarize(x, rng):
     """Bernoulli samples with success probabilities ``x`` (values in [0, 1]).
 
     Returns a float32 array of zeros and ones, ``x > u`` with u ~ U[0, 1).
-    ``rng`` is a ``numpy.random.Generator`` or anything ``default_rng``
-    accepts (e.g. an int seed).
+    ``rng`` is a random Generator -- NumPy's, or CuPy's for a CuPy ``x``
+    (the trainer's dynamic binarisation) -- or anything NumPy's
+    ``default_rng`` accepts (e.g. an int seed).
     """
-    rng = np.random.default_rng(rng)
-    x = np.asarray(x)
+    if not hasattr(rng, "random"):
+        rng = np.random.default_rng(rng)
     u = rng.random(x.shape, dtype=np.float32)
     return (x > u).astype(np.float32)
 

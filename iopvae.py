@@ -27,6 +27,7 @@ import numpy as np
 
 import autograd_lite as ag
 from autograd_lite import nn
+from datasets import binarize  # dynamic binarisation of training batches
 from autograd_lite.optim import Adam
 
 LOG_2PI = math.log(2 * math.pi)
@@ -503,11 +504,6 @@ def build_model(config, dim, likelihood, rng):
 def warmup_beta(epoch, warmup):
     """KL weight of the warm-up (Bowman et al. 2015): epoch / warmup, capped at 1."""
     return 1.0 if warmup <= 0 else min(1.0, epoch / warmup)
-
-
-def binarize(x, rng):
-    """Dynamic binarisation: x ~ Bernoulli(pixel intensities), redrawn every time."""
-    return (rng.random(x.shape, dtype=x.dtype) < x).astype(x.dtype)
 
 
 class TrainingDiverged(RuntimeError):
