@@ -285,7 +285,6 @@ class ImplicitOptimalPrior(StandardVAE):
                  keep=0.5):
         super().__init__(dim, likelihood, latent, hidden, rng, decoder_logvar_bounds)
         self.density_ratio = DensityRatio(latent, hidden, rng, keep)
-        self._posterior_cache = None
 
     def discriminators(self):
         return [self.density_ratio]
@@ -299,26 +298,20 @@ class ImplicitOptimalPrior(StandardVAE):
         return log_standard_normal(z) + self.density_ratio(z)
 
     # --- Eq. (20): training T_psi ----------------------------------------------------
-    def begin_discriminator_round(self, train_x, batch_size):
-        """Cache mu and log sigma^2 of every training point: the encoder is fixed
-        while psi is trained, so q(z|x) need not be recomputed per psi step."""
-        mus, logvars = [], []
+    def aggregated_posterior_sample(self, x, rng):
+        """Ancestral sampling from q_phi(z) = E_pD(x)[q(z|x)] (Eq. 6): for data points
+        x drawn from the training set, z ~ q(z|x).  The encoder is fixed (no graph)."""
         with ag.no_grad():
-            for start in range(0, train_x.shape[0], batch_size):
-                mu, logvar = self.encoder(ag.Tensor(train_x[start:start + batch_size]))
-                mus.append(mu.data)
-                logvars.append(logvar.data)
-        xp = ag.xp()
-        self._posterior_cache = xp.concatenate(mus), xp.concatenate(logvars)
-
-    def aggregated_posterior_sample(self, idx, rng):
-        """Ancestral sampling from q_phi(z) = E_pD(x)[q(z|x)]: pick x, draw z ~ q(z|x)."""
-        mu, logvar = (ag.Tensor(a[idx]) for a in self._posterior_cache)
+            mu, logvar = self.encoder(x)
         return reparameterize(mu, logvar, standard_normal(rng, mu.shape))
 
-    def discriminator_loss(self, idx, rng):
-        """-Eq. (20): BCE of T on z ~ q(z) (label 1) and z ~ N(0, I) (label 0)."""
-        z1 = self.aggregated_posterior_sample(idx, rng)
+    def discriminator_loss(self, x, rng):
+        """-Eq. (20) on one batch: BCE of T on z1 ~ q(z) (label 1) and z0 ~ N(0, I) (label 0).
+
+        ``x`` is a mini-batch of training points (freshly binarized for MNIST and
+        OMNIGLOT, as the authors do per batch), so z1 is one ancestral sample each.
+        """
+        z1 = self.aggregated_posterior_sample(x, rng)
         z0 = standard_normal(rng, z1.shape)
         return density_ratio_loss(self.density_ratio(z1), self.density_ratio(z0))
 
@@ -364,7 +357,6 @@ class AVB(StandardVAE):
         self.decoder = Decoder(dim, latent, hidden, likelihood, rng, decoder_logvar_bounds)
         self.discriminator = DensityRatio(dim + latent, hidden, rng, keep)
         self.latent, self.noise_dim = latent, noise_dim
-        self._train_x = None
 
     def discriminators(self):
         return [self.discriminator]
@@ -378,12 +370,8 @@ class AVB(StandardVAE):
         z = self.posterior_sample(x, rng)
         return self.decoder.log_likelihood(x, z), self.discriminator(ag.concatenate([x, z], axis=1))
 
-    def begin_discriminator_round(self, train_x, batch_size):
-        self._train_x = train_x
-
-    def discriminator_loss(self, idx, rng):
-        """T(x, z) separates z ~ q(z|x) (label 1) from z ~ p(z) (label 0)."""
-        x = ag.Tensor(self._train_x[idx])
+    def discriminator_loss(self, x, rng):
+        """T(x, z) separates z ~ q(z|x) (label 1) from z ~ p(z) (label 0) on a batch x."""
         with ag.no_grad():
             z_q = self.posterior_sample(x, rng)
         z_p = standard_normal(rng, z_q.shape)
@@ -568,12 +556,11 @@ class Trainer:
         """Lines 7-12: update psi on Eq. (20) with theta, phi fixed, ``j2`` epochs."""
         model = self.model
         n = self.train_x.shape[0]
-        model.begin_discriminator_round(self.training_batch(slice(None)), self.config.batch_size)
+        step = lambda idx: model.discriminator_loss(ag.Tensor(self.training_batch(idx)), self.rng)
         with frozen(model.encoder, model.decoder):
             loss = 0.0
             for _ in range(self.config.j2):
-                loss = run_epoch(lambda idx: model.discriminator_loss(idx, self.rng),
-                                 self.disc_opt, n, self.config.batch_size, self.rng)
+                loss = run_epoch(step, self.disc_opt, n, self.config.batch_size, self.rng)
         return loss
 
     def run(self, epochs=None):

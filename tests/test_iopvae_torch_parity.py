@@ -264,11 +264,11 @@ def test_vae_step_loss_and_gradients_match_torch(method, likelihood, monkeypatch
 
 @pytest.mark.parametrize("method", ["iop", "avb"])
 def test_discriminator_loss_and_gradients_match_torch(method, monkeypatch):
-    """Eq. (20) for IOP (z1 ~ aggregated posterior from the cached mu, sigma of the
-    training points; z0 ~ N(0, I)) and AVB's T(x, z): loss and every T gradient
-    equal PyTorch's with the same noise and the same dropout masks (keep 0.5),
-    and the encoder/decoder get no gradient.  Catches swapped labels, a stale or
-    mis-indexed posterior cache, or dropout applied differently."""
+    """Eq. (20) for IOP (z1 ~ aggregated posterior by ancestral sampling from the
+    batch's training points; z0 ~ N(0, I)) and AVB's T(x, z): loss and every T
+    gradient equal PyTorch's with the same noise and the same dropout masks
+    (keep 0.5), and the encoder/decoder get no gradient.  Catches swapped labels,
+    a mis-indexed batch, or dropout applied differently."""
     keep = 0.5
     model = float64_model(method, "bernoulli", keep=keep)
     train_x = make_data("bernoulli", n=9, seed=3)
@@ -282,9 +282,8 @@ def test_discriminator_loss_and_gradients_match_torch(method, monkeypatch):
     noise = RecordedNoise(seed=4)
     monkeypatch.setattr(iopvae, "standard_normal", noise)
     model.train()
-    model.begin_discriminator_round(train_x, batch_size=4)  # several cache batches
     with iopvae.frozen(model.encoder, model.decoder):
-        loss = model.discriminator_loss(idx, ag.default_rng(0))
+        loss = model.discriminator_loss(ag.Tensor(train_x[idx]), ag.default_rng(0))
         loss.backward()
     assert len(uniforms.draws) == 4  # two layers, two calls of T
     P = torch_params(model)
