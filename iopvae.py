@@ -432,11 +432,12 @@ class Config:
     method: str = "iop"
     latent: int = 0            # 0: the paper's choice (2 for OneHot, 40 for images)
     hidden: int = 500
-    lr: float = 1e-3
+    lr: float = 1e-3           # Adam step size of the VAE (theta, phi; VampPrior's u)
+    lr_density_ratio: float = 1e-3  # Adam step size of T (psi), IOP and AVB
     batch_size: int = 100
     epochs: int = 1000
     warmup: int = 100          # epochs of linear KL warm-up (beta from 1/warmup to 1)
-    patience: int = 50         # early stopping: epochs without a better validation ELBO
+    patience: int = 50         # early stopping: epochs after warm-up without a better valid ELBO
     j1: int = 1                # VAE epochs per round (Algorithm 1, lines 2-6)
     j2: int = 10               # density-ratio epochs per round (lines 7-12)
     keep: float = 0.5          # dropout keep probability of T
@@ -468,8 +469,9 @@ class Config:
                 raise ValueError(f"{name} must be non-negative (got {getattr(self, name)})")
         if not 0 < self.keep <= 1:
             raise ValueError(f"keep must be in (0, 1] (got {self.keep})")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive (got {self.lr})")
+        for name in ("lr", "lr_density_ratio"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive (got {getattr(self, name)})")
         if self.decoder_logvar_min >= self.decoder_logvar_max:
             raise ValueError("decoder_logvar_min must be below decoder_logvar_max")
         return self
@@ -532,7 +534,7 @@ class Trainer:
         self.train_x, self.valid_x = ag.as_array(data.train), ag.as_array(data.valid)
         self.model.init_from_data(self.train_x, self.rng)
         self.vae_opt = Adam(self.model.vae_parameters(), lr=self.config.lr)
-        self.disc_opt = (Adam(self.model.discriminator_parameters(), lr=self.config.lr)
+        self.disc_opt = (Adam(self.model.discriminator_parameters(), lr=self.config.lr_density_ratio)
                          if self.model.has_discriminator else None)
         self.epoch, self.history = 0, []
         self.best = {"epoch": 0, "valid_elbo": -math.inf, "state": None}
@@ -583,12 +585,7 @@ class Trainer:
             self._check_finite(record)
             self.epoch = epoch
             self.history.append(record)
-            if record["valid_elbo"] > self.best["valid_elbo"]:
-                self.best = {"epoch": epoch, "valid_elbo": record["valid_elbo"],
-                             "state": self.model.state_dict()}
-                self.bad_epochs = 0
-            else:
-                self.bad_epochs += 1
+            self._early_stopping(record)
             if self.out_dir:
                 save_checkpoint(self, os.path.join(self.out_dir, "checkpoint.npz"))
             self.log(progress_line(record, last, start_epoch, start_time))
@@ -597,6 +594,19 @@ class Trainer:
                      f"for {c.patience} epochs (best {self.best['valid_elbo']:.4f} "
                      f"at epoch {self.best['epoch']})")
         return self.history
+
+    def _early_stopping(self, record):
+        """Keep the best weights by validation ELBO and count epochs without progress,
+        from the end of the warm-up on: a warm-up epoch optimises another objective
+        (beta < 1), so it can be neither the best epoch nor a bad one."""
+        if record["beta"] < 1.0:
+            return
+        if record["valid_elbo"] > self.best["valid_elbo"]:
+            self.best = {"epoch": record["epoch"], "valid_elbo": record["valid_elbo"],
+                         "state": self.model.state_dict()}
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
 
     def _check_finite(self, record):
         for key in ("loss", "disc_loss", "valid_elbo"):
@@ -608,7 +618,8 @@ class Trainer:
                                        f"{value}; {kept}")
 
     def best_model(self):
-        """The model with the weights of the best validation epoch (early stopping)."""
+        """The model with the weights of the best validation epoch after warm-up (early
+        stopping); the last weights if training ended before the warm-up did."""
         if self.best["state"] is not None:
             self.model.load_state_dict(self.best["state"])
         return self.model
@@ -644,6 +655,7 @@ def save_checkpoint(trainer, path):
             "best_epoch": trainer.best["epoch"], "best_valid_elbo": trainer.best["valid_elbo"],
             "rng_state": rng_state(trainer.rng), "format": 1,
             "dim": trainer.data.dim, "likelihood": trainer.data.likelihood,
+            "split_id": trainer.data.split_id,
             "image_shape": list(trainer.data.image_shape) if trainer.data.image_shape else None}
     arrays["meta"] = np.array(json.dumps(meta))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -696,9 +708,20 @@ def _sub_state(arrays, prefix):
     return {k[len(prefix) + 1:]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
 
 
+def check_split(meta, data, path):
+    """Refuse data whose split differs from the one the checkpoint trained on:
+    evaluating on another split would score training points as test points."""
+    trained_on = meta.get("split_id")
+    if trained_on != data.split_id:
+        raise CheckpointError(f"checkpoint {path} was trained on split {trained_on} but the data "
+                              f"loaded now are split {data.split_id}; evaluate or resume it on "
+                              "the data it was trained on")
+
+
 def resume_trainer(path, data, out_dir, log=print):
     """A Trainer restored from a checkpoint so that training continues exactly."""
     meta, arrays = read_checkpoint(path)
+    check_split(meta, data, path)
     trainer = Trainer(meta["config"], data, out_dir, log)
     try:
         trainer.model.load_state_dict(_sub_state(arrays, "model"))
@@ -731,7 +754,16 @@ def load_model(path, best=True):
             from None
     model.eval()
     model.image_shape = meta.get("image_shape")
+    model.split_id = meta.get("split_id")
     return model, config
+
+
+def load_run_data(path, config, data_dir=""):
+    """The data set a checkpoint trained on, refused if its split is not the same."""
+    meta, _ = read_checkpoint(path)
+    data = _load_data(config.dataset, data_dir or config.data_dir)
+    check_split(meta, data, path)
+    return data
 
 
 # =============================================================================
@@ -862,9 +894,9 @@ def _add_config_options(parser):
                             default=default)
 
 
-def _load_data(name, data_dir, seed):
+def _load_data(name, data_dir):
     import datasets
-    return datasets.load(name, data_dir=data_dir or None, seed=seed)
+    return datasets.load(name, data_dir=data_dir or None)
 
 
 def command_train(args):
@@ -875,14 +907,14 @@ def command_train(args):
     if args.resume:
         meta, _ = read_checkpoint(out)
         config = meta["config"]
-        data = _load_data(config.dataset, args.data_dir or config.data_dir, config.seed)
+        data = _load_data(config.dataset, args.data_dir or config.data_dir)
         trainer = resume_trainer(out, data, out)
         print(f"resuming {out} at epoch {trainer.epoch}")
     else:
         if os.path.exists(os.path.join(out, "checkpoint.npz")):
             raise ValueError(f"{out} already holds a checkpoint: continue it with --resume, "
                              "or choose another --out")
-        data = _load_data(config.dataset, config.data_dir, config.seed)
+        data = _load_data(config.dataset, config.data_dir)
         trainer = Trainer(config, data, out)
     print(f"training {config.method} on {config.dataset} ({data.train.shape[0]} points, "
           f"latent {config.latent}); checkpoints in {out}")
@@ -907,7 +939,7 @@ def report_evaluation(model, data, samples, rng, split="test"):
 
 def command_evaluate(args):
     model, config = load_model(args.checkpoint)
-    data = _load_data(config.dataset, args.data_dir or config.data_dir, config.seed)
+    data = load_run_data(args.checkpoint, config, args.data_dir)
     report_evaluation(model, data, args.samples, ag.default_rng(args.seed), args.split)
 
 
@@ -920,8 +952,7 @@ def command_sample(args):
         else:
             data = None
             if isinstance(model, ImplicitOptimalPrior):
-                data = ag.as_array(_load_data(config.dataset, args.data_dir or config.data_dir,
-                                              config.seed).train)
+                data = ag.as_array(load_run_data(args.checkpoint, config, args.data_dir).train)
             z = model.prior_sample(args.n, rng, data)
         images = ag.to_numpy(model.decoder.mean(z))
     run_dir = (args.checkpoint if os.path.isdir(args.checkpoint)
@@ -949,7 +980,7 @@ def command_table2(args):
     """
     scores = {}
     for dataset in args.datasets:
-        data = _load_data(dataset, args.data_dir, 0)
+        data = _load_data(dataset, args.data_dir)
         for method in args.methods:
             for seed in args.seeds:
                 out = os.path.join(args.out, f"{dataset}-{method}-seed{seed}")

@@ -44,7 +44,7 @@ def train_one(method, epochs, warmup, seed, prior_samples, posterior_samples=1):
     import datasets
     import iopvae
 
-    data = datasets.load("onehot", seed=seed)
+    data = datasets.load("onehot")
     config = iopvae.Config(dataset="onehot", method=method, epochs=epochs, warmup=warmup,
                            patience=0, seed=seed)
     started = time.time()

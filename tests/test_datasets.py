@@ -144,7 +144,7 @@ def test_load_uses_env_data_dir(monkeypatch, tmp_path):
 
 
 def test_onehot_balanced_and_onehot():
-    ds = datasets.load("onehot", seed=3)
+    ds = datasets.load("onehot")
     assert (ds.name, ds.likelihood, ds.dynamic_binarization, ds.image_shape, ds.dim) == (
         "onehot", "bernoulli", False, None, 4)
     for x, n in zip((ds.train, ds.valid, ds.test), datasets.ONEHOT_SPLIT):
@@ -154,10 +154,19 @@ def test_onehot_balanced_and_onehot():
         assert np.all(x.sum(axis=0) == n // 4)
 
 
-def test_onehot_seeded():
-    a, b, c = (datasets.load("onehot", seed=s) for s in (1, 1, 2))
+def test_onehot_split_fixed():
+    a, b = datasets.load("onehot"), datasets.load("onehot")
     assert np.array_equal(a.train, b.train) and np.array_equal(a.test, b.test)
-    assert not np.array_equal(a.train, c.train)
+    assert a.split_id == b.split_id and a.split_id.startswith("onehot:1000/100/1000:")
+    assert not np.array_equal(a.train[:8], np.eye(4)[np.arange(8) % 4])  # shuffled
+
+
+def test_load_takes_no_run_seed():
+    """Splits belong to the data set: a run's seed cannot reach them."""
+    with pytest.raises(TypeError):
+        datasets.load("onehot", None, 3)
+    with pytest.raises(TypeError):
+        datasets.load("onehot", seed=3)
 
 
 # ---------------------------------------------------------------------------
@@ -199,7 +208,7 @@ def test_mnist_eval_sets_binarized_once(mnist, mnist_root):
     for x in (mnist.valid, mnist.test):
         assert set(np.unique(x)) == {0.0, 1.0}
         assert abs(x[:, 100].mean() - 128 / 255) < 0.03
-    again = datasets.load("mnist", mnist_root, seed=99, verify_checksums=False)
+    again = datasets.load("mnist", mnist_root, verify_checksums=False)
     assert np.array_equal(again.valid, mnist.valid) and np.array_equal(again.test, mnist.test)
 
 
@@ -283,7 +292,7 @@ def omniglot_index(x):
 def test_omniglot(tmp_path):
     write_omniglot(tmp_path)
     # verify_checksums=False: this is not the original file (git blob id).
-    ds = datasets.load("omniglot", tmp_path, seed=1, verify_checksums=False)
+    ds = datasets.load("omniglot", tmp_path, verify_checksums=False)
     assert (ds.likelihood, ds.dynamic_binarization, ds.image_shape) == ("bernoulli", True, (28, 28))
     for x, n in zip((ds.train, ds.valid, ds.test), datasets.OMNIGLOT_SPLIT):
         assert x.shape == (n, 784) and x.dtype == np.float32 and x.flags.c_contiguous
@@ -294,10 +303,10 @@ def test_omniglot(tmp_path):
     train_idx, valid_idx = omniglot_index(ds.train), omniglot_index(ds.valid)
     assert np.array_equal(np.sort(np.concatenate([train_idx, valid_idx])), np.arange(24_345))
     assert not np.array_equal(train_idx, np.sort(train_idx))
-    # Same-seed determinism of the shuffle is checked on FreyFaces (same code path).
-    other = datasets.load("omniglot", tmp_path, seed=2, verify_checksums=False)
-    assert not np.array_equal(other.valid, ds.valid)
-    assert np.array_equal(other.test, ds.test)  # test set: fixed order, fixed binarization
+    again = datasets.load("omniglot", tmp_path, verify_checksums=False)
+    assert np.array_equal(again.valid, ds.valid) and np.array_equal(again.train, ds.train)
+    assert np.array_equal(again.test, ds.test)  # test set: fixed order, fixed binarization
+    assert again.split_id == ds.split_id
 
 
 def test_omniglot_wrong_shape(tmp_path):
@@ -313,7 +322,7 @@ def test_omniglot_wrong_shape(tmp_path):
 
 def test_freyfaces_split_and_scaling(tmp_path):
     write_freyfaces(tmp_path)
-    ds = datasets.load("freyfaces", tmp_path, seed=4, verify_checksums=False)
+    ds = datasets.load("freyfaces", tmp_path, verify_checksums=False)
     assert (ds.likelihood, ds.dynamic_binarization, ds.image_shape, ds.dim) == (
         "gaussian", False, (28, 20), 560)
     for x, n in zip((ds.train, ds.valid, ds.test), (1_565, 200, 200)):
@@ -323,9 +332,12 @@ def test_freyfaces_split_and_scaling(tmp_path):
     index = np.rint(both[:, 0]).astype(int) * 256 + np.rint(both[:, 1]).astype(int)
     assert np.array_equal(np.sort(index), np.arange(1965))
     assert not np.array_equal(index, np.arange(1965))  # shuffled
-    same = datasets.load("freyfaces", tmp_path, seed=4, verify_checksums=False)
-    other = datasets.load("freyfaces", tmp_path, seed=5, verify_checksums=False)
-    assert np.array_equal(same.test, ds.test) and not np.array_equal(other.test, ds.test)
+    same = datasets.load("freyfaces", tmp_path, verify_checksums=False)
+    assert np.array_equal(same.test, ds.test) and np.array_equal(same.train, ds.train)
+    assert same.split_id == ds.split_id
+    # The split is the same fixed permutation (SPLIT_SEEDS) on every load.
+    expected = np.random.default_rng(datasets.SPLIT_SEEDS["freyfaces"]).permutation(1965)
+    assert np.array_equal(index, expected)
 
 
 def test_freyfaces_wrong_shape(tmp_path):

@@ -166,7 +166,7 @@ def test_table2_trains_evaluates_and_resumes(tmp_path, monkeypatch, capsys):
     small = datasets.Dataset(name="mnist", train=probs[:80], valid=probs[80:100],
                              test=probs[100:], likelihood="bernoulli",
                              dynamic_binarization=True, image_shape=(28, 28))
-    monkeypatch.setattr(iopvae, "_load_data", lambda name, data_dir, seed: small)
+    monkeypatch.setattr(iopvae, "_load_data", lambda name, data_dir: small)
     argv = ["table2", "--datasets", "mnist", "--epochs", "2", "--warmup", "1", "--hidden", "16",
             "--samples", "3", "--out", str(tmp_path)]
     assert iopvae.main(argv) == 0

@@ -72,15 +72,33 @@ def test_short_onehot_run_improves(method, onehot):
 
 
 def test_early_stopping_stops_after_patience(onehot, monkeypatch):
-    """With a validation ELBO that never improves after epoch 1, training must stop
-    after `patience` further epochs and keep epoch 1 as the best."""
+    """With a validation ELBO that never improves after the first epoch past the
+    warm-up, training must stop after `patience` further epochs and keep that
+    epoch as the best."""
     values = iter([-2.0] + [-3.0] * 50)
     monkeypatch.setattr(iopvae, "elbo", lambda *a, **k: next(values))
-    config = iopvae.Config(method="vae", dataset="onehot", hidden=16, epochs=50, patience=3)
+    config = iopvae.Config(method="vae", dataset="onehot", hidden=16, epochs=50, patience=3,
+                           warmup=0)
     trainer = iopvae.Trainer(config, onehot, out_dir=None, log=quiet)
     history = trainer.run()
     assert len(history) == 4
     assert trainer.best["epoch"] == 1
+
+
+def test_early_stopping_ignores_warmup_epochs(onehot, monkeypatch):
+    """Warm-up epochs (beta < 1) optimise another objective: a high validation ELBO
+    during the warm-up must neither become the best epoch nor start the patience
+    count.  Here the ELBO is best at epoch 1 (beta 0.2) and flat after: training
+    must run the 5 warm-up epochs (beta reaches 1 at epoch 5) plus 1 + patience."""
+    values = iter([-1.0, -2.0, -2.0, -2.0, -2.0] + [-3.0] * 50)
+    monkeypatch.setattr(iopvae, "elbo", lambda *a, **k: next(values))
+    config = iopvae.Config(method="vae", dataset="onehot", hidden=16, epochs=50, patience=3,
+                           warmup=5)
+    trainer = iopvae.Trainer(config, onehot, out_dir=None, log=quiet)
+    history = trainer.run()
+    assert [r["beta"] for r in history[:5]] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert trainer.best["epoch"] == 5 and trainer.best["valid_elbo"] == -2.0
+    assert len(history) == 5 + 3
 
 
 # =============================================================================
@@ -217,7 +235,7 @@ def test_load_model_restores_best_weights(onehot, tmp_path, monkeypatch):
     scripted = iter([-3.0, -1.0, -2.0, -2.5])
     monkeypatch.setattr(iopvae, "elbo", lambda *a, **k: next(scripted))
     out = tmp_path / "run"
-    trainer = iopvae.Trainer(_config("iop"), onehot, str(out), quiet)
+    trainer = iopvae.Trainer(_config("iop", warmup=1), onehot, str(out), quiet)
     snapshots = []
     trainer.log = lambda line: snapshots.append(trainer.model.state_dict())
     trainer.run()
