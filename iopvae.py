@@ -840,6 +840,83 @@ def test_log_likelihood(model, x, samples, rng, batch_size=100):
                                                  model.log_prior, samples, rng, batch_size)
 
 
+def log_mixture_density(z, mu, logvar, block_elements=1 << 22):
+    """log (1/N) sum_n N(z | mu_n, diag exp(logvar_n)) for many z, in float64.
+
+    The empirical aggregated posterior of Eq. (8) when (mu_n, logvar_n) are the
+    encoder's outputs on all N training points: IOP's true prior.  The quadratic
+    sum_d (z_d - mu_nd)^2 / s_nd is expanded into one matrix product,
+    [z^2, z, 1] @ [1/s, -2 mu/s, sum(mu^2/s) + sum(log s) + d log 2 pi]^T, so
+    M points against N components cost an (M, 2d+1) x (2d+1, N) product,
+    taken in row blocks of about ``block_elements`` entries; float64 keeps the
+    expansion's cancellation harmless.  Plain arrays in, a (M,) array out.
+    """
+    xp = ag.xp()
+    z = z.astype(np.float64)
+    mu, logvar = mu.astype(np.float64), logvar.astype(np.float64)
+    n, d = mu.shape
+    precision = xp.exp(-logvar)
+    constant = (mu * mu * precision + logvar).sum(axis=1) + d * LOG_2PI
+    components = xp.concatenate([precision, -2.0 * mu * precision, constant[:, None]], axis=1)
+    rows = max(1, block_elements // n)
+    out = []
+    for start in range(0, z.shape[0], rows):
+        zb = z[start:start + rows]
+        features = xp.concatenate([zb * zb, zb, xp.ones((zb.shape[0], 1))], axis=1)
+        log_components = -0.5 * (features @ components.T)            # (rows, N)
+        peak = log_components.max(axis=1, keepdims=True)
+        out.append(peak[:, 0] + xp.log(xp.exp(log_components - peak).sum(axis=1)))
+    return xp.concatenate(out) - math.log(n)
+
+
+def aggregated_posterior_components(model, train_x, batch_size=1000):
+    """(mu_n, logvar_n) of q(z | x_n) for every training point: the N components of
+    the aggregated posterior q(z) (Eqs. 6 and 8)."""
+    mus, logvars = [], []
+    with evaluation(model):
+        for batch in _batches(train_x, batch_size):
+            mu, logvar = model.encoder(ag.Tensor(batch))
+            mus.append(mu.data)
+            logvars.append(logvar.data)
+    xp = ag.xp()
+    return xp.concatenate(mus), xp.concatenate(logvars)
+
+
+def exact_aggregated_log_likelihood(model, x, train_x, samples, rng, batch_size=100):
+    """IOP's log p(x) with its true prior, not the learned estimate.
+
+    The prior IOP trains towards is the aggregated posterior q(z) = (1/N) sum_n
+    q(z | x_n) over the training set (Eqs. 6, 8); T only estimates log q(z)/N(z).
+    Here log q(z) is computed exactly (``log_mixture_density``) and used as the
+    prior of the importance-sampled log-likelihood, with the same proposal.
+    ``train_x`` must be what the encoder saw in training (one fixed binarization
+    of binary data sets).
+    """
+    mu_n, logvar_n = aggregated_posterior_components(model, train_x)
+    log_prior = lambda z: ag.Tensor(log_mixture_density(z.data, mu_n, logvar_n))
+    with evaluation(model):
+        return importance_sampled_log_likelihood(x, model.encoder, model.decoder.log_likelihood,
+                                                 log_prior, samples, rng, batch_size)
+
+
+def density_ratio_log_normalizer(model, rng, samples=100_000, batch_size=10_000):
+    """log Z = log E_{N(0,I)}[exp T(z)]: how far log N(z) + T(z) is from a density.
+
+    With the Bayes-optimal T* = ln q(z)/p(z) (Eq. 14), Z = 1 exactly; a learned T
+    gives Z != 1, and IOP's estimated log-likelihood is off by up to log Z.
+    A plain Monte Carlo average over ``samples`` draws of N(0, I), in float64.
+    """
+    xp = ag.xp()
+    t = []
+    with evaluation(model):
+        for done in range(0, samples, batch_size):
+            z = standard_normal(rng, (min(batch_size, samples - done), model.latent))
+            t.append(model.density_ratio(z).data.astype(np.float64))
+    t = xp.concatenate(t)
+    peak = t.max()
+    return peak + xp.log(xp.exp(t - peak).mean())
+
+
 def prior_log_likelihood(model, x, prior_samples, rng, data=None, chunk=2000):
     """log p(x) = log E_{p(z)}[p(x|z)] by plain Monte Carlo over prior samples (Eq. 1).
 
@@ -884,10 +961,10 @@ class evaluation:
 # =============================================================================
 # 6. Command line.
 # =============================================================================
-def _add_config_options(parser):
+def _add_config_options(parser, skip=()):
     defaults = Config()
     for field in dataclasses.fields(Config):
-        if field.name in ("dataset", "method", "data_dir"):
+        if field.name in ("dataset", "method", "data_dir") + tuple(skip):
             continue
         default = getattr(defaults, field.name)
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(default),
@@ -962,49 +1039,6 @@ def command_sample(args):
     print(f"wrote {args.n} samples to {out}")
 
 
-PAPER_TABLE2 = {  # Table 2 of the paper: test log-likelihood, mean +- std over 8 runs
-    "mnist": {"vae": "-85.84 +- 0.07", "vamp": "-83.90 +- 0.08", "iop": "-83.21 +- 0.13"},
-    "omniglot": {"vae": "-111.39 +- 0.11", "vamp": "-110.53 +- 0.09", "iop": "-108.48 +- 0.16"},
-    "freyfaces": {"vae": "1382.53 +- 3.57", "vamp": "1392.62 +- 6.25", "iop": "1396.27 +- 2.75"},
-    "histopathology": {"vae": "1081.53 +- 0.70", "vamp": "1083.11 +- 2.10",
-                       "iop": "1087.42 +- 0.60"},
-}
-
-
-def command_table2(args):
-    """Train and evaluate every (dataset, method, seed) of Table 2, then print the table.
-
-    Runs that already finished (a checkpoint in their folder whose epoch count
-    is reached or that stopped early) are evaluated, not retrained; runs that
-    were interrupted resume from their checkpoint.
-    """
-    scores = {}
-    for dataset in args.datasets:
-        data = _load_data(dataset, args.data_dir)
-        for method in args.methods:
-            for seed in args.seeds:
-                out = os.path.join(args.out, f"{dataset}-{method}-seed{seed}")
-                config = Config(dataset=dataset, method=method, seed=seed, epochs=args.epochs,
-                                lr=args.lr, patience=args.patience, warmup=args.warmup,
-                                hidden=args.hidden, data_dir=args.data_dir)
-                if os.path.exists(os.path.join(out, "checkpoint.npz")):
-                    trainer = resume_trainer(out, data, out)
-                else:
-                    trainer = Trainer(config, data, out)
-                print(f"== {dataset} / {method} / seed {seed} -> {out}", flush=True)
-                trainer.run()
-                result = report_evaluation(trainer.best_model(), data, args.samples, trainer.rng)
-                scores.setdefault((dataset, method), []).append(result["log_likelihood"])
-    print(f"\nTest log-likelihood, importance sampling with S={args.samples} "
-          f"(IOP: an estimate, with log N(z) + T(z) as log prior)")
-    print(f"{'data set':<16}{'method':<8}{'ours':>22}{'paper':>20}")
-    for (dataset, method), values in scores.items():
-        values = np.asarray(values)
-        ours = f"{values.mean():.2f} +- {values.std():.2f} (n={len(values)})"
-        paper = PAPER_TABLE2.get(dataset, {}).get(method, "")
-        print(f"{dataset:<16}{method:<8}{ours:>22}{paper:>20}")
-
-
 def save_image_grid(images, image_shape, path):
     """Decoder means as a grid of images (or, for OneHot, a table) in a PNG."""
     import matplotlib
@@ -1060,27 +1094,18 @@ def build_parser():
     sample.add_argument("--data-dir", default="")
     sample.set_defaults(run=command_sample)
 
-    table = sub.add_parser("table2", help="the Table 2 experiments: train, evaluate, tabulate")
-    table.add_argument("--datasets", nargs="+", default=["mnist", "freyfaces"],
-                       choices=["mnist", "omniglot", "freyfaces", "histopathology"])
-    table.add_argument("--methods", nargs="+", default=["vae", "vamp", "iop"],
-                       choices=["vae", "vamp", "iop"])
-    table.add_argument("--seeds", nargs="+", type=int, default=[0])
-    table.add_argument("--epochs", type=int, default=1000)
-    table.add_argument("--patience", type=int, default=50)
-    table.add_argument("--warmup", type=int, default=100)
-    table.add_argument("--hidden", type=int, default=500)
-    table.add_argument("--lr", type=float, default=1e-3)
-    table.add_argument("--samples", type=int, default=5000,
-                       help="importance samples (the paper: 10; VampPrior's code: 5000)")
-    table.add_argument("--out", default=os.path.join("runs", "table2"))
-    table.add_argument("--data-dir", default="")
-    table.set_defaults(run=command_table2)
+    import table2  # the Table 2 grid and Figure 3 (table2.py imports this module)
+    table2.add_commands(sub)
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    return run_command_line(build_parser(), argv)
+
+
+def run_command_line(parser, argv=None):
+    """Parse ``argv`` and run its command; errors become one line and exit status 2."""
+    args = parser.parse_args(argv)
     try:
         args.run(args)
     except (ValueError, OSError, CheckpointError, TrainingDiverged, ag.BackendError) as exc:

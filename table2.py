@@ -1,0 +1,455 @@
+"""Table 2 and Figure 3 of the paper: a grid of runs, trained, evaluated and tabulated.
+
+    python iopvae.py table2 --datasets freyfaces --seeds 0 1 2 --jobs 2
+    python iopvae.py table2 --datasets freyfaces --seeds 0 1 2 --print-commands
+    python iopvae.py figure3 --dataset freyfaces --components 50 100 250 500 --seeds 0 1 2
+    python table2.py run --dataset freyfaces --method iop --seed 0 --out runs/table2
+
+Each (data set, method, seed[, K]) is one *run*: a folder under ``--out`` with its
+checkpoint.  ``run`` trains it (or resumes it, or does nothing if it has finished),
+then evaluates its best weights and writes ``result.json`` there and a copy under
+``--results``.  ``table2`` runs the grid's unfinished runs in ``--jobs`` worker
+processes (one BLAS thread each) or prints one ``run`` command per run for a
+cluster scheduler, then tabulates every result beside the paper's numbers.
+
+The test log-likelihood is importance-sampled with S = 10 samples (the paper's
+setting, the headline column) and with a tighter S (``--tight-samples``).  For
+IOP three numbers are given: the paper's estimate (log N(z) + T(z) as the log
+prior), the exact value with the true aggregated posterior of the training set
+as the prior, and log Z = log E_N(0,I)[exp T(z)], the estimated prior's
+normaliser.
+"""
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import autograd_lite as ag
+import iopvae
+
+PAPER_TABLE2 = {  # Table 2 of the paper: test log-likelihood, mean and std over 8 runs
+    "mnist": {"vae": (-85.84, 0.07), "vamp": (-83.90, 0.08), "iop": (-83.21, 0.13)},
+    "omniglot": {"vae": (-111.39, 0.11), "vamp": (-110.53, 0.09), "iop": (-108.48, 0.16)},
+    "freyfaces": {"vae": (1382.53, 3.57), "vamp": (1392.62, 6.25), "iop": (1396.27, 2.75)},
+    "histopathology": {"vae": (1081.53, 0.70), "vamp": (1083.11, 2.10),
+                       "iop": (1087.42, 0.60)},
+}
+DATASETS = ("onehot", "mnist", "omniglot", "freyfaces", "histopathology")
+METHODS = ("vae", "vamp", "iop")
+GRID_FIXED = ("dataset", "method", "seed", "components", "data_dir")  # set per run
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One cell entry of the grid; ``components`` 0 means the paper's K."""
+
+    dataset: str
+    method: str
+    seed: int
+    components: int = 0
+
+    @property
+    def name(self):
+        k = f"-K{self.components}" if self.components else ""
+        return f"{self.dataset}-{self.method}{k}-seed{self.seed}"
+
+
+def grid(datasets, methods, seeds, components=(0,)):
+    """Every run of the grid; K varies only for VampPrior."""
+    return [Run(d, m, s, k if m == "vamp" else 0)
+            for d in datasets for m in methods
+            for k in (components if m == "vamp" else (0,)) for s in seeds]
+
+
+# --- one run: train (or resume), then evaluate ---------------------------------------
+def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_samples=100_000):
+    """Test ELBO and importance-sampled log-likelihoods of a run's best weights."""
+    started = time.time()
+    meta, _ = iopvae.read_checkpoint(path)
+    model, config = iopvae.load_model(path)
+    data = iopvae.load_run_data(path, config, data_dir)
+    test = ag.as_array(data.test)
+    rng = ag.default_rng(10_000 + config.seed)
+    ll = lambda s: float(iopvae.test_log_likelihood(model, test, s, rng).mean())
+    history = meta["history"]
+    result = {
+        "run": os.path.basename(os.path.normpath(path)), "dataset": config.dataset,
+        "method": config.method, "seed": config.seed,
+        "components": config.components if config.method == "vamp" else None,
+        "config": dataclasses.asdict(config), "split_id": meta.get("split_id"),
+        "epochs_trained": meta["epoch"], "best_epoch": meta["best_epoch"],
+        "finished": run_finished(meta),
+        "seconds_per_epoch": float(np.median([r["seconds"] for r in history])),
+        "train_seconds": float(sum(r["seconds"] for r in history)),
+        "test_elbo": float(iopvae.elbo(model, test, rng)),
+        "elbo_is_estimate": bool(model.has_discriminator),
+        "samples": samples, "tight_samples": tight_samples,
+        "log_likelihood": ll(samples), "log_likelihood_tight": ll(tight_samples),
+    }
+    if config.method == "iop":
+        train = data.train
+        if data.dynamic_binarization:  # q(z) over what the encoder saw: binary images
+            train = iopvae.binarize(train, np.random.default_rng(2024))
+        train = ag.as_array(train)
+        exact = lambda s: float(iopvae.exact_aggregated_log_likelihood(
+            model, test, train, s, rng).mean())
+        result["log_likelihood_exact"] = exact(samples)
+        result["log_likelihood_exact_tight"] = exact(tight_samples)
+        result["log_normalizer"] = float(iopvae.density_ratio_log_normalizer(
+            model, rng, normalizer_samples))
+    result["evaluation_seconds"] = time.time() - started
+    return result
+
+
+def run_finished(meta):
+    """True when a checkpoint reached its epoch budget or stopped early."""
+    c = meta["config"]
+    return meta["epoch"] >= c.epochs or (c.patience > 0 and meta["bad_epochs"] >= c.patience)
+
+
+def run_one(run, config_values, out, results, samples, tight_samples, data_dir="", log=print):
+    """Train ``run`` to the end (resuming its checkpoint if any), evaluate it and write
+    ``result.json`` in its folder and ``<name>.json`` in ``results``; returns the result."""
+    path = os.path.join(out, run.name)
+    data = iopvae._load_data(run.dataset, data_dir)
+    if os.path.exists(os.path.join(path, "checkpoint.npz")):
+        trainer = iopvae.resume_trainer(path, data, path, log)
+    else:
+        config = iopvae.Config(**config_values, dataset=run.dataset, method=run.method,
+                               seed=run.seed, components=run.components, data_dir=data_dir)
+        trainer = iopvae.Trainer(config, data, path, log)
+    log(f"== {run.name}: epoch {trainer.epoch} of {trainer.config.epochs}")
+    trainer.run()
+    result = evaluate_run(path, samples, tight_samples, data_dir)
+    for target in (os.path.join(path, "result.json"), os.path.join(results, run.name + ".json")):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        iopvae.write_json_atomic(target, result)
+    log(f"== {run.name}: test log-likelihood (S={samples}) {result['log_likelihood']:.2f}")
+    return result
+
+
+def has_result(run, results, samples, tight_samples):
+    """A result for ``run`` evaluated with these S exists (then the run is done)."""
+    path = os.path.join(results, run.name + ".json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        r = json.load(f)
+    return r.get("finished") and (r["samples"], r["tight_samples"]) == (samples, tight_samples)
+
+
+# --- the grid: in worker processes, or as commands -------------------------------------
+def run_command(run, args, config_values):
+    """The shell command that does ``run_one`` for ``run`` in a fresh process."""
+    defaults = dataclasses.asdict(iopvae.Config())
+    words = [sys.executable if args.jobs > 0 else "python", os.path.abspath(__file__), "run",
+             "--dataset", run.dataset, "--method", run.method, "--seed", str(run.seed),
+             "--out", args.out, "--results", args.results, "--samples", str(args.samples),
+             "--tight-samples", str(args.tight_samples)]
+    if run.components:
+        words += ["--components", str(run.components)]
+    if args.data_dir:
+        words += ["--data-dir", args.data_dir]
+    for name, value in config_values.items():
+        if value != defaults[name]:
+            words += ["--" + name.replace("_", "-"), str(value)]
+    return words
+
+
+class RunFailed(ValueError):
+    """A worker process of the grid exited with an error (its train.log says why)."""
+
+
+SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def run_grid(runs, args, config_values):
+    """Run the unfinished ``runs``: in this process (``--jobs 1``) or in worker
+    processes with one BLAS thread each, logging to ``<run>/train.log``."""
+    pending = [r for r in runs if not has_result(r, args.results, args.samples, args.tight_samples)]
+    print(f"{len(runs) - len(pending)} of {len(runs)} runs already evaluated; "
+          f"{len(pending)} to run with {args.jobs} worker(s)", flush=True)
+    if args.jobs <= 1:
+        for run in pending:
+            run_one(run, config_values, args.out, args.results, args.samples,
+                    args.tight_samples, args.data_dir)
+        return
+
+    def work(run):
+        os.makedirs(os.path.join(args.out, run.name), exist_ok=True)
+        with open(os.path.join(args.out, run.name, "train.log"), "a") as log:
+            done = subprocess.run(run_command(run, args, config_values), stdout=log,
+                                  stderr=subprocess.STDOUT, env={**os.environ, **SINGLE_THREAD})
+        print(f"{run.name}: {'done' if done.returncode == 0 else 'FAILED'}"
+              f" (log: {os.path.join(args.out, run.name, 'train.log')})", flush=True)
+        return done.returncode
+
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        codes = list(pool.map(work, pending))
+    if any(codes):
+        raise RunFailed(f"{sum(c != 0 for c in codes)} run(s) failed; see their train.log")
+
+
+def load_results(runs, results):
+    """The results that exist for ``runs``, by run."""
+    found = {}
+    for run in runs:
+        path = os.path.join(results, run.name + ".json")
+        if os.path.exists(path):
+            with open(path) as f:
+                found[run] = json.load(f)
+    return found
+
+
+# --- statistics -----------------------------------------------------------------------
+def _incomplete_beta(a, b, x):
+    """The regularised incomplete beta function I_x(a, b), by its continued fraction
+    (modified Lentz), using the symmetry I_x(a, b) = 1 - I_{1-x}(b, a) for
+    convergence."""
+    if x <= 0.0 or x >= 1.0:
+        return min(max(x, 0.0), 1.0)
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - _incomplete_beta(b, a, 1.0 - x)
+    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                 + a * math.log(x) + b * math.log1p(-x))
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    fraction = d
+    for m in range(1, 500):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            fraction *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return math.exp(log_front) * fraction / a
+
+
+def welch_t_test(a, b):
+    """Two-sided p-value of Welch's two-sample t-test (unequal variances)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:
+        return 1.0 if a.mean() == b.mean() else 0.0
+    t = (a.mean() - b.mean()) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return _incomplete_beta(df / 2, 0.5, df / (df + t * t))
+
+
+def not_worse_than_best(scores, level=0.05):
+    """The methods whose scores are the best mean or not significantly different from
+    it (Welch's t-test at ``level``), as the paper marks in bold."""
+    best = max(scores, key=lambda m: np.mean(scores[m]))
+    return {m for m, s in scores.items()
+            if m == best or (len(s) > 1 and len(scores[best]) > 1
+                             and welch_t_test(s, scores[best]) >= level)}
+
+
+# --- the table --------------------------------------------------------------------------
+def _mean_std(values):
+    values = np.asarray(values, dtype=float)
+    return f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
+
+
+def table(results):
+    """Markdown table of the results (mean ± sample std over seeds) beside the paper's."""
+    rows, cells = [], {}
+    for r in results.values():
+        if r["method"] == "vamp" and r["components"] != iopvae.Config(
+                dataset=r["dataset"]).resolved().components:
+            continue  # Figure 3's other K
+        cells.setdefault(r["dataset"], {}).setdefault(r["method"], []).append(r)
+    any_r = next(iter(results.values()), None)
+    if any_r is None:
+        return "no results yet"
+    S, tight = any_r["samples"], any_r["tight_samples"]
+    rows.append(f"| data set | method | runs | epochs (best) | test LL, S = {S} | "
+                f"test LL, S = {tight} | IOP exact, S = {S} | IOP exact, S = {tight} | "
+                f"IOP log Z | paper (S = 10) |")
+    rows.append("|" + "---|" * 10)
+    for dataset, methods in cells.items():
+        bold = not_worse_than_best({m: [r["log_likelihood"] for r in rs]
+                                    for m, rs in methods.items()})
+        for method in METHODS:
+            rs = methods.get(method)
+            if not rs:
+                continue
+            pick = lambda key: [r[key] for r in rs]
+            ours = _mean_std(pick("log_likelihood"))
+            ours = f"**{ours}**" if method in bold and len(methods) > 1 else ours
+            approx = "≈ " if method == "iop" else ""
+            exact = ((_mean_std(pick("log_likelihood_exact")),
+                      _mean_std(pick("log_likelihood_exact_tight")),
+                      _mean_std(pick("log_normalizer"))) if method == "iop" else ("", "", ""))
+            paper = PAPER_TABLE2.get(dataset, {}).get(method)
+            paper = f"{approx}{paper[0]:.2f} ± {paper[1]:.2f}" if paper else ""
+            epochs = "/".join(f"{r['epochs_trained']}({r['best_epoch']})" for r in rs)
+            rows.append(f"| {dataset} | {method} | {len(rs)} | {epochs} | {approx}{ours} | "
+                        f"{approx}{_mean_std(pick('log_likelihood_tight'))} | "
+                        f"{' | '.join(exact)} | {paper} |")
+    return "\n".join(rows)
+
+
+# --- Figure 3 ---------------------------------------------------------------------------
+def figure3(results, dataset, path):
+    """VampPrior's test log-likelihood against K (mean ± std over seeds) with IOP's as a
+    dashed line (its estimate) and a dotted line (exact); writes ``path`` (PNG) and
+    the numbers beside it (JSON)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    default_k = iopvae.Config(dataset=dataset).resolved().components
+    vamp, iop = {}, []
+    for r in results.values():
+        if r["dataset"] == dataset and r["method"] == "vamp":
+            vamp.setdefault(r["components"] or default_k, []).append(r["log_likelihood"])
+        elif r["dataset"] == dataset and r["method"] == "iop":
+            iop.append(r)
+    ks = sorted(vamp)
+    mean = np.array([np.mean(vamp[k]) for k in ks])
+    std = np.array([np.std(vamp[k], ddof=1) if len(vamp[k]) > 1 else 0.0 for k in ks])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3, label="VampPrior")
+    ax.fill_between(ks, mean - std, mean + std, alpha=0.2)
+    numbers = {"dataset": dataset, "K": ks, "vampprior": {str(k): vamp[k] for k in ks}}
+    for key, style, label in (("log_likelihood", "--", "Proposed (estimate)"),
+                              ("log_likelihood_exact", ":", "Proposed (exact q(z))")):
+        values = [r[key] for r in iop]
+        if values:
+            m, s = np.mean(values), np.std(values, ddof=1) if len(values) > 1 else 0.0
+            ax.axhline(m, ls=style, color="C3" if key == "log_likelihood" else "C2", label=label)
+            ax.axhspan(m - s, m + s, alpha=0.12, color="C3" if key == "log_likelihood" else "C2")
+            numbers[key] = values
+    S = next(iter(results.values()))["samples"]
+    ax.set_xlabel("Number of pseudo inputs K")
+    ax.set_ylabel(f"Test log-likelihood (S = {S})")
+    ax.set_title(f"{dataset}: VampPrior against K (mean ± std over seeds)")
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    iopvae.write_json_atomic(os.path.splitext(path)[0] + ".json", numbers)
+    return numbers
+
+
+# --- command line -----------------------------------------------------------------------
+def _common_options(parser):
+    parser.add_argument("--out", default=os.path.join("runs", "table2"),
+                        help="folder of the run folders (checkpoints)")
+    parser.add_argument("--results", default=os.path.join("results", "table2"),
+                        help="folder of the per-run result JSON files (small; commit these)")
+    parser.add_argument("--samples", type=int, default=10,
+                        help="importance samples of the headline test log-likelihood "
+                             "(the paper: 10)")
+    parser.add_argument("--tight-samples", type=int, default=1000,
+                        help="importance samples of the tighter second column")
+    parser.add_argument("--data-dir", default="", help="data folder (else $IOPVAE_DATA)")
+    iopvae._add_config_options(parser, skip=("seed", "components"))
+
+
+def _config_values(args):
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(iopvae.Config)
+            if f.name not in GRID_FIXED}
+
+
+def _grid_options(parser):
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="worker processes, one BLAS thread each")
+    parser.add_argument("--print-commands", action="store_true",
+                        help="print one shell command per unfinished run instead of running "
+                             "them (for a cluster scheduler)")
+
+
+def _run_or_print(runs, args):
+    values = _config_values(args)
+    if args.print_commands:
+        for run in runs:
+            if not has_result(run, args.results, args.samples, args.tight_samples):
+                env = " ".join(f"{k}={v}" for k, v in SINGLE_THREAD.items())
+                print(env, shlex.join(run_command(run, argparse.Namespace(
+                    **{**vars(args), "jobs": 0}), values)))
+        return False
+    run_grid(runs, args, values)
+    return True
+
+
+def command_table2(args):
+    runs = grid(args.datasets, args.methods, args.seeds)
+    if not _run_or_print(runs, args):
+        return
+    text = table(load_results(runs, args.results))
+    print(f"\nTest log-likelihood (importance sampling; mean ± std over seeds; bold: best or "
+          f"not different from it, Welch t-test at 5 %, on S = {args.samples})\n")
+    print(text)
+    iopvae.write_json_atomic(os.path.join(args.results, "table2.json"),
+                             {"markdown": text, "runs": [r.name for r in runs]})
+
+
+def command_figure3(args):
+    default_k = iopvae.Config(dataset=args.dataset).resolved().components
+    ks = [0 if k == default_k else k for k in args.components]
+    runs = grid([args.dataset], ["vamp"], args.seeds, ks) + grid([args.dataset], ["iop"],
+                                                                 args.seeds)
+    if not _run_or_print(runs, args):
+        return
+    path = args.figure or os.path.join(os.path.dirname(os.path.normpath(args.results)),
+                                       f"figure3_{args.dataset}.png")
+    numbers = figure3(load_results(runs, args.results), args.dataset, path)
+    print(f"wrote {path}: VampPrior K = {numbers['K']}")
+
+
+def command_run(args):
+    run = Run(args.dataset, args.method, args.seed, args.components)
+    run_one(run, _config_values(args), args.out, args.results, args.samples,
+            args.tight_samples, args.data_dir)
+
+
+def add_commands(sub):
+    """The ``table2``, ``figure3`` and ``run`` sub-commands (also used by iopvae.py)."""
+    t = sub.add_parser("table2", help="Table 2: train, evaluate and tabulate the grid")
+    t.add_argument("--datasets", nargs="+", default=["freyfaces"], choices=DATASETS)
+    t.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    _grid_options(t)
+    _common_options(t)
+    t.set_defaults(run=command_table2)
+
+    f = sub.add_parser("figure3", help="Figure 3: VampPrior's log-likelihood against K")
+    f.add_argument("--dataset", default="histopathology", choices=DATASETS)
+    f.add_argument("--components", nargs="+", type=int, default=[50, 100, 250, 500])
+    f.add_argument("--figure", default="", help="PNG path (default: beside --results)")
+    _grid_options(f)
+    _common_options(f)
+    f.set_defaults(run=command_figure3)
+
+    r = sub.add_parser("run", help="one run of the grid: train or resume, then evaluate")
+    r.add_argument("--dataset", required=True, choices=DATASETS)
+    r.add_argument("--method", required=True, choices=METHODS)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--components", type=int, default=0, help="VampPrior K (0: the paper's)")
+    _common_options(r)
+    r.set_defaults(run=command_run)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="table2.py", description=__doc__.split("\n")[0])
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return iopvae.run_command_line(parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
