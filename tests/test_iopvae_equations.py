@@ -470,3 +470,20 @@ def test_density_ratio_log_normalizer():
     model.density_ratio = lambda z: ag.Tensor(z.data @ a)
     got = float(iopvae.density_ratio_log_normalizer(model, ag.default_rng(1), 200_000))
     assert abs(got - float(a @ a) / 2) < 0.01
+
+
+def test_exact_aggregated_elbo_is_a_lower_bound_of_the_exact_likelihood():
+    """Jensen: the exact-prior ELBO must lie below the exact-prior importance-sampled
+    log-likelihood with many samples, and equal the S = 1 importance-sampled value
+    in expectation (same estimator, so within Monte Carlo error)."""
+    rng = np.random.default_rng(2)
+    train_x = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 40)]
+    x = np.eye(4, dtype=np.float32)
+    model = iopvae.ImplicitOptimalPrior(4, "bernoulli", latent=2, hidden=8,
+                                        rng=ag.default_rng(0))
+    elbo = float(iopvae.exact_aggregated_elbo(model, x, train_x, 4000, ag.default_rng(1)))
+    ll = iopvae.exact_aggregated_log_likelihood(model, x, train_x, 2000, ag.default_rng(2))
+    single = np.mean([iopvae.exact_aggregated_log_likelihood(
+        model, x, train_x, 1, ag.default_rng(s)).mean() for s in range(300)])
+    assert elbo < float(ll.mean())
+    assert abs(elbo - single) < 0.05
