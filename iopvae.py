@@ -1045,7 +1045,24 @@ def build_parser():
     table.add_argument("--out", default=os.path.join("runs", "table2"))
     table.add_argument("--data-dir", default="")
     table.set_defaults(run=command_table2)
+
+    gradcheck = sub.add_parser("gradcheck", help="every gradient against finite differences "
+                               "and PyTorch, in float64 (check_gradients.py)")
+    gradcheck.add_argument("--method", choices=["vae", "vamp", "avb", "iop", "all"], default="all")
+    gradcheck.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli")
+    gradcheck.add_argument("--seed", type=int, default=0)
+    gradcheck.add_argument("--coordinates", type=int, default=20,
+                           help="finite-difference coordinates sampled per parameter")
+    gradcheck.set_defaults(run=command_gradcheck)
     return parser
+
+
+def command_gradcheck(args):
+    """Exit status 1 when a gradient fails its check (``main`` returns 0 otherwise)."""
+    import check_gradients  # here, not at the top: check_gradients imports this module
+    status = check_gradients.command(args)
+    if status:
+        raise SystemExit(status)
 
 
 def main(argv=None):
