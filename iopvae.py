@@ -1115,7 +1115,22 @@ def build_parser():
 
     import table2  # the Table 2 grid and Figure 3 (table2.py imports this module)
     table2.add_commands(sub)
+
+    gradcheck = sub.add_parser("gradcheck", help="every gradient against finite differences "
+                               "and PyTorch, in float64 (check_gradients.py)")
+    gradcheck.add_argument("--method", choices=["vae", "vamp", "avb", "iop", "all"], default="all")
+    gradcheck.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli")
+    gradcheck.add_argument("--seed", type=int, default=0)
+    gradcheck.add_argument("--coordinates", type=int, default=20,
+                           help="finite-difference coordinates sampled per parameter")
+    gradcheck.set_defaults(run=command_gradcheck)
     return parser
+
+
+def command_gradcheck(args):
+    """Exit status 1 when a gradient fails its check."""
+    import check_gradients  # here, not at the top: check_gradients imports this module
+    return check_gradients.command(args)
 
 
 def main(argv=None):
@@ -1126,7 +1141,7 @@ def run_command_line(parser, argv=None):
     """Parse ``argv`` and run its command; errors become one line and exit status 2."""
     args = parser.parse_args(argv)
     try:
-        args.run(args)
+        status = args.run(args)
     except (ValueError, OSError, CheckpointError, TrainingDiverged, ag.BackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -1135,7 +1150,7 @@ def run_command_line(parser, argv=None):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":
