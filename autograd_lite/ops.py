@@ -1,4 +1,11 @@
-"""The differentiable ops.  Each is a ``Function`` with a forward and a backward.
+"""The differentiable ops.  Each is a ``Function`` with a forward and a backward,
+followed directly by its functional wrapper (``add``, ``tanh``, ...).
+
+Every ``backward`` opens with its derivative in one comment; ``g`` there is the
+gradient of the loss with respect to the op's output (the ``gy`` argument).
+Where a backward works in place to save memory and time, the plain formula is
+written beside it, and ``tests/test_autograd_ops.py`` checks the fast form
+against a composition of simpler ops.
 
 Binary ops broadcast like NumPy; their backward sums each gradient back to its
 input's shape (``sum_to``).  The nonlinearities use forms that stay finite for
@@ -36,8 +43,13 @@ class Add(Function):
         return a + b
 
     def backward(self, gy):
+        # d(a+b)/da = 1, d(a+b)/db = 1: g for both, summed back to each input's shape
         sa, sb = self.shapes
         return sum_to(gy, sa), sum_to(gy, sb)
+
+
+def add(a, b):
+    return Add()(a, b)
 
 
 class Sub(Function):
@@ -46,8 +58,13 @@ class Sub(Function):
         return a - b
 
     def backward(self, gy):
+        # d(a-b)/da = 1, d(a-b)/db = -1: g and -g, summed back to each input's shape
         sa, sb = self.shapes
         return sum_to(gy, sa), -sum_to(gy, sb)
+
+
+def sub(a, b):
+    return Sub()(a, b)
 
 
 class Mul(Function):
@@ -56,10 +73,15 @@ class Mul(Function):
         return a * b
 
     def backward(self, gy):
+        # d(ab)/da = b, d(ab)/db = a
         need_a, need_b = self.needs_input_grad
         ga = sum_to(gy * self.b, self.a.shape) if need_a else None
         gb = sum_to(gy * self.a, self.b.shape) if need_b else None
         return ga, gb
+
+
+def mul(a, b):
+    return Mul()(a, b)
 
 
 class Div(Function):
@@ -68,6 +90,7 @@ class Div(Function):
         return a / b
 
     def backward(self, gy):
+        # d(a/b)/da = 1/b, d(a/b)/db = -a/b^2
         need_a, need_b = self.needs_input_grad
         g = gy / self.b
         ga = sum_to(g, self.a.shape) if need_a else None
@@ -75,12 +98,25 @@ class Div(Function):
         return ga, gb
 
 
+def div(a, b):
+    return Div()(a, b)
+
+
 class Neg(Function):
     def forward(self, a):
         return -a
 
     def backward(self, gy):
+        # d(-a)/da = -1
         return -gy
+
+
+def neg(a):
+    return Neg()(a)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 class Pow(Function):
@@ -96,11 +132,13 @@ class Pow(Function):
         return a ** self.p
 
     def backward(self, gy):
+        # d(a^p)/da = p a^(p-1)
         return gy * (self.p * self.a ** (self.p - 1))
 
 
-def _is_number(value):
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+def pow(a, p):  # noqa: A001 - mirrors the Python operator
+    """a ** p for a number p."""
+    return Pow(p)(a)
 
 
 def _matmul_shapes_error(name, a, b):
@@ -122,24 +160,15 @@ class MatMul(Function):
         return y
 
     def backward(self, gy):
+        # d(a@b)/da = g @ b^T, d(a@b)/db = a^T @ g (summed over broadcast leading axes)
         need_a, need_b = self.needs_input_grad
         ga = sum_to(gy @ self.b.swapaxes(-1, -2), self.a.shape) if need_a else None
         gb = sum_to(self.a.swapaxes(-1, -2) @ gy, self.b.shape) if need_b else None
         return ga, gb
 
 
-class Linear(Function):
-    """x W + b in one op, for x of shape (batch, in), W (in, out) and b (out,)."""
-
-    def forward(self, x, w, b):
-        _check_linear_shapes(self.name, x, w, b)
-        self.x, self.w = x, w
-        y = x @ w
-        y += b
-        return y
-
-    def backward(self, gy):
-        return _linear_backward(self, gy)
+def matmul(a, b):
+    return MatMul()(a, b)
 
 
 def _check_linear_shapes(name, x, w, b):
@@ -157,10 +186,36 @@ def _linear_backward(function, gy):
     return gx, gw, gb
 
 
+class Linear(Function):
+    """x W + b in one op, for x of shape (batch, in), W (in, out) and b (out,).
+
+    Fused form of ``matmul(x, W) + b``: one node instead of two, and the bias
+    added in place into the product (``y += b`` rather than a new array).
+    """
+
+    def forward(self, x, w, b):
+        _check_linear_shapes(self.name, x, w, b)
+        self.x, self.w = x, w
+        y = x @ w
+        y += b                        # x @ w + b without a second (batch, out) array
+        return y
+
+    def backward(self, gy):
+        # d(xW+b)/dx = g W^T, d(xW+b)/dW = x^T g, d(xW+b)/db = sum of g over the batch rows
+        return _linear_backward(self, gy)
+
+
+def linear(x, w, b):
+    """x @ w + b as one op (x: (batch, in), w: (in, out), b: (out,))."""
+    return Linear()(x, w, b)
+
+
 class GatedLinear(Function):
     """Gated linear unit (Dauphin et al. 2016) with one matmul for both halves.
 
     With W = [W1 | W2] and b = [b1 | b2]:  h = (x W1 + b1) * sigmoid(x W2 + b2).
+    Fused form of ``linear`` then ``getitem`` of two halves, ``sigmoid`` and ``mul``:
+    one node, and a backward that writes both halves' gradients into one array.
     """
 
     def forward(self, x, w, b):
@@ -175,15 +230,21 @@ class GatedLinear(Function):
         return self.linear * self.gate
 
     def backward(self, gh):
+        # with u = x W1 + b1, v = x W2 + b2, s = sigmoid(v), h = u s:
+        # dh/du = s, dh/dv = u s (1 - s); then linear's rule on gy = [g s | g u s (1 - s)]
         half = self.gate.shape[1]
         gy = _xp().empty((gh.shape[0], 2 * half), dtype=gh.dtype)
         g_linear, g_gate = gy[:, :half], gy[:, half:]
-        _xp().multiply(gh, self.gate, out=g_linear)
-        # d/dg of linear * sigmoid(g) is linear * s * (1 - s); gh * s is g_linear
-        _xp().subtract(1, self.gate, out=g_gate)
-        g_gate *= self.linear
-        g_gate *= g_linear
+        _xp().multiply(gh, self.gate, out=g_linear)     # g_linear = g * s
+        _xp().subtract(1, self.gate, out=g_gate)         # g_gate = 1 - s
+        g_gate *= self.linear                            #        * u
+        g_gate *= g_linear                               #        * g * s  = g u s (1 - s)
         return _linear_backward(self, gy)
+
+
+def gated_linear(x, w, b):
+    """(x W1 + b1) * sigmoid(x W2 + b2) with w = [W1 | W2], b = [b1 | b2]."""
+    return GatedLinear()(x, w, b)
 
 
 # --- elementwise nonlinearities -------------------------------------------------------
@@ -193,7 +254,12 @@ class Exp(Function):
         return self.y
 
     def backward(self, gy):
+        # d exp(a)/da = exp(a) = y
         return gy * self.y
+
+
+def exp(a):
+    return Exp()(a)
 
 
 class Log(Function):
@@ -202,7 +268,12 @@ class Log(Function):
         return _xp().log(a)
 
     def backward(self, gy):
+        # d log(a)/da = 1/a
         return gy / self.a
+
+
+def log(a):
+    return Log()(a)
 
 
 def _sigmoid(a):
@@ -249,7 +320,12 @@ class Sigmoid(Function):
         return self.y
 
     def backward(self, gy):
+        # d sigmoid(x)/dx = y (1 - y)
         return gy * self.y * (1 - self.y)
+
+
+def sigmoid(a):
+    return Sigmoid()(a)
 
 
 class Tanh(Function):
@@ -258,7 +334,12 @@ class Tanh(Function):
         return self.y
 
     def backward(self, gy):
+        # d tanh(x)/dx = 1 - y^2
         return gy * (1 - self.y * self.y)
+
+
+def tanh(a):
+    return Tanh()(a)
 
 
 class Softplus(Function):
@@ -269,9 +350,14 @@ class Softplus(Function):
         return _softplus(a)
 
     def backward(self, gy):
+        # d softplus(x)/dx = sigmoid(x)
         s = _sigmoid(self.a)
-        s *= gy
+        s *= gy                       # g * sigmoid(x), in sigmoid's own array
         return s
+
+
+def softplus(a):
+    return Softplus()(a)
 
 
 class LogSigmoid(Function):
@@ -283,9 +369,14 @@ class LogSigmoid(Function):
         return _xp().negative(y, out=y)
 
     def backward(self, gy):
+        # d log sigmoid(x)/dx = 1 - sigmoid(x) = sigmoid(-x)
         s = _sigmoid(-self.a)
-        s *= gy
+        s *= gy                       # g * sigmoid(-x), in sigmoid's own array
         return s
+
+
+def log_sigmoid(a):
+    return LogSigmoid()(a)
 
 
 class ReLU(Function):
@@ -294,7 +385,12 @@ class ReLU(Function):
         return _xp().maximum(a, 0)
 
     def backward(self, gy):
+        # d relu(x)/dx = 1 where x > 0, else 0
         return gy * self.mask
+
+
+def relu(a):
+    return ReLU()(a)
 
 
 class Clip(Function):
@@ -310,7 +406,22 @@ class Clip(Function):
         return _xp().clip(a, self.low, self.high)
 
     def backward(self, gy):
+        # d clip(x)/dx = 1 where low < x < high, else 0
         return gy * self.mask
+
+
+def clip(a, low, high):
+    """min(max(a, low), high), with gradient 1 strictly inside (low, high)."""
+    return Clip(low, high)(a)
+
+
+def hardtanh(a, low=-1.0, high=1.0):
+    return clip(a, low, high)
+
+
+def clipped_relu(a):
+    """min(max(x, 0), 1): VampPrior's map of pseudo-inputs into [0, 1]."""
+    return clip(a, 0.0, 1.0)
 
 
 # --- reductions -------------------------------------------------------------------
@@ -340,8 +451,13 @@ class Sum(Function):
         return a.sum(axis=self.axes, keepdims=self.keepdims)
 
     def backward(self, gy):
+        # d sum(a)/da = 1 for every element: g repeated along the summed axes
         # a read-only broadcast view: no (batch, features) array is materialised
         return _xp().broadcast_to(_expand_reduced(gy, self.shape, self.axes), self.shape)
+
+
+def sum(a, axis=None, keepdims=False):  # noqa: A001
+    return Sum(axis, keepdims)(a)
 
 
 class Mean(Sum):
@@ -351,7 +467,12 @@ class Mean(Sum):
         return y / self.count
 
     def backward(self, gy):
+        # d mean(a)/da = 1/count for every element: sum's rule applied to g / count
         return super().backward(gy / self.count)
+
+
+def mean(a, axis=None, keepdims=False):
+    return Mean(axis, keepdims)(a)
 
 
 class LogSumExp(Function):
@@ -380,9 +501,14 @@ class LogSumExp(Function):
             [n for i, n in enumerate(y.shape) if i not in self.axes])
 
     def backward(self, gy):
+        # d logsumexp(x)/dx = softmax(x) = exp(x - m) / sum exp(x - m)
         g = self.e / self.total
-        g *= _expand_reduced(gy, self.e.shape, self.axes)
+        g *= _expand_reduced(gy, self.e.shape, self.axes)  # softmax * g, in softmax's array
         return g
+
+
+def logsumexp(a, axis=-1, keepdims=False):
+    return LogSumExp(axis, keepdims)(a)
 
 
 # --- shape ----------------------------------------------------------------------------
@@ -395,7 +521,12 @@ class Reshape(Function):
         return a.reshape(self.shape)
 
     def backward(self, gy):
+        # reshape moves no value: g reshaped back to the input's shape
         return gy.reshape(self.in_shape)
+
+
+def reshape(a, shape):
+    return Reshape(tuple(shape))(a)
 
 
 class Transpose(Function):
@@ -408,27 +539,12 @@ class Transpose(Function):
         return a.transpose(axes)
 
     def backward(self, gy):
+        # transpose permutes axes: g goes back through the inverse permutation
         return gy.transpose(self.inverse)
 
 
-class GetItem(Function):
-    """x[index]: slices, integers or integer arrays (rows picked repeatedly add up)."""
-
-    def __init__(self, index):
-        self.index = index
-
-    def forward(self, a):
-        self.shape = a.shape
-        return a[self.index]
-
-    def backward(self, gy):
-        xp = _xp()
-        g = xp.zeros(self.shape, dtype=gy.dtype)
-        if _is_basic_index(self.index):
-            g[self.index] = gy
-        else:
-            xp.add.at(g, self.index, gy)
-        return g
+def transpose(a, axes=None):
+    return Transpose(axes)(a)
 
 
 def _is_basic_index(index):
@@ -444,6 +560,37 @@ def _plain_index(index):
     return index.data if isinstance(index, Tensor) else index
 
 
+class GetItem(Function):
+    """x[index]: slices, integers or integer arrays (rows picked repeatedly add up)."""
+
+    def __init__(self, index):
+        self.index = index
+
+    def forward(self, a):
+        self.shape = a.shape
+        return a[self.index]
+
+    def backward(self, gy):
+        # d x[index]/dx: g at the picked places (added where picked twice), 0 elsewhere
+        xp = _xp()
+        g = xp.zeros(self.shape, dtype=gy.dtype)
+        if _is_basic_index(self.index):
+            g[self.index] = gy
+        else:
+            xp.add.at(g, self.index, gy)
+        return g
+
+
+def getitem(a, index):
+    return GetItem(_plain_index(index))(a)
+
+
+def take(a, indices, axis=0):
+    """Rows (or slices along ``axis``) picked by an integer array."""
+    index = (slice(None),) * (axis % a.ndim) + (_plain_index(indices),)
+    return GetItem(index)(a)
+
+
 class Concatenate(Function):
     def __init__(self, axis=0):
         self.axis = axis
@@ -453,8 +600,13 @@ class Concatenate(Function):
         return _xp().concatenate(arrays, axis=self.axis)
 
     def backward(self, gy):
+        # d concatenate(a_1, ..., a_n)/d a_k = 1 on a_k's block: g cut into the blocks
         cuts = list(itertools.accumulate(self.sizes[:-1]))
         return tuple(_xp().split(gy, cuts, axis=self.axis))
+
+
+def concatenate(tensors, axis=0):
+    return Concatenate(axis)(*tensors)
 
 
 # --- training helpers ----------------------------------------------------------
@@ -470,7 +622,17 @@ class Dropout(Function):
         return a * self.mask
 
     def backward(self, gy):
+        # d(a * mask)/da = mask (0 or 1/keep)
         return gy * self.mask
+
+
+def dropout(a, keep, rng, training=True):
+    """Inverted dropout in training; the identity in evaluation."""
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"dropout: keep probability must be in (0, 1], got {keep}")
+    if not training or keep == 1.0:
+        return a
+    return Dropout(keep, rng)(a)
 
 
 class BCEWithLogits(Function):
@@ -490,135 +652,11 @@ class BCEWithLogits(Function):
         return loss
 
     def backward(self, gy):
+        # d(softplus(x) - t x)/dx = sigmoid(x) - t; none for the targets t
         g = _sigmoid(self.logits)
-        g -= self.targets
+        g -= self.targets             # (sigmoid(x) - t) * g, in sigmoid's own array
         g *= gy
         return g, None
-
-
-# --- functional interface -------------------------------------------------------
-def add(a, b):
-    return Add()(a, b)
-
-
-def sub(a, b):
-    return Sub()(a, b)
-
-
-def mul(a, b):
-    return Mul()(a, b)
-
-
-def div(a, b):
-    return Div()(a, b)
-
-
-def neg(a):
-    return Neg()(a)
-
-
-def pow(a, p):  # noqa: A001 - mirrors the Python operator
-    """a ** p for a number p."""
-    return Pow(p)(a)
-
-
-def matmul(a, b):
-    return MatMul()(a, b)
-
-
-def linear(x, w, b):
-    """x @ w + b as one op (x: (batch, in), w: (in, out), b: (out,))."""
-    return Linear()(x, w, b)
-
-
-def gated_linear(x, w, b):
-    """(x W1 + b1) * sigmoid(x W2 + b2) with w = [W1 | W2], b = [b1 | b2]."""
-    return GatedLinear()(x, w, b)
-
-
-def exp(a):
-    return Exp()(a)
-
-
-def log(a):
-    return Log()(a)
-
-
-def sigmoid(a):
-    return Sigmoid()(a)
-
-
-def tanh(a):
-    return Tanh()(a)
-
-
-def softplus(a):
-    return Softplus()(a)
-
-
-def log_sigmoid(a):
-    return LogSigmoid()(a)
-
-
-def relu(a):
-    return ReLU()(a)
-
-
-def clip(a, low, high):
-    """min(max(a, low), high), with gradient 1 strictly inside (low, high)."""
-    return Clip(low, high)(a)
-
-
-def hardtanh(a, low=-1.0, high=1.0):
-    return clip(a, low, high)
-
-
-def clipped_relu(a):
-    """min(max(x, 0), 1): VampPrior's map of pseudo-inputs into [0, 1]."""
-    return clip(a, 0.0, 1.0)
-
-
-def sum(a, axis=None, keepdims=False):  # noqa: A001
-    return Sum(axis, keepdims)(a)
-
-
-def mean(a, axis=None, keepdims=False):
-    return Mean(axis, keepdims)(a)
-
-
-def logsumexp(a, axis=-1, keepdims=False):
-    return LogSumExp(axis, keepdims)(a)
-
-
-def reshape(a, shape):
-    return Reshape(tuple(shape))(a)
-
-
-def transpose(a, axes=None):
-    return Transpose(axes)(a)
-
-
-def getitem(a, index):
-    return GetItem(_plain_index(index))(a)
-
-
-def take(a, indices, axis=0):
-    """Rows (or slices along ``axis``) picked by an integer array."""
-    index = (slice(None),) * (axis % a.ndim) + (_plain_index(indices),)
-    return GetItem(index)(a)
-
-
-def concatenate(tensors, axis=0):
-    return Concatenate(axis)(*tensors)
-
-
-def dropout(a, keep, rng, training=True):
-    """Inverted dropout in training; the identity in evaluation."""
-    if not 0.0 < keep <= 1.0:
-        raise ValueError(f"dropout: keep probability must be in (0, 1], got {keep}")
-    if not training or keep == 1.0:
-        return a
-    return Dropout(keep, rng)(a)
 
 
 def binary_cross_entropy_with_logits(logits, targets):

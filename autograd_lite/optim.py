@@ -109,11 +109,13 @@ class SGD(Optimizer):
 
 
 def _sgd_update(p, g, tmp, lr):
+    """p <- p - lr g, in place."""
     xp = backend.xp()
     p -= xp.multiply(g, lr, out=tmp)
 
 
 def _sgd_momentum_update(p, g, v, tmp, lr, momentum):
+    """v <- momentum v + g, p <- p - lr v, in place."""
     xp = backend.xp()
     v *= momentum
     v += g
@@ -135,24 +137,34 @@ class Adam(Optimizer):
         self.betas = tuple(float(b) for b in betas)
 
     def _update_function(self):
+        # Textbook form: m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t),
+        #                p <- p - lr * m_hat / (sqrt(v_hat) + eps).
+        # With rb2 = sqrt(1 - b2^t) the same update is
+        #   lr/(1-b1^t) * m / (sqrt(v)/rb2 + eps) = (lr/(1-b1^t) * rb2) * m / (sqrt(v) + eps*rb2)
+        # so the bias corrections become two scalars (``step`` and ``eps``) computed once a
+        # step, and no m_hat or v_hat array is made.  tests/test_autograd_nn.py checks this
+        # against the textbook loop.
         b1, b2 = self.betas
         root_bias2 = (1 - b2 ** self.t) ** 0.5
-        # lr/(1-b1^t) * m / (sqrt(v)/rb2 + eps) = (lr/(1-b1^t) * rb2) * m / (sqrt(v) + eps*rb2)
         return functools.partial(_adam_update, b1=b1, b2=b2, eps=self.eps * root_bias2,
                                  step=self.lr / (1 - b1 ** self.t) * root_bias2)
 
 
 def _adam_update(p, g, m, v, tmp, b1, b2, eps, step):
-    """One Adam update in place, in twelve passes over the arrays and no allocation."""
+    """One Adam update in place, in twelve passes over the arrays and no allocation.
+
+    ``eps`` and ``step`` carry the bias corrections (see ``Adam._update_function``):
+    m <- b1 m + (1 - b1) g,  v <- b2 v + (1 - b2) g^2,  p <- p - step * m / (sqrt(v) + eps).
+    """
     xp = backend.xp()
-    m *= b1
-    m += xp.multiply(g, 1 - b1, out=tmp)
-    v *= b2
+    m *= b1                                      # m = b1 m
+    m += xp.multiply(g, 1 - b1, out=tmp)         #   + (1 - b1) g
+    v *= b2                                      # v = b2 v
     square = xp.multiply(g, g, out=tmp)
     square *= 1 - b2
-    v += square
+    v += square                                  #   + (1 - b2) g^2
     denom = xp.sqrt(v, out=tmp)
-    denom += eps
+    denom += eps                                 # sqrt(v) + eps
     update = xp.divide(m, denom, out=tmp)
-    update *= step
-    p -= update
+    update *= step                               # step * m / (sqrt(v) + eps)
+    p -= update                                  # p = p - step * m / (sqrt(v) + eps)

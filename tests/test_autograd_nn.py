@@ -268,6 +268,83 @@ def test_adam_first_step_is_lr_times_the_gradient_sign():
     np.testing.assert_allclose(p.data, [0.9, 2.1, 2.9], rtol=1e-12)
 
 
+def textbook_adam(params, grads, lr, betas, eps, weight_decay):
+    """Adam as Kingma & Ba (2014) write it (plus L2 weight decay), one array op per line."""
+    b1, b2 = betas
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    params = [p.copy() for p in params]
+    for t, step_grads in enumerate(grads, start=1):
+        for i, g in enumerate(step_grads):
+            g = g + weight_decay * params[i]
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g ** 2
+            m_hat = m[i] / (1 - b1 ** t)
+            v_hat = v[i] / (1 - b2 ** t)
+            params[i] = params[i] - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return params, m, v
+
+
+def textbook_sgd(params, grads, lr, momentum, weight_decay):
+    """SGD with momentum as torch defines it: v = momentum v + g (v = g at first), p -= lr v."""
+    velocity = [None] * len(params)
+    params = [p.copy() for p in params]
+    for step_grads in grads:
+        for i, g in enumerate(step_grads):
+            g = g + weight_decay * params[i]
+            velocity[i] = g if velocity[i] is None or not momentum else momentum * velocity[i] + g
+            params[i] = params[i] - lr * velocity[i]
+    return params
+
+
+def optimizer_problem(steps=8, seed=0):
+    """Parameters of three shapes and a gradient for each at each step, in float64.  Some
+    gradients are tiny (1e-7) so that eps matters in the Adam denominator."""
+    rng = np.random.default_rng(seed)
+    shapes = [(5, 4), (4,), (2, 3, 2)]
+    start = [rng.standard_normal(s) for s in shapes]
+    scales = [1.0, 1e-7, np.logspace(-8, 0, 12).reshape(2, 3, 2)]
+    grads = [[scale * rng.standard_normal(s) for s, scale in zip(shapes, scales)]
+             for _ in range(steps)]
+    return start, grads
+
+
+def run_optimizer(make, start, grads):
+    params = [nn.Parameter(p.copy()) for p in start]
+    opt = make(params)
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = g.copy()
+        opt.step()
+    return opt, [p.data for p in params]
+
+
+@pytest.mark.parametrize("settings", [
+    dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
+    dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1),
+], ids=["defaults", "weight_decay"])
+def test_fused_adam_matches_the_textbook_loop(settings):
+    """The in-place Adam (bias corrections folded into two scalars) against the plain formula."""
+    start, grads = optimizer_problem()
+    opt, ours = run_optimizer(lambda ps: optim.Adam(ps, **settings), start, grads)
+    expected, m, v = textbook_adam(start, grads, **settings)
+    for i, (p, p_ref) in enumerate(zip(ours, expected)):
+        assert not np.allclose(p, start[i])
+        np.testing.assert_allclose(p, p_ref, rtol=1e-12, atol=1e-12, err_msg=f"param {i}")
+        np.testing.assert_allclose(opt.m[i], m[i], rtol=1e-12, atol=0, err_msg=f"m {i}")
+        np.testing.assert_allclose(opt.v[i], v[i], rtol=1e-12, atol=0, err_msg=f"v {i}")
+
+
+@pytest.mark.parametrize("settings", [dict(lr=0.1, momentum=0.0, weight_decay=0.0),
+                                      dict(lr=0.05, momentum=0.9, weight_decay=0.01)],
+                         ids=["plain", "momentum_weight_decay"])
+def test_in_place_sgd_matches_the_textbook_loop(settings):
+    start, grads = optimizer_problem()
+    _, ours = run_optimizer(lambda ps: optim.SGD(ps, **settings), start, grads)
+    for i, (p, p_ref) in enumerate(zip(ours, textbook_sgd(start, grads, **settings))):
+        np.testing.assert_allclose(p, p_ref, rtol=1e-12, atol=1e-12, err_msg=f"param {i}")
+
+
 def test_optimizers_keep_float32_parameters_float32():
     for make in (lambda ps: optim.Adam(ps, weight_decay=0.1),
                  lambda ps: optim.SGD(ps, momentum=0.9, weight_decay=0.1)):

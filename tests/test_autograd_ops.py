@@ -372,3 +372,70 @@ def test_bad_arguments_raise_clear_errors(make_tensor):
         ag.sum(x, axis=2)
     with pytest.raises(ValueError, match="same shape"):
         ag.binary_cross_entropy_with_logits(x, np.ones(3))
+
+
+# --- fast in-place forms against plain compositions ------------------------------------------
+def _plain_sigmoid(v):
+    return 1 / (1 + ag.exp(-v))
+
+
+def _plain_gated_linear(x, w, b):
+    """h = (x W1 + b1) * sigmoid(x W2 + b2) from matmul, add, getitem, exp, div and mul."""
+    half = w.shape[1] // 2
+    y = x @ w + b
+    return y[:, :half] * _plain_sigmoid(y[:, half:])
+
+
+def _plain_bce(x, t):
+    """-[t log s + (1 - t) log(1 - s)] with s = sigmoid(x), as in a textbook."""
+    s = _plain_sigmoid(x)
+    return -(t * ag.log(s) + (1 - t) * ag.log(1 - s))
+
+
+# (id, fused op, the same function built from simple ops, input shapes)
+FUSED = [
+    ("linear", ag.linear, lambda x, w, b: x @ w + b, [(4, 3), (3, 5), (5,)]),
+    ("gated_linear", ag.gated_linear, _plain_gated_linear, [(4, 3), (3, 6), (6,)]),
+    ("softplus", ag.softplus, lambda a: ag.log(1 + ag.exp(a)), [(3, 4)]),
+    ("log_sigmoid", ag.log_sigmoid, lambda a: ag.log(_plain_sigmoid(a)), [(3, 4)]),
+    ("logsumexp", lambda a: ag.logsumexp(a, axis=1),
+     lambda a: ag.log(ag.exp(a).sum(axis=1)), [(3, 4)]),
+    ("bce_with_logits", lambda a: ag.binary_cross_entropy_with_logits(a, ag.as_array(TARGETS)),
+     lambda a: _plain_bce(a, Tensor(ag.as_array(TARGETS))), [(3, 4)]),
+]
+
+
+def _value_and_grads(function, arrays, weights):
+    inputs = [Tensor(ag.as_array(a), requires_grad=True) for a in arrays]
+    out = function(*inputs)
+    out.backward(ag.as_array(weights))
+    return out.numpy(), [ag.to_numpy(x.grad) for x in inputs]
+
+
+@pytest.mark.parametrize("fused, plain, shapes", [pytest.param(*case[1:], id=case[0])
+                                                  for case in FUSED])
+def test_fused_ops_match_their_plain_compositions(fused, plain, shapes, on_backend):
+    """Each in-place / fused backward gives the gradients of the textbook composition."""
+    rng = np.random.default_rng(11)
+    arrays = [rng.standard_normal(shape) for shape in shapes]
+    out_shape = fused(*[Tensor(ag.as_array(a)) for a in arrays]).shape
+    weights = rng.standard_normal(out_shape)
+    value, grads = _value_and_grads(fused, arrays, weights)
+    plain_value, plain_grads = _value_and_grads(plain, arrays, weights)
+    np.testing.assert_allclose(value, plain_value, rtol=1e-12, atol=1e-14)
+    for i, (g, plain_g) in enumerate(zip(grads, plain_grads)):
+        np.testing.assert_allclose(g, plain_g, rtol=1e-12, atol=1e-14, err_msg=f"input {i}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vectorised_log1p_matches_numpy_log1p(dtype):
+    """``_log1p_inplace`` (softplus's inner step) against np.log1p, on [0, 1] where it is used."""
+    from autograd_lite.ops import _log1p_inplace
+
+    tiny_exponent = np.log10(np.finfo(dtype).tiny)
+    e = np.concatenate([np.logspace(tiny_exponent, 0, 3000), np.linspace(0, 1, 3001)])
+    e = e.astype(dtype)
+    result = _log1p_inplace(e.copy())
+    assert result.dtype == dtype
+    np.testing.assert_allclose(result, np.log1p(e.astype(np.float64)),
+                               rtol=4 * np.finfo(dtype).eps, atol=0)
