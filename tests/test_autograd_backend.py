@@ -1,6 +1,7 @@
 """The array backend: one place picks NumPy or CuPy, CuPy is imported lazily and
 fails with one clear error, arrays cross host and device only at as_array and
 to_numpy, and ops refuse arrays of another backend."""
+import re
 import subprocess
 import sys
 import types
@@ -88,10 +89,12 @@ def test_importing_autograd_lite_does_not_import_cupy():
 
 
 def test_only_the_backend_module_imports_cupy():
+    """cupy_api imports CuPy as well, inside the function that regenerates the API snapshot
+    by hand (``python -m autograd_lite.cupy_api``); nothing else does."""
     for path in Path(ag.__file__).parent.glob("*.py"):
         source = path.read_text()
-        if path.name != "backend.py":
-            assert "import cupy" not in source and "from cupy" not in source, path.name
+        if path.name not in ("backend.py", "cupy_api.py"):
+            assert not re.search(r"^\s*(import|from)\s+cupy\b", source, re.M), path.name
 
 
 def test_array_backend_tells_numpy_cupy_and_plain_values_apart():
