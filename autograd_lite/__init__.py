@@ -1,6 +1,7 @@
 """autograd_lite: a small reverse-mode autograd over a NumPy / CuPy backend."""
-from .backend import (BackendError, array_backend, as_array, backend_name, cupy_available,
-                      default_rng, set_backend, to_numpy, xp)
+from .backend import (BackendError, array_backend, as_array, backend_name, count_syncs,
+                      cupy_available, default_rng, set_backend, sync_count, to_numpy,
+                      upload_count, xp)
 from .tensor import Function, Tensor, grad_enabled, no_grad, sum_to
 from .ops import (add, binary_cross_entropy_with_logits, clip, clipped_relu, concatenate, div,
                   dropout, exp, gated_linear, getitem, hardtanh, linear, log, log_sigmoid,

@@ -12,6 +12,7 @@ Regenerate the snapshot from the installed CuPy (no GPU needed)::
 
 CuPy is imported only inside ``introspect``, which only this command runs.
 """
+import __future__
 import argparse
 import json
 import sys
@@ -37,8 +38,6 @@ def _public(namespace, dunders=False):
     ``from __future__ import annotations`` leaves a name ``annotations`` in some
     CuPy modules; it is not API and is dropped.
     """
-    import __future__
-
     names = []
     for name in dir(namespace):
         if not (_is_api_name(name) if dunders else not name.startswith("_")):
@@ -51,7 +50,7 @@ def _public(namespace, dunders=False):
 
 def introspect():
     """The snapshot of the installed CuPy: name lists per namespace, and CuPy's version."""
-    import cupy  # noqa: the one place outside backend.py that imports cupy (by hand only)
+    import cupy  # the one import of cupy outside backend.py, run by hand only
 
     module_names = _public(cupy)
     return {

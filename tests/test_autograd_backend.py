@@ -81,8 +81,10 @@ def test_cupy_without_a_gpu_raises_the_same_kind_of_error(monkeypatch):
 
 
 def test_importing_autograd_lite_does_not_import_cupy():
+    """Not even the simulated GPU (nor its API snapshot) imports CuPy."""
     code = ("import sys; sys.path.insert(0, %r); import autograd_lite, autograd_lite.nn, "
-            "autograd_lite.optim; print('cupy' in sys.modules)" % str(ROOT))
+            "autograd_lite.optim, autograd_lite.cupy_api; autograd_lite.set_backend('cupy-sim'); "
+            "float(autograd_lite.xp().ones(3).sum()); print('cupy' in sys.modules)" % str(ROOT))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={"AUTOGRAD_LITE_BACKEND": "numpy", "PATH": ""})
     assert out.stdout.strip() == "False"
