@@ -601,8 +601,10 @@ def _sampler(name):
     cast_after = name in ("beta", "uniform")
 
     def sample(self, *args, **kwargs):
-        dtype = kwargs.pop("dtype", None) if cast_after else None
+        dtype = kwargs.pop("dtype", None) if cast_after else kwargs.get("dtype")
         result = _call(getattr(self._numpy, name), args, kwargs)
+        if not isinstance(result, ndarray):  # NumPy gives one value as a Python number
+            result = ndarray._of(np.asarray(result, dtype=dtype))
         return result if dtype is None else result.astype(dtype, copy=False)
     sample.__name__ = sample.__qualname__ = name
     sample.__doc__ = f"cupy.random.Generator.{name} (NumPy's sampler on the device)."
