@@ -592,7 +592,7 @@ class BitGenerator:
         self._bits = np.random.PCG64(seed)
 
     def random_raw(self, size=None, out=False):
-        return ndarray._of(np.asarray(self._bits.random_raw(size)))
+        return ndarray._of(np.asarray(self._bits.random_raw(size), dtype=np.uint64))
 
 
 def _sampler(name):
