@@ -5,10 +5,13 @@ from .backend import (
     array_backend,
     as_array,
     backend_name,
+    count_syncs,
     cupy_available,
     default_rng,
     set_backend,
+    sync_count,
     to_numpy,
+    upload_count,
     xp,
 )
 from .gradcheck import gradcheck, numerical_grad

@@ -1,14 +1,23 @@
-"""The array backend: the one place that chooses between NumPy and CuPy.
+"""The array backend: the one place that chooses between NumPy, CuPy and the simulator.
 
 Model code never imports numpy-vs-cupy itself; it asks ``xp()`` for the active
 array module.  CuPy is imported lazily, only when it is asked for.  Arrays
 cross between host and device only through ``as_array`` and ``to_numpy``.
+
+``cupy-sim`` is a simulated GPU (``cupy_sim``): CuPy's API, strictness and
+device-resident scalars, computed by NumPy, with every device-to-host
+transfer counted (``count_syncs``).  It runs wherever NumPy does, so code
+meant for CuPy is tested without a GPU.
 """
+import contextlib
 import os
 
 import numpy as np
 
-_BACKENDS = ("numpy", "cupy")
+from . import cupy_sim
+
+_BACKENDS = ("numpy", "cupy", "cupy-sim")
+_DEVICE_BACKENDS = ("cupy", "cupy-sim")
 _state = {"name": None, "xp": None}
 
 
@@ -33,10 +42,13 @@ def _import_cupy():
 
 
 def set_backend(name):
-    """Select the array module: ``"numpy"`` or ``"cupy"``."""
+    """Select the array module: ``"numpy"``, ``"cupy"`` or ``"cupy-sim"``."""
     if name not in _BACKENDS:
         raise BackendError(f"unknown backend {name!r}: choose one of {_BACKENDS}")
-    _state["xp"] = np if name == "numpy" else _import_cupy()
+    if name == "cupy":
+        _state["xp"] = _import_cupy()
+    else:
+        _state["xp"] = np if name == "numpy" else cupy_sim.module()
     _state["name"] = name
 
 
@@ -48,7 +60,7 @@ def backend_name():
 
 
 def xp():
-    """The active array module (``numpy`` or ``cupy``)."""
+    """The active array module (``numpy``, ``cupy`` or the simulated ``cupy``)."""
     backend_name()
     return _state["xp"]
 
@@ -63,9 +75,12 @@ def cupy_available():
 
 
 def array_backend(a):
-    """``"numpy"`` or ``"cupy"`` for an array (``None`` for plain Python numbers)."""
+    """``"numpy"``, ``"cupy"`` or ``"cupy-sim"`` for an array (``None`` for plain
+    Python numbers)."""
     if isinstance(a, np.ndarray) or isinstance(a, np.generic):
         return "numpy"
+    if isinstance(a, cupy_sim.ndarray):
+        return "cupy-sim"
     module = type(a).__module__ or ""
     if module.split(".")[0] == "cupy":
         return "cupy"
@@ -74,17 +89,17 @@ def array_backend(a):
 
 def as_array(a, dtype=None):
     """Host-to-device boundary: an array of the active backend holding ``a``."""
-    module = xp()
-    if module is np and array_backend(a) == "cupy":
-        a = a.get()
-    return module.asarray(a, dtype=dtype)
+    kind = array_backend(a)
+    if kind in _DEVICE_BACKENDS and kind != backend_name():
+        a = a.get()   # from another device through the host
+    return xp().asarray(a, dtype=dtype)
 
 
 def to_numpy(a):
     """Device-to-host boundary: a NumPy array (a Tensor's data is unwrapped)."""
     if getattr(a, "is_tensor", False):
         a = a.data
-    if array_backend(a) == "cupy":
+    if array_backend(a) in _DEVICE_BACKENDS:
         return a.get()
     return np.asarray(a)
 
@@ -92,3 +107,38 @@ def to_numpy(a):
 def default_rng(seed=None):
     """A seeded random Generator of the active backend."""
     return xp().random.default_rng(seed)
+
+
+def sync_count():
+    """Device-to-host transfers and synchronisations on ``cupy-sim`` so far (this process).
+
+    Each ``.get()``, ``to_numpy``, ``float()``/``int()``/``bool()``/``.item()``/
+    ``.tolist()``/printing of a device array, boolean-mask indexing and
+    data-dependent-size call (``nonzero``, ``unique``, ...) counts one.  Only
+    the simulator counts: under ``numpy`` and ``cupy`` nothing is added.
+    """
+    return cupy_sim.counts()["syncs"]
+
+
+def upload_count():
+    """Host-to-device copies on ``cupy-sim`` so far: ``as_array``/``asarray`` of host
+    data, host arrays used as indices, ``ndarray.set``."""
+    return cupy_sim.counts()["uploads"]
+
+
+@contextlib.contextmanager
+def count_syncs():
+    """Count the simulator's transfers inside a block::
+
+        with count_syncs() as counted:
+            loss = float(model_step())
+        assert counted.syncs == 1 and counted.uploads == 0
+
+    ``counted.syncs`` and ``counted.uploads`` are live inside the block and
+    frozen at its end.
+    """
+    counter = cupy_sim.TransferCounter()
+    try:
+        yield counter
+    finally:
+        counter.stop()

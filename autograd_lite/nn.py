@@ -106,7 +106,9 @@ def _walk(root):
 
 
 def save_npz(path, arrays):
-    """``np.savez`` to a temporary file beside ``path``, then an atomic rename."""
+    """``np.savez`` of ``arrays`` (NumPy or device arrays, copied to the host) to a
+    temporary file beside ``path``, then an atomic rename."""
+    arrays = {name: backend.to_numpy(a) for name, a in arrays.items()}
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
     try:
@@ -135,6 +137,18 @@ def glorot_uniform(fan_in, fan_out, rng, shape=None, dtype="float32"):
 
 def _rng(rng):
     return rng if rng is not None else backend.default_rng()
+
+
+def _device_rng(rng):
+    """``rng``, or under a GPU backend a generator of that backend in place of a NumPy one.
+
+    The new generator is seeded from a child of ``rng``'s seed sequence, which
+    leaves ``rng``'s own stream as it was (it may still initialise other layers,
+    the same on every backend).
+    """
+    if backend.backend_name() == "numpy" or not isinstance(rng, np.random.Generator):
+        return rng
+    return backend.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
 
 
 class Linear(Module):
@@ -181,10 +195,14 @@ class Activation(Module):
 
 
 class Dropout(Module):
-    """Inverted dropout with keep probability ``keep``; the identity in eval mode."""
+    """Inverted dropout with keep probability ``keep``; the identity in eval mode.
+
+    The masks are drawn where the data is: a NumPy Generator given under a GPU
+    backend is replaced by that backend's generator (see ``_device_rng``).
+    """
 
     def __init__(self, keep, rng=None):
-        self.keep, self.rng = keep, _rng(rng)
+        self.keep, self.rng = keep, _device_rng(_rng(rng))
 
     def forward(self, x):
         return ops.dropout(x, self.keep, self.rng, training=self.training)

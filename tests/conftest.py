@@ -2,8 +2,10 @@
 
 Every test starts and ends on the NumPy backend (``_numpy_backend_around_each_test``),
 so a test that switches to CuPy, or fails half-way, cannot leak its backend into
-the next one.  Tests that take the ``on_backend`` fixture run once per backend;
-the CuPy run is skipped, with the reason below, where CuPy or a GPU is missing.
+the next one.  Tests that take the ``on_backend`` fixture run once per backend:
+``numpy``, ``cupy-sim`` (the simulated GPU, which runs everywhere, so every CI run
+checks the CuPy code paths) and ``cupy``, skipped with the reason below where CuPy
+or a GPU is missing.
 """
 import sys
 from pathlib import Path
@@ -20,6 +22,7 @@ import autograd_lite as ag  # noqa: E402
 CUPY_MISSING = "CuPy with a CUDA GPU is not available here"
 HAS_CUPY = ag.cupy_available()
 BACKENDS = [pytest.param("numpy", id="numpy"),
+            pytest.param("cupy-sim", id="cupy-sim"),
             pytest.param("cupy", id="cupy",
                          marks=pytest.mark.skipif(not HAS_CUPY, reason=CUPY_MISSING))]
 

@@ -25,7 +25,7 @@ class TinyVAEHead(nn.Module):
         self.hidden = nn.mlp(sizes[:3], kind="gated", rng=rng, dtype=dtype)
         self.head = nn.Linear(sizes[2], sizes[3], rng=rng, dtype=dtype)
         for p in self.parameters():                 # non-zero biases exercise their gradients
-            p.data[...] = p.data + 0.1 * rng.standard_normal(p.shape)
+            p.data[...] = p.data + 0.1 * ag.as_array(rng.standard_normal(p.shape))
 
     def forward(self, x):
         return self.head(self.hidden(x))
@@ -58,48 +58,50 @@ def test_train_and_eval_reach_every_submodule():
     assert all(m.training for m in model.modules())
 
 
-def test_dropout_module_acts_only_in_training():
-    layer = nn.Dropout(0.5, rng=np.random.default_rng(0))
-    x = Tensor(np.ones((50, 40)))
-    assert (layer(x).data == 0).any()
+def test_dropout_module_acts_only_in_training(on_backend, make_tensor):
+    layer = nn.Dropout(0.5, rng=np.random.default_rng(0))   # a NumPy Generator on any backend
+    x = make_tensor(np.ones((50, 40)))
+    assert (layer(x).numpy() == 0).any()
     layer.eval()
     assert layer(x) is x
 
 
-def test_zero_grad_clears_every_parameter():
+def test_zero_grad_clears_every_parameter(on_backend, make_tensor):
     model = TinyVAEHead()
-    composite_loss(model, Tensor(np.ones((2, 6))), Tensor(np.ones((2, 3)))).backward()
+    composite_loss(model, make_tensor(np.ones((2, 6))), make_tensor(np.ones((2, 3)))).backward()
     assert all(p.grad is not None for p in model.parameters())
     model.zero_grad()
     assert all(p.grad is None for p in model.parameters())
 
 
 # --- checkpoints ---------------------------------------------------------------------
-def test_state_dict_round_trips_through_an_npz_file(tmp_path):
+def test_state_dict_round_trips_through_an_npz_file(tmp_path, on_backend):
     model, other = TinyVAEHead(seed=0), TinyVAEHead(seed=1)
     path = tmp_path / "model.npz"
     model.save(path)
     other.load(path)
     for (name, a), (_, b) in zip(model.named_parameters(), other.named_parameters()):
-        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+        assert ag.array_backend(b.data) == on_backend
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=name)
     with np.load(path) as archive:
         assert sorted(archive.files) == sorted(model.state_dict())
     assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]   # no temporary left over
 
 
-def test_state_dict_copies_and_load_keeps_the_parameter_dtype():
+def test_state_dict_copies_and_load_keeps_the_parameter_dtype(on_backend):
     model = TinyVAEHead(dtype="float32")
     state = model.state_dict()
+    assert all(isinstance(v, np.ndarray) for v in state.values())   # on the host
     state["head.b"][...] = 7.0                     # a copy: the model is untouched
-    assert not np.any(model.head.b.data == 7.0)
+    assert not np.any(model.head.b.numpy() == 7.0)
     model.load_state_dict({k: v.astype(np.float64) for k, v in state.items()})
-    assert model.head.b.dtype == np.float32 and np.all(model.head.b.data == 7.0)
+    assert model.head.b.dtype == np.float32 and np.all(model.head.b.numpy() == 7.0)
     model.load_state_dict(state)
     state["head.b"][...] = 8.0                     # loading copied too: no aliasing
-    assert np.all(model.head.b.data == 7.0)
+    assert np.all(model.head.b.numpy() == 7.0)
 
 
-def test_load_state_dict_rejects_wrong_names_and_shapes():
+def test_load_state_dict_rejects_wrong_names_and_shapes(on_backend):
     model = TinyVAEHead()
     state = model.state_dict()
     with pytest.raises(KeyError, match="missing.*head.b"):
@@ -111,29 +113,32 @@ def test_load_state_dict_rejects_wrong_names_and_shapes():
 
 
 # --- layers and initialisation ---------------------------------------------------------
-def test_linear_layer_computes_x_w_plus_b():
+def test_linear_layer_computes_x_w_plus_b(on_backend, make_tensor):
     layer = nn.Linear(3, 2, rng=np.random.default_rng(0), dtype="float64")
     x = np.random.default_rng(1).standard_normal((4, 3))
-    np.testing.assert_allclose(layer(Tensor(x)).data, x @ layer.W.data + layer.b.data)
+    np.testing.assert_allclose(layer(make_tensor(x)).numpy(),
+                               x @ layer.W.numpy() + layer.b.numpy())
 
 
-def test_gated_dense_is_one_op_with_one_weight_matrix():
+def test_gated_dense_is_one_op_with_one_weight_matrix(on_backend, make_tensor):
     layer = nn.GatedDense(3, 4, rng=np.random.default_rng(0), dtype="float64")
-    layer.b.data[...] = np.linspace(-1, 1, 8)
-    x = Tensor(np.random.default_rng(1).standard_normal((5, 3)))
+    layer.b.data[...] = ag.as_array(np.linspace(-1, 1, 8))
+    x = make_tensor(np.random.default_rng(1).standard_normal((5, 3)))
     h = layer(x)
-    w1, w2 = layer.W.data[:, :4], layer.W.data[:, 4:]
-    b1, b2 = layer.b.data[:4], layer.b.data[4:]
-    expected = (x.data @ w1 + b1) / (1 + np.exp(-(x.data @ w2 + b2)))
-    np.testing.assert_allclose(h.data, expected, rtol=1e-12)
+    w, b = layer.W.numpy(), layer.b.numpy()
+    w1, w2, b1, b2 = w[:, :4], w[:, 4:], b[:4], b[4:]
+    expected = (x.numpy() @ w1 + b1) / (1 + np.exp(-(x.numpy() @ w2 + b2)))
+    np.testing.assert_allclose(h.numpy(), expected, rtol=1e-12)
     assert layer.W.shape == (3, 8) and layer.b.shape == (8,)
     assert type(h.creator).__name__ == "GatedLinear"      # both halves in one op
     assert h.creator.inputs == [x, layer.W, layer.b]
 
 
-def test_glorot_uniform_bound_and_variance():
+def test_glorot_uniform_bound_and_variance(on_backend):
     fan_in, fan_out = 400, 600
-    w = nn.glorot_uniform(fan_in, fan_out, np.random.default_rng(0))
+    device_w = nn.glorot_uniform(fan_in, fan_out, ag.default_rng(0))   # of the rng's kind
+    assert ag.array_backend(device_w) == on_backend
+    w = ag.to_numpy(device_w)
     limit = math.sqrt(6 / (fan_in + fan_out))
     assert w.dtype == np.float32 and w.shape == (fan_in, fan_out)
     assert np.abs(w).max() <= limit and np.abs(w).max() > 0.99 * limit
@@ -142,19 +147,20 @@ def test_glorot_uniform_bound_and_variance():
     assert nn.glorot_uniform(3, 4, np.random.default_rng(0), dtype=np.float64).dtype == np.float64
 
 
-def test_gated_dense_initialises_each_half_on_its_own():
-    layer = nn.GatedDense(300, 200, rng=np.random.default_rng(0))
+def test_gated_dense_initialises_each_half_on_its_own(on_backend):
+    layer = nn.GatedDense(300, 200, rng=ag.default_rng(0))
+    w = layer.W.numpy()
     limit = math.sqrt(6 / 500)
-    assert np.abs(layer.W.data).max() <= limit
-    assert not np.array_equal(layer.W.data[:, :200], layer.W.data[:, 200:])
-    assert np.all(layer.b.data == 0)
+    assert np.abs(w).max() <= limit
+    assert not np.array_equal(w[:, :200], w[:, 200:])
+    assert np.all(layer.b.numpy() == 0)
 
 
-def test_mlp_builds_the_requested_layers():
+def test_mlp_builds_the_requested_layers(on_backend, make_tensor):
     rng = np.random.default_rng(0)
     gated = nn.mlp((784, 500, 500), kind="gated", rng=rng)
     assert [type(layer).__name__ for layer in gated.layers] == ["GatedDense", "GatedDense"]
-    assert gated(Tensor(np.zeros((2, 784), np.float32))).shape == (2, 500)
+    assert gated(make_tensor(np.zeros((2, 784), np.float32))).shape == (2, 500)
     tanh = nn.mlp((3, 4, 5), kind="tanh", dropout_keep=0.9, rng=rng)
     assert [type(layer).__name__ for layer in tanh.layers] == [
         "Linear", "Activation", "Dropout", "Linear", "Activation", "Dropout"]
@@ -192,8 +198,6 @@ def test_composite_loss_and_gradients_match_torch(on_backend):
     params = torch_twin(model)
     ref = torch_composite_loss(params, x, targets)
     ref.backward()
-    if on_backend == "cupy":
-        model.load_state_dict(model.state_dict())            # moves the parameters over
     loss = composite_loss(model, Tensor(ag.as_array(x)), Tensor(ag.as_array(targets)))
     loss.backward()
     np.testing.assert_allclose(loss.item(), ref.item(), rtol=1e-10)
@@ -202,16 +206,16 @@ def test_composite_loss_and_gradients_match_torch(on_backend):
                                    rtol=1e-10, atol=1e-13, err_msg=name)
 
 
-def test_a_float32_vae_step_stays_float32():
+def test_a_float32_vae_step_stays_float32(on_backend, make_tensor):
     """Python floats, means and the optimizer must not upcast a float32 model."""
     model = TinyVAEHead(dtype="float32")
     opt = optim.Adam(model.parameters(), weight_decay=1e-4)
     x, targets = (a.astype(np.float32) for a in composite_data())
-    stats = model(Tensor(x))
+    stats = model(make_tensor(x))
     mu, logvar = stats[:, :1], stats[:, 1:2]
-    z = mu + ag.exp(0.5 * logvar) * Tensor(np.ones((8, 1), np.float32))
+    z = mu + ag.exp(0.5 * logvar) * make_tensor(np.ones((8, 1), np.float32))
     kl = -0.5 * (1 + logvar - mu * mu - ag.exp(logvar)).sum(axis=1)
-    loss = (ag.binary_cross_entropy_with_logits(stats, Tensor(targets)).sum(axis=1)
+    loss = (ag.binary_cross_entropy_with_logits(stats, make_tensor(targets)).sum(axis=1)
             + kl + z.sum(axis=1)).mean()
     assert loss.dtype == np.float32
     loss.backward()
@@ -226,9 +230,10 @@ def train_both(make_ours, make_theirs, steps=100):
     x, targets = composite_data()
     params = torch_twin(model)
     ours, theirs = make_ours(model.parameters()), make_theirs(list(params.values()))
+    x_ours, targets_ours = Tensor(ag.as_array(x)), Tensor(ag.as_array(targets))
     for _ in range(steps):
         ours.zero_grad()
-        composite_loss(model, Tensor(x), Tensor(targets)).backward()
+        composite_loss(model, x_ours, targets_ours).backward()
         ours.step()
         theirs.zero_grad()
         torch_composite_loss(params, x, targets).backward()
@@ -250,22 +255,27 @@ OPTIMIZERS = {
 
 @needs_torch
 @pytest.mark.parametrize("kind", OPTIMIZERS)
-def test_100_optimizer_steps_match_torch(kind):
+def test_100_optimizer_steps_match_torch(kind, on_backend):
     make_ours, make_theirs = OPTIMIZERS[kind]
     model, params = train_both(make_ours, make_theirs)
     start = TinyVAEHead()
     for (name, p), (_, p0) in zip(model.named_parameters(), start.named_parameters()):
-        assert not np.allclose(p.data, p0.data), f"{name} did not move"
-        np.testing.assert_allclose(p.data, params[name].detach().numpy(), rtol=1e-8,
+        assert not np.allclose(p.numpy(), p0.numpy()), f"{name} did not move"
+        np.testing.assert_allclose(p.numpy(), params[name].detach().numpy(), rtol=1e-8,
                                    atol=1e-10, err_msg=name)
 
 
-def test_adam_first_step_is_lr_times_the_gradient_sign():
+def parameter(values, dtype=None):
+    """A Parameter on the active backend."""
+    return nn.Parameter(ag.as_array(np.asarray(values, dtype=dtype)))
+
+
+def test_adam_first_step_is_lr_times_the_gradient_sign(on_backend):
     """With bias correction, the first update is lr * g / (|g| + eps) for every element."""
-    p = nn.Parameter(np.array([1.0, 2.0, 3.0]))
-    p.grad = np.array([0.5, -2.0, 1e-3])
+    p = parameter([1.0, 2.0, 3.0])
+    p.grad = ag.as_array(np.array([0.5, -2.0, 1e-3]))
     optim.Adam([p], lr=0.1, eps=0.0).step()
-    np.testing.assert_allclose(p.data, [0.9, 2.1, 2.9], rtol=1e-12)
+    np.testing.assert_allclose(p.numpy(), [0.9, 2.1, 2.9], rtol=1e-12)
 
 
 def textbook_adam(params, grads, lr, betas, eps, weight_decay):
@@ -345,23 +355,23 @@ def test_in_place_sgd_matches_the_textbook_loop(settings):
         np.testing.assert_allclose(p, p_ref, rtol=1e-12, atol=1e-12, err_msg=f"param {i}")
 
 
-def test_optimizers_keep_float32_parameters_float32():
+def test_optimizers_keep_float32_parameters_float32(on_backend):
     for make in (lambda ps: optim.Adam(ps, weight_decay=0.1),
                  lambda ps: optim.SGD(ps, momentum=0.9, weight_decay=0.1)):
-        p = nn.Parameter(np.ones(4, np.float32))
+        p = parameter(np.ones(4), np.float32)
         opt = make([p])
         for _ in range(2):
-            p.grad = np.full(4, 0.5, np.float32)
+            p.grad = ag.as_array(np.full(4, 0.5, np.float32))
             opt.step()
         assert p.data.dtype == np.float32
 
 
-def test_optimizers_skip_parameters_without_gradient_and_zero_grad_clears():
-    a, b = nn.Parameter(np.ones(2)), nn.Parameter(np.ones(2))
+def test_optimizers_skip_parameters_without_gradient_and_zero_grad_clears(on_backend):
+    a, b = parameter(np.ones(2)), parameter(np.ones(2))
     for opt in (optim.Adam([a, b]), optim.SGD([a, b])):
-        a.grad = np.ones(2)
+        a.grad = ag.as_array(np.ones(2))
         opt.step()
-        np.testing.assert_array_equal(b.data, [1.0, 1.0])
+        np.testing.assert_array_equal(b.numpy(), [1.0, 1.0])
         opt.zero_grad()
         assert a.grad is None and b.grad is None
     with pytest.raises(ValueError, match="no parameters"):
@@ -370,13 +380,13 @@ def test_optimizers_skip_parameters_without_gradient_and_zero_grad_clears():
 
 @pytest.mark.parametrize("make", [lambda p: optim.Adam(p, lr=0.05),
                                   lambda p: optim.SGD(p, lr=0.05, momentum=0.9)])
-def test_optimizer_state_round_trip_resumes_identically(make, tmp_path):
-    x, targets = composite_data()
+def test_optimizer_state_round_trip_resumes_identically(make, tmp_path, on_backend):
+    x, targets = (Tensor(ag.as_array(a)) for a in composite_data())
 
     def train(model, opt, steps):
         for _ in range(steps):
             opt.zero_grad()
-            composite_loss(model, Tensor(x), Tensor(targets)).backward()
+            composite_loss(model, x, targets).backward()
             opt.step()
 
     straight = TinyVAEHead()
@@ -393,11 +403,11 @@ def test_optimizer_state_round_trip_resumes_identically(make, tmp_path):
     assert opt2.t == 3
     train(resumed, opt2, 3)
     for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
-        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=name)
 
 
-def test_optimizer_load_state_dict_rejects_mismatches():
-    opt = optim.Adam([nn.Parameter(np.ones((2, 3)))])
+def test_optimizer_load_state_dict_rejects_mismatches(on_backend):
+    opt = optim.Adam([parameter(np.ones((2, 3)))])
     with pytest.raises(KeyError, match="unexpected"):
         opt.load_state_dict({"t": np.asarray(1.0), "m.5": np.zeros((2, 3))})
     with pytest.raises(ValueError, match=r"m.0 has shape \(3, 2\)"):
