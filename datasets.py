@@ -43,7 +43,6 @@ import os
 import pickle
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -52,6 +51,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+
+from autograd_lite.files import atomic_write
 
 __all__ = [
     "CHECKSUMS",
@@ -640,24 +641,17 @@ def _urlopen(url: str, timeout: float):
 
 def _fetch_verified(url: str, dest: Path, sha256: str, fetch, timeout: float) -> None:
     """Stream ``url`` into ``dest`` atomically; the file appears only if its sha256 is right."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
+
+    def stream(out):
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, fetch(url, timeout) as response:
+        with fetch(url, timeout) as response:
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 digest.update(chunk)
                 out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
         if digest.hexdigest() != sha256:
             raise DataError(f"sha256 of the download is {digest.hexdigest()}, expected {sha256}")
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    atomic_write(dest, stream)
 
 
 def _one_line(text) -> str:

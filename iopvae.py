@@ -20,13 +20,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 import autograd_lite as ag
 from autograd_lite import nn
+from autograd_lite.files import atomic_write
 from datasets import binarize  # dynamic binarisation of training batches
 from autograd_lite.optim import Adam
 
@@ -660,20 +660,8 @@ def save_checkpoint(trainer, path):
     arrays["meta"] = np.array(json.dumps(meta))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     nn.save_npz(path, arrays)
-    write_json_atomic(os.path.join(os.path.dirname(os.path.abspath(path)), "config.json"),
-                      meta["config"])
-
-
-def write_json_atomic(path, obj):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(os.path.join(os.path.dirname(os.path.abspath(path)), "config.json"),
+                 lambda f: json.dump(meta["config"], f, indent=2), mode="w")
 
 
 def rng_state(rng):

@@ -1,11 +1,10 @@
 """Layers: Module, Linear, GatedDense, Dropout, Sequential and an MLP builder."""
 import math
-import os
-import tempfile
 
 import numpy as np
 
 from . import backend, ops
+from .files import atomic_write
 from .tensor import Tensor
 
 
@@ -106,17 +105,8 @@ def _walk(root):
 
 
 def save_npz(path, arrays):
-    """``np.savez`` to a temporary file beside ``path``, then an atomic rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """``np.savez`` of the named arrays, written atomically (see ``atomic_write``)."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def glorot_uniform(fan_in, fan_out, rng, shape=None, dtype="float32"):
