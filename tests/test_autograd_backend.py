@@ -11,7 +11,6 @@ import pytest
 
 import autograd_lite as ag
 from autograd_lite import backend
-
 from conftest import HAS_CUPY, ROOT
 
 

@@ -29,8 +29,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import autograd_lite as ag  # noqa: E402
-from autograd_lite import nn  # noqa: E402
 import iopvae  # noqa: E402
+from autograd_lite import nn  # noqa: E402
 
 RTOL = 1e-10
 DIM, LATENT, HIDDEN, BATCH, K, NOISE = 6, 3, 8, 5, 4, 4
