@@ -45,15 +45,16 @@ def train_one(method, epochs, warmup, seed, prior_samples, posterior_samples=1):
     import autograd_lite as ag
     import datasets
     import iopvae
+    import runs
 
     data = datasets.load("onehot")
-    config = iopvae.Config(dataset="onehot", method=method, epochs=epochs, warmup=warmup,
+    config = runs.Config(dataset="onehot", method=method, epochs=epochs, warmup=warmup,
                            patience=0, seed=seed)
     started = time.time()
     prefix = f"[{method}] "
-    trainer = iopvae.Trainer(config, data, out_dir=None,
-                             log=lambda line: print(prefix + line, flush=True))
-    history = trainer.run()
+    trainer = runs.Trainer(config, data, out_dir=None,
+                           log=lambda line: print(prefix + line, flush=True))
+    history = trainer.train()
     model, rng = trainer.model, trainer.rng
     test = ag.as_array(data.test)
     valid = ag.as_array(data.valid)

@@ -1,4 +1,4 @@
-"""The command line, through ``iopvae.main(argv)``: train, evaluate, sample, and
+"""The command line, through ``runs.main(argv)``: train, evaluate, sample, and
 the one-line errors for bad input (exit status 2, no traceback)."""
 import json
 import sys
@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import iopvae  # noqa: E402
+import runs  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["--epochs", "2", "--hidden", "16", "--j2", "1", "--warmup", "2"]
@@ -28,7 +28,7 @@ def one_error_line(err):
 def iop_run(tmp_path_factory):
     """A tiny IOP run trained through the CLI (shared by the evaluate/sample tests)."""
     out = tmp_path_factory.mktemp("cli") / "iop"
-    code = iopvae.main(["train", "--dataset", "onehot", "--method", "iop", *TINY,
+    code = runs.main(["train", "--dataset", "onehot", "--method", "iop", *TINY,
                         "--samples", "5", "--out", str(out)])
     assert code == 0
     return out
@@ -41,7 +41,7 @@ def test_train_writes_checkpoint_and_reports(iop_run, capsys):
     config = json.loads((iop_run / "config.json").read_text())
     assert config["method"] == "iop" and config["hidden"] == 16 and config["j2"] == 1
     assert config["epochs"] == 2 and config["latent"] == 2
-    meta, _ = iopvae.read_checkpoint(str(iop_run))
+    meta, _ = runs.read_checkpoint(str(iop_run))
     assert meta["epoch"] == 2 and len(meta["history"]) == 2
 
 
@@ -50,7 +50,7 @@ def test_train_other_methods_print_results(method, tmp_path, capsys):
     """Every method trains from the CLI and prints its test ELBO; the explicit-posterior
     methods also print an importance-sampled log-likelihood, AVB says it has none."""
     out = tmp_path / method
-    assert iopvae.main(["train", "--dataset", "onehot", "--method", method, *TINY,
+    assert runs.main(["train", "--dataset", "onehot", "--method", method, *TINY,
                         "--components", "5", "--samples", "3", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "test ELBO" in text
@@ -66,17 +66,17 @@ def test_train_resume_continues(iop_run, tmp_path, capsys):
     import shutil
     out = tmp_path / "again"
     shutil.copytree(iop_run, out)
-    assert iopvae.main(["train", "--dataset", "onehot", "--method", "iop", "--epochs", "3",
+    assert runs.main(["train", "--dataset", "onehot", "--method", "iop", "--epochs", "3",
                         "--resume", "--samples", "3", "--out", str(out)]) == 0
     assert "resuming" in capsys.readouterr().out
-    meta, _ = iopvae.read_checkpoint(str(out))
+    meta, _ = runs.read_checkpoint(str(out))
     assert meta["epoch"] == 3
 
 
 def test_evaluate_prints_elbo_and_log_likelihood(iop_run, capsys):
     """`evaluate CHECKPOINT` returns 0 and prints finite numbers for the chosen split."""
     capsys.readouterr()
-    assert iopvae.main(["evaluate", str(iop_run / "checkpoint.npz"), "--samples", "4",
+    assert runs.main(["evaluate", str(iop_run / "checkpoint.npz"), "--samples", "4",
                         "--split", "valid"]) == 0
     lines = capsys.readouterr().out.splitlines()
     elbo = [line for line in lines if line.startswith("valid ELBO")]
@@ -92,7 +92,7 @@ def test_sample_writes_png(iop_run, tmp_path, sir, capsys):
     and writes a PNG."""
     png = tmp_path / ("sir.png" if sir else "samples.png")
     argv = ["sample", str(iop_run / "checkpoint.npz"), "--n", "9", "--out", str(png)]
-    assert iopvae.main(argv + (["--sir"] if sir else [])) == 0
+    assert runs.main(argv + (["--sir"] if sir else [])) == 0
     assert png.read_bytes()[:8] == PNG_MAGIC
     assert "wrote 9 samples" in capsys.readouterr().out
 
@@ -100,7 +100,7 @@ def test_sample_writes_png(iop_run, tmp_path, sir, capsys):
 def test_unknown_method_is_an_argparse_error(capsys):
     """An unknown --method is rejected by argparse (SystemExit 2) with its usage message."""
     with pytest.raises(SystemExit) as info:
-        iopvae.main(["train", "--dataset", "onehot", "--method", "gan"])
+        runs.main(["train", "--dataset", "onehot", "--method", "gan"])
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
 
@@ -111,7 +111,7 @@ def test_invalid_setting_is_one_error_line(option, value, word, tmp_path, capsys
     """A bad setting returns 2 with one line 'error: ...' naming it on stderr and
     writes no run folder."""
     out = tmp_path / "never"
-    code = iopvae.main(["train", "--dataset", "onehot", "--method", "vae", option, value,
+    code = runs.main(["train", "--dataset", "onehot", "--method", "vae", option, value,
                         "--out", str(out)])
     assert code == 2
     assert word in one_error_line(capsys.readouterr().err)
@@ -125,7 +125,7 @@ def test_unreadable_checkpoint_is_one_error_line(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     for argv in (["evaluate", str(bad)], ["sample", str(bad)],
                  ["evaluate", str(tmp_path / "missing.npz")]):
-        assert iopvae.main(argv) == 2
+        assert runs.main(argv) == 2
         line = one_error_line(capsys.readouterr().err)
         assert argv[1] in line
 
@@ -135,7 +135,7 @@ def test_missing_mnist_file_is_one_error_line(tmp_path, capsys):
     missing file (no download attempt, no traceback)."""
     empty = tmp_path / "data"
     empty.mkdir()
-    code = iopvae.main(["train", "--dataset", "mnist", "--method", "vae", "--data-dir",
+    code = runs.main(["train", "--dataset", "mnist", "--method", "vae", "--data-dir",
                         str(empty), "--out", str(tmp_path / "run"), *TINY])
     assert code == 2
     line = one_error_line(capsys.readouterr().err)
@@ -146,7 +146,7 @@ def test_train_refuses_to_overwrite_an_existing_run(iop_run, capsys):
     """`train` into a folder that already holds a checkpoint, without --resume, returns 2
     with one line pointing to --resume, and leaves the checkpoint untouched."""
     before = (iop_run / "checkpoint.npz").read_bytes()
-    code = iopvae.main(["train", "--dataset", "onehot", "--method", "iop", *TINY,
+    code = runs.main(["train", "--dataset", "onehot", "--method", "iop", *TINY,
                         "--out", str(iop_run)])
     assert code == 2
     assert "--resume" in one_error_line(capsys.readouterr().err)
@@ -166,10 +166,10 @@ def test_table2_trains_evaluates_and_resumes(tmp_path, monkeypatch, capsys):
     small = datasets.Dataset(name="mnist", train=probs[:80], valid=probs[80:100],
                              test=probs[100:], likelihood="bernoulli",
                              dynamic_binarization=True, image_shape=(28, 28))
-    monkeypatch.setattr(iopvae, "_load_data", lambda name, data_dir: small)
+    monkeypatch.setattr(runs, "_load_data", lambda name, data_dir: small)
     argv = ["table2", "--datasets", "mnist", "--epochs", "2", "--warmup", "1", "--hidden", "16",
             "--samples", "3", "--out", str(tmp_path)]
-    assert iopvae.main(argv) == 0
+    assert runs.main(argv) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("mnist")]
     assert [row.split()[1] for row in rows] == ["vae", "vamp", "iop"]
@@ -178,9 +178,9 @@ def test_table2_trains_evaluates_and_resumes(tmp_path, monkeypatch, capsys):
         assert np.isfinite(ours) and ours < 0
     assert "-85.84" in out and "-83.21" in out  # the paper's column
     for method in ("vae", "vamp", "iop"):
-        meta, _ = iopvae.read_checkpoint(str(tmp_path / f"mnist-{method}-seed0"))
+        meta, _ = runs.read_checkpoint(str(tmp_path / f"mnist-{method}-seed0"))
         assert meta["epoch"] == 2
 
-    assert iopvae.main(argv) == 0  # everything is finished: evaluated again, not retrained
+    assert runs.main(argv) == 0  # everything is finished: evaluated again, not retrained
     out = capsys.readouterr().out
     assert "epoch    3" not in out and out.count("== mnist") == 3

@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:
 
 import autograd_lite as ag  # noqa: E402
 import iopvae  # noqa: E402
+import runs  # noqa: E402
 from autograd_lite import nn  # noqa: E402
 
 RTOL = 1e-10
@@ -79,9 +80,9 @@ def float64_model(method, likelihood, keep=0.5, seed=0):
     The first encoder log-variance bias is pushed to +4 so that the hardtanh
     upper bound (2) is active for that unit: its gradient must be cut.  For the
     VampPrior two pseudo-input entries are moved outside [0, 1] for the same reason."""
-    config = iopvae.Config(dataset="onehot", method=method, latent=LATENT, hidden=HIDDEN,
+    config = runs.Config(dataset="onehot", method=method, latent=LATENT, hidden=HIDDEN,
                            components=K, noise_dim=NOISE, keep=keep)
-    model = iopvae.build_model(config, DIM, likelihood, ag.default_rng(seed))
+    model = runs.build_model(config, DIM, likelihood, ag.default_rng(seed))
     for p in model.parameters():
         p.data = p.data.astype(np.float64)
     if method != "avb":
@@ -185,7 +186,7 @@ def torch_loss(method, P, x, noise, likelihood, beta=BETA, detach_z_in_T=False):
     eps = torch.tensor(noise[0])
     if method == "avb":
         z = t_avb_encoder(P, x, eps)
-        kl = t_ratio(P, "discriminator.", torch.cat([x, z], 1))
+        kl = t_ratio(P, "density_ratio.", torch.cat([x, z], 1))
     else:
         mu, logvar = t_encoder(P, x)
         z = mu + torch.exp(0.5 * logvar) * eps
@@ -215,14 +216,6 @@ def masks_from(uniforms, keep):
     return [torch.tensor((u < keep).astype(np.float64) / keep) for u in uniforms]
 
 
-def frozen_discriminator(model):
-    """What the trainer does during the VAE step: psi fixed, T in eval mode."""
-    parts = {"iop": "density_ratio", "avb": "discriminator"}
-    if model.name in parts:
-        return iopvae.frozen(getattr(model, parts[model.name]))
-    return iopvae.frozen()
-
-
 # =============================================================================
 # Tests
 # =============================================================================
@@ -238,7 +231,7 @@ def test_vae_step_loss_and_gradients_match_torch(method, likelihood, monkeypatch
     x = make_data(likelihood)
     noise = RecordedNoise(seed=2)
     monkeypatch.setattr(iopvae, "standard_normal", noise)
-    with frozen_discriminator(model):
+    with iopvae.frozen(model.density_ratio):  # the VAE step: psi fixed, T in eval mode
         loss = model.loss(ag.Tensor(x), ag.default_rng(0), beta=BETA)
         loss.backward()
     assert loss.dtype == np.float64
@@ -273,8 +266,7 @@ def test_discriminator_loss_and_gradients_match_torch(method, monkeypatch):
     model = float64_model(method, "bernoulli", keep=keep)
     train_x = make_data("bernoulli", n=9, seed=3)
     idx = np.array([7, 0, 4, 2, 8])
-    part = model.density_ratio if method == "iop" else model.discriminator
-    dropouts = [m for m in part.modules() if isinstance(m, nn.Dropout)]
+    dropouts = [m for m in model.density_ratio.modules() if isinstance(m, nn.Dropout)]
     assert len(dropouts) == 2
     uniforms = RecordingUniform(seed=5)
     for layer in dropouts:
@@ -297,7 +289,7 @@ def test_discriminator_loss_and_gradients_match_torch(method, monkeypatch):
         else:
             z1 = t_avb_encoder(P, x, torch.tensor(noise.draws[0]))
             z1_in, z0_in = torch.cat([x, z1], 1), torch.cat([x, torch.tensor(noise.draws[1])], 1)
-    prefix = "density_ratio." if method == "iop" else "discriminator."
+    prefix = "density_ratio."
     want = eq20_loss(t_ratio(P, prefix, z1_in, masks[:2]), t_ratio(P, prefix, z0_in, masks[2:]))
     want.backward()
     np.testing.assert_allclose(loss.data, want.item(), rtol=RTOL)
@@ -344,54 +336,54 @@ def test_iop_encoder_gradient_includes_path_through_T(monkeypatch):
     assert_same_gradients(results["detached_pitfall"], P_full, decoder_names)
 
 
-def _vae_step_spy(model, calls):
-    """Wrap T's forward to record, at each call, the mode of T's modules and whether
-    its parameters would receive gradients."""
-    forward = model.density_ratio.forward
-
-    def spy(z):
-        calls.append(([m.training for m in model.density_ratio.modules()],
-                      [p.requires_grad for p in model.density_ratio.parameters()]))
-        return forward(z)
-    model.density_ratio.forward = spy
-    return forward
-
-
-def test_trainer_vae_step_freezes_T_and_turns_its_dropout_off():
-    """Algorithm 1, lines 2-6: psi is fixed while theta, phi are updated.  During a
-    VAE epoch T must be in eval mode (no dropout) with parameters that take no
-    gradient, T's weights must be unchanged afterwards while the encoder's moved,
-    and T must be back in training mode (dropout on) for its own epochs, during
-    which the encoder and decoder must not change."""
+def test_trainer_freezes_T_in_the_vae_step_and_the_vae_in_the_T_step(monkeypatch):
+    """Algorithm 1: psi is fixed while theta, phi are updated (lines 2-6), and theta,
+    phi while psi is (lines 7-12).  In one round of ``Trainer.train``: during the VAE
+    step T runs in eval mode (no dropout) with parameters that take no gradient, and
+    T's weights do not move while the encoder's do; during T's own step T is in
+    training mode (dropout on) and only T's weights move."""
     import datasets
     data = datasets.load("onehot")
-    trainer = iopvae.Trainer(iopvae.Config(dataset="onehot", method="iop", hidden=16, j2=1,
-                                           keep=0.5, epochs=1), data, out_dir=None,
-                             log=lambda line: None)
-    model = trainer.model
-    before = model.state_dict()
-    calls = []
-    forward = _vae_step_spy(model, calls)
-    trainer.vae_epoch(beta=1.0)
-    after = model.state_dict()
-    assert calls, "the IOP loss never evaluated T"
-    for modes, grads in calls:
-        assert not any(modes) and not any(grads)
-    for name in before:
+    rng = ag.default_rng(0)
+    model = iopvae.ImplicitOptimalPrior(data.dim, "bernoulli", 2, 16, rng, keep=0.5)
+    trainer = iopvae.Trainer(model, data, rng, j2=1, epochs=1, log=lambda line: None)
+    phase, calls, states = ["start"], [], {"start": model.state_dict()}
+    forward, loss, discriminator_loss, elbo = (model.density_ratio.forward, model.loss,
+                                               model.discriminator_loss, iopvae.elbo)
+
+    def spy(z):  # T's mode and whether its parameters take gradients, at each call
+        calls.append((phase[0], [m.training for m in model.density_ratio.modules()],
+                      [p.requires_grad for p in model.density_ratio.parameters()]))
+        return forward(z)
+
+    def enter(name, function):  # mark the phase and keep the weights on entering it
+        def wrapped(*args, **kwargs):
+            if phase[0] != name:
+                phase[0] = name
+                states[name] = model.state_dict()
+            return function(*args, **kwargs)
+        return wrapped
+    model.density_ratio.forward = spy
+    model.loss = enter("vae", loss)
+    model.discriminator_loss = enter("T", discriminator_loss)
+    monkeypatch.setattr(iopvae, "elbo", enter("valid", elbo))
+    trainer.train()
+    assert [p for p, _, _ in calls if p != "valid"][:1] == ["vae"], "the loss never used T"
+    for p, modes, grads in calls:
+        if p == "vae":
+            assert not any(modes) and not any(grads)
+        elif p == "T":
+            assert all(modes) and all(grads)
+    start, after_vae, after_t = states["start"], states["T"], states["valid"]
+    for name in start:
+        vae_moved = not np.array_equal(start[name], after_vae[name])
+        t_moved = not np.array_equal(after_vae[name], after_t[name])
         if name.startswith("density_ratio."):
-            assert np.array_equal(before[name], after[name]), name
-    assert any(not np.array_equal(before[n], after[n]) for n in before if n.startswith("encoder."))
-    assert all(m.training for m in model.density_ratio.modules())
-    assert all(p.requires_grad for p in model.density_ratio.parameters())
-    # T's own epochs: dropout on, encoder and decoder untouched, T updated
-    calls.clear()
-    trainer.discriminator_epochs()
-    model.density_ratio.forward = forward
-    final = model.state_dict()
-    assert calls and all(all(modes) for modes, _ in calls)
-    for name in after:
-        changed = not np.array_equal(after[name], final[name])
-        assert changed == name.startswith("density_ratio."), name
+            assert not vae_moved and t_moved, name
+        else:
+            assert not t_moved, name
+    assert any(not np.array_equal(start[n], after_vae[n]) for n in start
+               if n.startswith("encoder."))
 
 
 def test_iop_loss_is_deterministic_given_noise_when_T_is_frozen(monkeypatch):
