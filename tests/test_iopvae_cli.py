@@ -1,5 +1,6 @@
 """The command line, through ``runs.main(argv)``: train, evaluate, sample, and
 the one-line errors for bad input (exit status 2, no traceback)."""
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import datasets  # noqa: E402
 import runs  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -159,8 +161,6 @@ def test_table2_trains_evaluates_and_resumes(tmp_path, monkeypatch, capsys):
 
     The data loader is replaced by a small MNIST-shaped set so that the test takes seconds.
     """
-    import datasets
-
     rng = np.random.default_rng(0)
     probs = rng.random((120, 784), dtype=np.float32) ** 3
     small = datasets.Dataset(name="mnist", train=probs[:80], valid=probs[80:100],
@@ -184,3 +184,61 @@ def test_table2_trains_evaluates_and_resumes(tmp_path, monkeypatch, capsys):
     assert runs.main(argv) == 0  # everything is finished: evaluated again, not retrained
     out = capsys.readouterr().out
     assert "epoch    3" not in out and out.count("== mnist") == 3
+
+
+def _subcommands():
+    parser = runs.build_parser()
+    [sub] = [a for a in parser._actions if a.dest == "command"]
+    return sub.choices
+
+
+def test_every_option_has_help_and_table2_reuses_the_train_options():
+    """Every option of every command has a help text; the Config options of `train` (but
+    the plural --datasets/--methods/--seeds) are those of `table2`, with the Config's
+    own help; data set, method and pseudo-input start offer their choices."""
+    commands = _subcommands()
+    for name, parser in commands.items():
+        for action in parser._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    options = {name: {a.dest: a for a in parser._actions} for name, parser in commands.items()}
+    for field in dataclasses.fields(runs.Config):
+        train = options["train"][field.name]
+        assert train.help.startswith(field.metadata["help"]), field.name
+        if field.name not in ("dataset", "method", "seed"):
+            assert options["table2"][field.name].help == train.help, field.name
+    assert options["train"]["dataset"].choices == datasets.DATASETS
+    assert sorted(options["train"]["method"].choices) == ["avb", "iop", "vae", "vamp"]
+    assert list(options["train"]["pseudo_init"].choices) == ["uniform", "data", "constant"]
+
+
+def test_resume_names_the_options_it_ignores(iop_run, tmp_path, capsys):
+    """`train --resume` continues with the checkpoint's configuration and prints one line
+    naming each given option that differs from it (here --hidden and --lr); options
+    equal to the checkpoint's are not named, --epochs sets the new end."""
+    import shutil
+    out = tmp_path / "again"
+    shutil.copytree(iop_run, out)
+    assert runs.main(["train", "--dataset", "onehot", "--method", "iop", "--epochs", "3",
+                      "--hidden", "32", "--lr", "0.01", "--j2", "1", "--resume",
+                      "--samples", "3", "--out", str(out)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "ignored" in line]
+    assert len(lines) == 1
+    assert "--hidden 32 (checkpoint: 16)" in lines[0] and "--lr 0.01" in lines[0]
+    assert "--j2" not in lines[0] and "--epochs" not in lines[0]
+    meta, _ = runs.read_checkpoint(str(out))
+    assert meta["epoch"] == 3 and meta["config"].hidden == 16
+
+
+def test_iopvae_py_hands_its_command_line_to_runs(tmp_path):
+    """`python iopvae.py train ...` still works (it delegates to runs.main), and importing
+    iopvae does not import runs (the paper does not depend on the run machinery)."""
+    import subprocess
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, str(ROOT / "iopvae.py"), "train", "--dataset",
+                             "onehot", "--method", "vae", *TINY, "--samples", "2", "--out",
+                             str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test ELBO" in result.stdout and (out / "checkpoint.npz").is_file()
+    check = subprocess.run([sys.executable, "-c", "import sys, iopvae; "
+                            "sys.exit('runs' in sys.modules)"], cwd=ROOT, timeout=120)
+    assert check.returncode == 0
