@@ -3,7 +3,7 @@
 This file is the paper, top to bottom in its order:
 
 1. distributions: Gaussian and Bernoulli log-densities, the closed-form KL of Eq. (3);
-2. networks: the gated encoder and decoder (Sec. 5.2);
+2. networks: the gated encoder and decoder (Sec. 5.2), AVB's implicit encoder;
 3. the density ratio trick (Eqs. 12-14): the estimator T_psi and its loss;
 4. the four methods: standard VAE (Eq. 3), VampPrior (Eq. 9), the implicit
    optimal prior (IOP, Eqs. 10-21) and AVB, behind one contract (``VAEMethod``);
@@ -106,7 +106,7 @@ class Encoder(nn.Module):
 
 
 class ImplicitEncoder(nn.Module):
-    """AVB's q_phi(z|x) without a density: z = f_phi(x, eps), eps ~ N(0, I) (Sec. 4)."""
+    """AVB's q_phi(z|x) without a density: z = f_phi(x, eps), eps ~ N(0, I) (Mescheder et al.)."""
 
     def __init__(self, dim, latent, hidden, noise_dim, rng):
         self.body = nn.mlp((dim + noise_dim, hidden, hidden), "gated", rng=rng)
@@ -555,9 +555,9 @@ class Trainer:
                         loss.backward()                          # 4: gradients wrt theta, phi
                         self.vae_opt.step()                      # 5: update theta and phi
                         vae_losses.append(loss.data)
-            disc_losses = None
+            disc_losses = None                                   # no T: VAE, VampPrior
             if model.has_discriminator:
-                disc_losses = []
+                disc_losses = []                                 # (and none with j2 = 0)
                 with frozen(model.encoder, model.decoder):       # theta, phi fixed
                     for _ in range(self.j2):                     # 7: for J2 steps (epochs)
                         disc_losses = []

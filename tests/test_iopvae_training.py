@@ -418,3 +418,38 @@ def test_test_log_likelihood_refuses_avb(onehot):
                                ag.default_rng(0))
     with pytest.raises(ValueError, match="implicit"):
         iopvae.test_log_likelihood(model, onehot.test[:5], 3, ag.default_rng(0))
+
+
+# =============================================================================
+# The contract between the methods and Algorithm 1
+# =============================================================================
+@pytest.mark.parametrize("method", ["vae", "vamp", "iop", "avb"])
+def test_every_method_keeps_the_contract(method):
+    """Each method is a VAEMethod; T is ``density_ratio`` exactly for IOP and AVB, and its
+    parameters are the discriminator parameters, disjoint from the VAE's; the others
+    have none and refuse discriminator_loss."""
+    model = runs.build_model(runs.Config(method=method, hidden=8, components=3), 4, "bernoulli",
+                             ag.default_rng(0))
+    assert isinstance(model, iopvae.VAEMethod)
+    vae = {id(p) for p in model.vae_parameters()}
+    disc = {id(p) for p in model.discriminator_parameters()}
+    assert vae and not vae & disc
+    assert vae | disc == {id(p) for p in model.parameters()}
+    if method in ("iop", "avb"):
+        assert model.has_discriminator and disc
+        assert disc == {id(p) for p in model.density_ratio.parameters()}
+    else:
+        assert not model.has_discriminator and model.density_ratio is None and not disc
+        with pytest.raises(NotImplementedError):
+            model.discriminator_loss(ag.Tensor(np.eye(4, dtype=np.float32)), ag.default_rng(0))
+
+
+def test_minibatches_cover_a_fresh_shuffle_once():
+    """minibatches(n, K, rng): consecutive batches of K (the last one smaller) that
+    together are a permutation of range(n), a different one each epoch."""
+    rng = ag.default_rng(0)
+    first = list(iopvae.minibatches(250, 100, rng))
+    assert [len(b) for b in first] == [100, 100, 50]
+    assert sorted(np.concatenate(first).tolist()) == list(range(250))
+    assert not np.array_equal(np.concatenate(first),
+                              np.concatenate(list(iopvae.minibatches(250, 100, rng))))
