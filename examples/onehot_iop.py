@@ -1,6 +1,6 @@
 """The implicit optimal prior on OneHot, in one loop: the first file to run.
 
-    python examples/onehot_iop.py [--epochs 200] [--out out/example]
+    python examples/onehot_iop.py [--epochs 100] [--out out/example]
 
 Algorithm 1 of the paper with nothing around it: each epoch, one pass of the
 VAE over the data on Eq. (19) with T fixed, then ten passes of T on Eq. (20)
@@ -22,12 +22,12 @@ import iopvae  # noqa: E402
 from autograd_lite.optim import Adam  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("--epochs", type=int, default=200, help="rounds of Algorithm 1")
+parser.add_argument("--epochs", type=int, default=100, help="rounds (paper: 1000)")
 parser.add_argument("--out", default=os.path.join("out", "example"), help="folder of the PNG")
 parser.add_argument("--hidden", type=int, default=500, help="units per hidden layer")
 args = parser.parse_args()
 
-data = datasets.load("onehot")  # 1,000 copies of the four one-hot vectors of length 4
+data = datasets.load("onehot")  # 1,000 points, each one of the 4 one-hot vectors in R^4
 train_x, valid_x, test_x = (ag.as_array(x) for x in (data.train, data.valid, data.test))
 rng = ag.default_rng(0)
 model = iopvae.ImplicitOptimalPrior(data.dim, "bernoulli", latent=2, hidden=args.hidden, rng=rng)
