@@ -24,6 +24,7 @@ import numpy as np
 
 import autograd_lite as ag
 import iopvae
+import runs
 from autograd_lite import nn
 
 METHODS = ("vae", "vamp", "avb", "iop")
@@ -83,9 +84,9 @@ def float64_model(method, likelihood="bernoulli", seed=0, keep=0.5):
     first encoder log-variance bias is set to +4 (above hardtanh's bound 2) and,
     for the VampPrior, two pseudo-input entries are moved outside [0, 1].
     """
-    config = iopvae.Config(dataset="onehot", method=method, latent=LATENT, hidden=HIDDEN,
+    config = runs.Config(dataset="onehot", method=method, latent=LATENT, hidden=HIDDEN,
                            components=COMPONENTS, noise_dim=NOISE_DIM, keep=keep)
-    model = iopvae.build_model(config, DIM, likelihood, ag.default_rng(seed))
+    model = runs.build_model(config, DIM, likelihood, ag.default_rng(seed))
     for p in model.parameters():
         p.data = p.data.astype(np.float64)
     if method != "avb":
@@ -129,7 +130,7 @@ class LossCase:
         self.rng = ReplayRNG(seed)
         if step == "vae":
             self.parameters = model.vae_parameters()
-            self.frozen_modules = model.discriminators()
+            self.frozen_modules = [model.density_ratio]
         elif step == "T":
             self.parameters = model.discriminator_parameters()
             self.frozen_modules = [model.encoder, model.decoder]
@@ -188,10 +189,11 @@ class LossCase:
         return out
 
     def torch_gradients(self):
-        """(loss value, name -> gradient) of the PyTorch mirror with the recorded noise and masks."""
+        """(loss value, name -> gradient) of the PyTorch mirror, same noise and masks."""
         import iopvae_torch as mirror
         spec = mirror_spec(self.model)
-        P = mirror.parameters_from((n, ag.to_numpy(p.data)) for n, p in self.model.named_parameters())
+        P = mirror.parameters_from((n, ag.to_numpy(p.data))
+                                   for n, p in self.model.named_parameters())
         if self.step == "vae":
             loss = mirror.vae_loss(spec, P, self.x, self.rng.normals, beta=self.beta)
         else:
@@ -327,7 +329,7 @@ def command(args):
 
 def main(argv=None):
     """``python check_gradients.py [--method ...]``, the same as ``python iopvae.py gradcheck``."""
-    args = iopvae.build_parser().parse_args(["gradcheck"] + list(sys.argv[1:] if argv is None
+    args = runs.build_parser().parse_args(["gradcheck"] + list(sys.argv[1:] if argv is None
                                                                  else argv))
     return command(args)
 

@@ -43,7 +43,6 @@ import os
 import pickle
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -52,6 +51,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+
+from autograd_lite.files import atomic_write
 
 __all__ = [
     "CHECKSUMS",
@@ -72,10 +73,14 @@ DATASETS = ("onehot", "mnist", "omniglot", "freyfaces", "histopathology")
 #: SHA-256 of the data files with a known canonical copy. Keys are paths
 #: relative to the data directory.
 CHECKSUMS = {
-    "mnist/train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-    "mnist/train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-    "mnist/t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    "mnist/t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    "mnist/train-images-idx3-ubyte.gz":
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "mnist/train-labels-idx1-ubyte.gz":
+        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "mnist/t10k-images-idx3-ubyte.gz":
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "mnist/t10k-labels-idx1-ubyte.gz":
+        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
     "freyfaces/freyfaces.pkl": "3b69410c6a5fd6e03f09012905168be3712373a094a776f7e58fcd0670d2138a",
 }
 
@@ -191,7 +196,9 @@ class Dataset:
         if self.likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"{self.name}: unknown likelihood {self.likelihood!r}")
         if self.image_shape is not None and int(np.prod(self.image_shape)) != self.dim:
-            raise ValueError(f"{self.name}: image_shape {self.image_shape} does not hold {self.dim} values")
+            raise ValueError(
+                f"{self.name}: image_shape {self.image_shape} does not hold {self.dim} values"
+            )
         self.split_id = split_fingerprint(self)
 
     @property
@@ -353,7 +360,9 @@ def read_idx_images(path, count: int, rows: int = 28, cols: int = 28) -> np.ndar
     magic = int.from_bytes(raw[:4], "big")
     if magic != 2051:
         what = " (that of an IDX label file)" if magic == 2049 else ""
-        raise DataError(f"{path}: IDX magic number is {magic}{what}, expected 2051 (unsigned-byte images)")
+        raise DataError(
+            f"{path}: IDX magic number is {magic}{what}, expected 2051 (unsigned-byte images)"
+        )
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=3, offset=4))
     if dims != (count, rows, cols):
         raise DataError(f"{path}: IDX dimensions are {dims}, expected {(count, rows, cols)}")
@@ -412,7 +421,9 @@ class _NumpyUnpickler(pickle.Unpickler):
             ) from None
 
     def persistent_load(self, pid):
-        raise DataError(f"{self._source}: the pickle refers to external objects; expected plain numpy data")
+        raise DataError(
+            f"{self._source}: the pickle refers to external objects; expected plain numpy data"
+        )
 
 
 def _safe_unpickle(data: bytes, source: Path):
@@ -496,7 +507,9 @@ def _load_omniglot(root: Path, verify_checksums: bool) -> Dataset:
     try:
         mat = loadmat(path)
     except Exception as e:  # scipy raises several types for a bad file
-        raise DataError(f"{path}: not a readable MATLAB v5 file ({type(e).__name__}: {e})") from None
+        raise DataError(
+            f"{path}: not a readable MATLAB v5 file ({type(e).__name__}: {e})"
+        ) from None
 
     def images(key, n):
         if key not in mat:
@@ -532,8 +545,11 @@ def _load_freyfaces(root: Path, verify_checksums: bool) -> Dataset:
         )
     x = obj[0]
     if x.shape != (n, 560) or x.dtype != np.uint8:
-        raise DataError(f"{path}: array has shape {x.shape} and dtype {x.dtype}, expected ({n}, 560) uint8")
-    x = x[np.random.default_rng(SPLIT_SEEDS["freyfaces"]).permutation(n)].astype(np.float32) / np.float32(256)
+        raise DataError(
+            f"{path}: array has shape {x.shape} and dtype {x.dtype}, expected ({n}, 560) uint8"
+        )
+    order = np.random.default_rng(SPLIT_SEEDS["freyfaces"]).permutation(n)
+    x = x[order].astype(np.float32) / np.float32(256)
     return Dataset(
         "freyfaces",
         x[:n_train],
@@ -555,7 +571,9 @@ def _histopathology_bytes(root: Path, verify_checksums: bool) -> tuple:
     plain = folder / "histopathology.pkl"
     archive = folder / "histopathology.pkl.tar.gz"
     if plain.is_file() or not archive.is_file():
-        path = _require(root, "histopathology/histopathology.pkl", "histopathology", verify_checksums)
+        path = _require(
+            root, "histopathology/histopathology.pkl", "histopathology", verify_checksums
+        )
         return path.read_bytes(), path
     _require(root, "histopathology/histopathology.pkl.tar.gz", "histopathology", verify_checksums)
     unpack = f"unpack it with `tar -xzf {archive} -C {folder}` so that {plain} exists"
@@ -563,7 +581,9 @@ def _histopathology_bytes(root: Path, verify_checksums: bool) -> tuple:
         with tarfile.open(archive, "r:*") as tar:
             members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".pkl")]
             if len(members) != 1:
-                raise DataError(f"{archive}: expected one .pkl file inside, found {len(members)}; {unpack}")
+                raise DataError(
+                    f"{archive}: expected one .pkl file inside, found {len(members)}; {unpack}"
+                )
             return tar.extractfile(members[0]).read(), Path(f"{archive}:{members[0].name}")
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise DataError(f"{archive}: not a readable tar.gz archive ({e}); {unpack}") from None
@@ -640,31 +660,26 @@ def _urlopen(url: str, timeout: float):
 
 def _fetch_verified(url: str, dest: Path, sha256: str, fetch, timeout: float) -> None:
     """Stream ``url`` into ``dest`` atomically; the file appears only if its sha256 is right."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
+
+    def stream(out):
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, fetch(url, timeout) as response:
+        with fetch(url, timeout) as response:
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 digest.update(chunk)
                 out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
         if digest.hexdigest() != sha256:
             raise DataError(f"sha256 of the download is {digest.hexdigest()}, expected {sha256}")
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    atomic_write(dest, stream)
 
 
 def _one_line(text) -> str:
     return " ".join(str(text).split())
 
 
-def download(name: str, data_dir=None, *, fetch: Optional[Callable] = None, timeout: float = 60.0) -> list:
+def download(
+    name: str, data_dir=None, *, fetch: Optional[Callable] = None, timeout: float = 60.0
+) -> list:
     """Download the files of a data set into the data folder.
 
     Each file is streamed into a temporary file next to its destination,
@@ -761,7 +776,9 @@ def main(argv=None) -> int:
         sub = commands.add_parser(command, help=text)
         sub.add_argument("name", help=", ".join(DATASETS))
         sub.add_argument(
-            "--data-dir", default=None, help="data folder (default: $IOPVAE_DATA, else ~/.cache/iopvae)"
+            "--data-dir",
+            default=None,
+            help="data folder (default: $IOPVAE_DATA, else ~/.cache/iopvae)",
         )
         if command == "info":
             sub.add_argument("--no-verify", action="store_true", help="skip checksum checks")

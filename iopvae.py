@@ -1,34 +1,33 @@
 """VAE with Implicit Optimal Priors (Takahashi et al., AAAI 2019), from scratch.
 
-The file reads top to bottom like the paper:
+This file is the paper, top to bottom in its order:
 
 1. distributions: Gaussian and Bernoulli log-densities, the closed-form KL of Eq. (3);
-2. networks: the gated encoder and decoder, the density ratio estimator T_psi(z);
-3. the four methods: standard VAE (Eq. 3), VampPrior (Eq. 9), AVB, and the
-   implicit optimal prior (IOP, Eqs. 10-21);
-4. training: Algorithm 1 with warm-up, early stopping, checkpoints;
-5. evaluation: ELBO and importance-sampled log-likelihood;
-6. the command line: ``python iopvae.py train|evaluate|sample|table2``.
+2. networks: the gated encoder and decoder (Sec. 5.2), AVB's implicit encoder;
+3. the density ratio trick (Eqs. 12-14): the estimator T_psi and its loss;
+4. the four methods: standard VAE (Eq. 3), VampPrior (Eq. 9), the implicit
+   optimal prior (IOP, Eqs. 10-21) and AVB, behind one contract (``VAEMethod``);
+5. Algorithm 1: ``Trainer.train``, one loop with the algorithm's line numbers;
+6. evaluation: the ELBO and the importance-sampled log-likelihood log p(x).
+
+Runs (configurations, checkpoints, the command line) are in ``runs.py``;
+``python iopvae.py train|evaluate|sample|table2`` hands over to it.  The
+smallest complete example is ``examples/onehot_iop.py``.
 
 All array code asks ``autograd_lite`` for the array module, so it runs on NumPy
 or CuPy alike; data cross to the device once, when a data set is loaded, and
 numbers come back to the host only for logging and checkpoints.
 """
-import argparse
-import dataclasses
-import json
+import contextlib
 import math
-import os
-import sys
-import tempfile
 import time
 
 import numpy as np
 
 import autograd_lite as ag
 from autograd_lite import nn
-from datasets import binarize  # dynamic binarisation of training batches
 from autograd_lite.optim import Adam
+from datasets import binarize  # dynamic binarisation of training batches
 
 LOG_2PI = math.log(2 * math.pi)
 ENCODER_LOGVAR_BOUNDS = (-6.0, 2.0)
@@ -37,6 +36,16 @@ ENCODER_LOGVAR_BOUNDS = (-6.0, 2.0)
 # =============================================================================
 # 1. Distributions.  Every log-density is summed over the last axis.
 # =============================================================================
+def standard_normal(rng, shape, dtype=np.float32):
+    """A constant tensor of N(0, 1) draws from the backend generator ``rng``."""
+    return ag.Tensor(rng.standard_normal(shape, dtype=dtype))
+
+
+def reparameterize(mu, logvar, eps):
+    """z = mu + sigma * eps, the reparameterisation trick under Eq. (18)."""
+    return mu + ag.exp(0.5 * logvar) * eps
+
+
 def log_normal_diag(z, mu, logvar):
     """log N(z | mu, diag(exp(logvar))), summed over the last axis."""
     return -0.5 * ((z - mu) ** 2 * ag.exp(-logvar) + logvar + LOG_2PI).sum(axis=-1)
@@ -78,14 +87,9 @@ def log_normal_mixture(z, mu, logvar, block_elements=1 << 22):
     return log_sum - math.log(K)
 
 
-def reparameterize(mu, logvar, eps):
-    """z = mu + sigma * eps, the reparameterisation trick under Eq. (18)."""
-    return mu + ag.exp(0.5 * logvar) * eps
-
-
 # =============================================================================
-# 2. Networks (Sec. 5.2: two layers of 500 units, gated for encoder and decoder,
-#    tanh with dropout for the density ratio estimator, Glorot initialisation).
+# 2. Networks (Sec. 5.2: two layers of 500 units, gated for the encoder and the
+#    decoder, Glorot initialisation).
 # =============================================================================
 class Encoder(nn.Module):
     """q_phi(z|x) = N(z | mu_phi(x), diag sigma^2_phi(x)) (Sec. 2.1)."""
@@ -99,6 +103,18 @@ class Encoder(nn.Module):
         h = self.head(self.body(x))
         mu, logvar = h[:, :self.latent], h[:, self.latent:]
         return mu, ag.hardtanh(logvar, *ENCODER_LOGVAR_BOUNDS)
+
+
+class ImplicitEncoder(nn.Module):
+    """AVB's q_phi(z|x) without a density: z = f_phi(x, eps), eps ~ N(0, I) (Mescheder et al.)."""
+
+    def __init__(self, dim, latent, hidden, noise_dim, rng):
+        self.body = nn.mlp((dim + noise_dim, hidden, hidden), "gated", rng=rng)
+        self.head = nn.Linear(hidden, latent, rng)
+        self.noise_dim = noise_dim
+
+    def forward(self, x, eps):
+        return self.head(self.body(ag.concatenate([x, eps], axis=1)))
 
 
 class Decoder(nn.Module):
@@ -134,11 +150,15 @@ class Decoder(nn.Module):
         return ag.sigmoid(out) if self.likelihood == "bernoulli" else out[0]
 
 
+# =============================================================================
+# 3. The density ratio trick (Eqs. 12-14): a classifier of z1 ~ q(z) (label 1)
+#    against z0 ~ p(z) (label 0) whose logit, at its optimum, is ln q(z) / p(z).
+# =============================================================================
 class DensityRatio(nn.Module):
-    """T_psi(z), a classifier's logit: two tanh layers with dropout (keep 0.5).
+    """T_psi(z), the classifier's logit: two tanh layers with dropout (keep 0.5).
 
     Trained by Eq. (13)/(20), its optimum is T*(z) = ln q_phi(z) / p(z) (Eq. 14).
-    Also AVB's discriminator T(x, z), fed the concatenation [x, z].
+    Also AVB's T(x, z), fed the concatenation [x, z].
     """
 
     def __init__(self, dim, hidden, rng, keep=0.5):
@@ -150,61 +170,57 @@ class DensityRatio(nn.Module):
         return ag.reshape(out, (out.shape[0],))
 
 
+def density_ratio_loss(t_positive, t_negative):
+    """-[mean ln sigma(T(z1)) + mean ln(1 - sigma(T(z0)))]: Eq. (13)/(20), negated.
+
+    With logits, -ln sigma(t) = BCE(t, 1) and -ln(1 - sigma(t)) = BCE(t, 0).
+    """
+    xp = ag.xp()
+    ones = xp.ones(t_positive.shape, dtype=t_positive.dtype)
+    zeros = xp.zeros(t_negative.shape, dtype=t_negative.dtype)
+    return (ag.binary_cross_entropy_with_logits(t_positive, ones).mean()
+            + ag.binary_cross_entropy_with_logits(t_negative, zeros).mean())
+
+
 # =============================================================================
-# 3. The four methods.  Each gives, per data point, the reconstruction term
+# 4. The four methods.  Each gives, per data point, the reconstruction term
 #    E_q[log p(x|z)] and its (estimated) KL term; the ELBO is their difference.
 # =============================================================================
-class StandardVAE(nn.Module):
-    """VAE with the standard Gaussian prior p(z) = N(0, I): the ELBO of Eq. (3)."""
+class VAEMethod(nn.Module):
+    """What Algorithm 1 and the evaluation call on a method: the contract of the four.
 
-    name = "vae"
+    A method is an encoder q_phi(z|x), a decoder p_theta(x|z) and a prior
+    p_lambda(z) (here N(0, I); VampPrior and IOP override it).  The trainer calls
+
+    - ``loss(x, rng, beta)``: minus the objective of Eq. (19) on a batch (Alg. 1, line 4);
+    - ``vae_parameters()``: theta and phi, updated on that loss (line 5);
+
+    and, for the methods with a density ratio estimator (``density_ratio`` is T_psi):
+
+    - ``discriminator_loss(x, rng)``: minus the objective of Eq. (20) (lines 8-10);
+    - ``discriminator_parameters()``: psi, updated on it (line 11).
+
+    The evaluation calls ``elbo_terms``, ``posterior_sample``, ``log_prior`` and
+    ``prior_sample``.  ``explicit_posterior`` says whether q(z|x) has a density
+    (needed to importance-sample log p(x)).
+    """
+
+    name = None
     explicit_posterior = True
+    density_ratio = None  # T_psi for IOP and AVB
 
-    def __init__(self, dim, likelihood, latent, hidden, rng, decoder_logvar_bounds=(-9.0, 0.0)):
-        self.encoder = Encoder(dim, latent, hidden, rng)
-        self.decoder = Decoder(dim, latent, hidden, likelihood, rng, decoder_logvar_bounds)
-        self.latent = latent
+    def __init__(self, encoder, decoder, latent):
+        self.encoder, self.decoder, self.latent = encoder, decoder, latent
 
-    # --- what the trainer needs -------------------------------------------------
-    def vae_parameters(self):
-        """theta and phi (and, for VampPrior, the pseudo-inputs)."""
-        return self.encoder.parameters() + self.decoder.parameters()
-
-    def discriminators(self):
-        """The density ratio networks trained on their own (psi); none here."""
-        return []
-
-    @property
-    def has_discriminator(self):
-        return bool(self.discriminators())
-
-    def discriminator_parameters(self):
-        return [p for module in self.discriminators() for p in module.parameters()]
-
+    # --- what each method defines -------------------------------------------------
     def posterior_sample(self, x, rng):
-        """z ~ q_phi(z|x) by reparameterisation (Eq. 18)."""
-        mu, logvar = self.encoder(x)
-        return reparameterize(mu, logvar, standard_normal(rng, mu.shape))
-
-    def init_from_data(self, train_x, rng):
-        """A hook for methods whose start depends on the training data (VampPrior)."""
+        """z ~ q_phi(z|x)."""
+        raise NotImplementedError
 
     def elbo_terms(self, x, rng):
-        """(E_q[log p(x|z)], KL estimate) per row, one reparameterised sample (L = 1)."""
-        mu, logvar = self.encoder(x)
-        z = reparameterize(mu, logvar, standard_normal(rng, mu.shape))
-        return self.decoder.log_likelihood(x, z), self.kl(z, mu, logvar)
+        """(E_q[log p(x|z)], KL estimate) per row, one sample of z each (L = 1)."""
+        raise NotImplementedError
 
-    def loss(self, x, rng, beta=1.0):
-        """-(reconstruction - beta * KL), averaged over the batch (beta: warm-up)."""
-        reconstruction, kl = self.elbo_terms(x, rng)
-        return -(reconstruction - beta * kl).mean()
-
-    def kl(self, z, mu, logvar):
-        """KL(q(z|x) || N(0, I)) in closed form (Eq. 3)."""
-        return kl_standard_normal(mu, logvar)
-
-    # --- what evaluation needs ----------------------------------------------------
     def log_prior(self, z):
         """log p_lambda(z)."""
         return log_standard_normal(z)
@@ -212,6 +228,57 @@ class StandardVAE(nn.Module):
     def prior_sample(self, n, rng, data=None):
         """z ~ p_lambda(z)."""
         return standard_normal(rng, (n, self.latent))
+
+    def init_from_data(self, train_x, rng):
+        """A hook for methods whose start depends on the training data (VampPrior)."""
+
+    # --- what Algorithm 1 calls ------------------------------------------------------
+    def loss(self, x, rng, beta=1.0):
+        """-(reconstruction - beta * KL), averaged over the batch (beta: warm-up)."""
+        reconstruction, kl = self.elbo_terms(x, rng)
+        return -(reconstruction - beta * kl).mean()
+
+    def vae_parameters(self):
+        """theta and phi (and, for VampPrior, the pseudo-inputs)."""
+        return self.encoder.parameters() + self.decoder.parameters()
+
+    @property
+    def has_discriminator(self):
+        """Whether the method trains a density ratio estimator T_psi (IOP, AVB)."""
+        return self.density_ratio is not None
+
+    def discriminator_loss(self, x, rng):
+        """-Eq. (20) on the batch ``x`` (methods with a density ratio estimator)."""
+        raise NotImplementedError(f"{self.name} has no density ratio estimator")
+
+    def discriminator_parameters(self):
+        """psi: the parameters of T_psi (none without one)."""
+        return self.density_ratio.parameters() if self.has_discriminator else []
+
+
+class StandardVAE(VAEMethod):
+    """VAE with the standard Gaussian prior p(z) = N(0, I): the ELBO of Eq. (3)."""
+
+    name = "vae"
+
+    def __init__(self, dim, likelihood, latent, hidden, rng, decoder_logvar_bounds=(-9.0, 0.0)):
+        super().__init__(Encoder(dim, latent, hidden, rng),
+                         Decoder(dim, latent, hidden, likelihood, rng, decoder_logvar_bounds),
+                         latent)
+
+    def posterior_sample(self, x, rng):
+        """z ~ q_phi(z|x) by reparameterisation (Eq. 18)."""
+        mu, logvar = self.encoder(x)
+        return reparameterize(mu, logvar, standard_normal(rng, mu.shape))
+
+    def elbo_terms(self, x, rng):
+        mu, logvar = self.encoder(x)
+        z = reparameterize(mu, logvar, standard_normal(rng, mu.shape))
+        return self.decoder.log_likelihood(x, z), self.kl(z, mu, logvar)
+
+    def kl(self, z, mu, logvar):
+        """KL(q(z|x) || N(0, I)) in closed form (Eq. 3)."""
+        return kl_standard_normal(mu, logvar)
 
 
 class VampPrior(StandardVAE):
@@ -226,6 +293,7 @@ class VampPrior(StandardVAE):
     """
 
     name = "vamp"
+    PSEUDO_INITS = ("uniform", "data", "constant")
 
     def __init__(self, dim, likelihood, latent, hidden, rng, decoder_logvar_bounds=(-9.0, 0.0),
                  components=500, pseudo_init="uniform"):
@@ -286,9 +354,6 @@ class ImplicitOptimalPrior(StandardVAE):
         super().__init__(dim, likelihood, latent, hidden, rng, decoder_logvar_bounds)
         self.density_ratio = DensityRatio(latent, hidden, rng, keep)
 
-    def discriminators(self):
-        return [self.density_ratio]
-
     def kl(self, z, mu, logvar):
         """Eq. (15): KL(q(z|x) || q(z)) ~ KL(q(z|x) || N(0, I)) - T_psi(z)."""
         return kl_standard_normal(mu, logvar) - self.density_ratio(z)
@@ -311,8 +376,8 @@ class ImplicitOptimalPrior(StandardVAE):
         ``x`` is a mini-batch of training points (freshly binarized for MNIST and
         OMNIGLOT, as the authors do per batch), so z1 is one ancestral sample each.
         """
-        z1 = self.aggregated_posterior_sample(x, rng)
-        z0 = standard_normal(rng, z1.shape)
+        z1 = self.aggregated_posterior_sample(x, rng)    # Algorithm 1, line 9
+        z0 = standard_normal(rng, z1.shape)              # line 8
         return density_ratio_loss(self.density_ratio(z1), self.density_ratio(z0))
 
     def prior_sample(self, n, rng, data=None):
@@ -338,13 +403,13 @@ class ImplicitOptimalPrior(StandardVAE):
         return z[idx]
 
 
-class AVB(StandardVAE):
+class AVB(VAEMethod):
     """Adversarial Variational Bayes (Mescheder et al. 2017) with prior N(0, I).
 
-    Implicit encoder z = f_phi(x, eps), eps ~ N(0, I_10); a discriminator
-    T(x, z) trained with sigmoid-BCE estimates ln q(z|x)/p(z), and the ELBO is
-    estimated by E_q[log p(x|z) - T(x, z)].  q(z|x) has no density, so AVB has
-    no importance-sampled log-likelihood.
+    Implicit encoder z = f_phi(x, eps), eps ~ N(0, I_10); T(x, z) trained with
+    sigmoid-BCE estimates ln q(z|x)/p(z), and the ELBO is estimated by
+    E_q[log p(x|z) - T(x, z)].  q(z|x) has no density, so AVB has no
+    importance-sampled log-likelihood.
     """
 
     name = "avb"
@@ -352,143 +417,77 @@ class AVB(StandardVAE):
 
     def __init__(self, dim, likelihood, latent, hidden, rng, decoder_logvar_bounds=(-9.0, 0.0),
                  noise_dim=10, keep=0.5):
-        self.encoder = nn.Sequential(nn.mlp((dim + noise_dim, hidden, hidden), "gated", rng=rng),
-                                     nn.Linear(hidden, latent, rng))
-        self.decoder = Decoder(dim, latent, hidden, likelihood, rng, decoder_logvar_bounds)
-        self.discriminator = DensityRatio(dim + latent, hidden, rng, keep)
-        self.latent, self.noise_dim = latent, noise_dim
-
-    def discriminators(self):
-        return [self.discriminator]
+        super().__init__(ImplicitEncoder(dim, latent, hidden, noise_dim, rng),
+                         Decoder(dim, latent, hidden, likelihood, rng, decoder_logvar_bounds),
+                         latent)
+        self.density_ratio = DensityRatio(dim + latent, hidden, rng, keep)
 
     def posterior_sample(self, x, rng):
         """z = f_phi(x, eps): a sample of the implicit q(z|x)."""
-        eps = standard_normal(rng, (x.shape[0], self.noise_dim))
-        return self.encoder(ag.concatenate([x, eps], axis=1))
+        return self.encoder(x, standard_normal(rng, (x.shape[0], self.encoder.noise_dim)))
 
     def elbo_terms(self, x, rng):
         z = self.posterior_sample(x, rng)
-        return self.decoder.log_likelihood(x, z), self.discriminator(ag.concatenate([x, z], axis=1))
+        t = self.density_ratio(ag.concatenate([x, z], axis=1))
+        return self.decoder.log_likelihood(x, z), t
 
     def discriminator_loss(self, x, rng):
         """T(x, z) separates z ~ q(z|x) (label 1) from z ~ p(z) (label 0) on a batch x."""
         with ag.no_grad():
             z_q = self.posterior_sample(x, rng)
         z_p = standard_normal(rng, z_q.shape)
-        return density_ratio_loss(self.discriminator(ag.concatenate([x, z_q], axis=1)),
-                                  self.discriminator(ag.concatenate([x, z_p], axis=1)))
+        return density_ratio_loss(self.density_ratio(ag.concatenate([x, z_q], axis=1)),
+                                  self.density_ratio(ag.concatenate([x, z_p], axis=1)))
 
 
-METHODS = {cls.name: cls for cls in (StandardVAE, VampPrior, AVB, ImplicitOptimalPrior)}
+METHODS = {cls.name: cls for cls in (StandardVAE, VampPrior, ImplicitOptimalPrior, AVB)}
 
 
-def density_ratio_loss(t_positive, t_negative):
-    """-[mean ln sigma(T(z1)) + mean ln(1 - sigma(T(z0)))]: Eq. (13)/(20), negated.
-
-    With logits, -ln sigma(t) = BCE(t, 1) and -ln(1 - sigma(t)) = BCE(t, 0).
-    """
-    xp = ag.xp()
-    ones = xp.ones(t_positive.shape, dtype=t_positive.dtype)
-    zeros = xp.zeros(t_negative.shape, dtype=t_negative.dtype)
-    return (ag.binary_cross_entropy_with_logits(t_positive, ones).mean()
-            + ag.binary_cross_entropy_with_logits(t_negative, zeros).mean())
-
-
-def standard_normal(rng, shape, dtype=np.float32):
-    """A constant tensor of N(0, 1) draws from the backend generator ``rng``."""
-    return ag.Tensor(rng.standard_normal(shape, dtype=dtype))
-
-
-class frozen:
-    """Context: the parameters of ``modules`` get no gradient and the modules run in
-    eval mode (no dropout) -- psi while theta and phi are updated (Algorithm 1)."""
-
-    def __init__(self, *modules):
-        self.params = [p for m in modules for p in m.parameters()]
-        self.modules = modules
-
-    def __enter__(self):
-        for p in self.params:
-            p.requires_grad = False
-        self.modes = [m.training for m in self.modules]
-        for m in self.modules:
-            m.eval()
-
-    def __exit__(self, *exc):
-        for p in self.params:
+# =============================================================================
+# 5. Training: Algorithm 1.
+# =============================================================================
+@contextlib.contextmanager
+def frozen(*modules):
+    """Inside this block the parameters of ``modules`` get no gradient and the modules
+    run in eval mode (no dropout): psi while theta and phi are updated, and theta, phi
+    while psi is (Algorithm 1).  Both are restored on leaving.  ``None`` entries are
+    skipped, so ``frozen(model.density_ratio)`` does nothing for methods without T."""
+    modules = [m for m in modules if m is not None]
+    params = [p for m in modules for p in m.parameters()]
+    modes = [m.training for m in modules]
+    for p in params:
+        p.requires_grad = False
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for p in params:
             p.requires_grad = True
-        for m, mode in zip(self.modules, self.modes):
+        for m, mode in zip(modules, modes):
             m.train(mode)
 
 
-# =============================================================================
-# 4. Training: Algorithm 1.
-# =============================================================================
-@dataclasses.dataclass
-class Config:
-    """Everything that defines a run; stored as JSON beside each checkpoint."""
-
-    dataset: str = "onehot"
-    method: str = "iop"
-    latent: int = 0            # 0: the paper's choice (2 for OneHot, 40 for images)
-    hidden: int = 500
-    lr: float = 1e-3           # Adam step size of the VAE (theta, phi; VampPrior's u)
-    lr_density_ratio: float = 1e-3  # Adam step size of T (psi), IOP and AVB
-    batch_size: int = 100
-    epochs: int = 1000
-    warmup: int = 100          # epochs of linear KL warm-up (beta from 1/warmup to 1)
-    patience: int = 50         # early stopping: epochs after warm-up without a better valid ELBO
-    j1: int = 1                # VAE epochs per round (Algorithm 1, lines 2-6)
-    j2: int = 10               # density-ratio epochs per round (lines 7-12)
-    keep: float = 0.5          # dropout keep probability of T
-    components: int = 0        # VampPrior K; 0: the paper's (50 OneHot, 1000 OMNIGLOT, 500 else)
-    pseudo_init: str = "uniform"
-    noise_dim: int = 10        # AVB's eps dimension
-    decoder_logvar_min: float = -9.0
-    decoder_logvar_max: float = 0.0
-    seed: int = 0
-    data_dir: str = ""
-
-    def resolved(self):
-        """A copy with the paper's defaults filled in."""
-        c = dataclasses.replace(self)
-        if c.latent == 0:
-            c.latent = 2 if c.dataset == "onehot" else 40
-        if c.components == 0:
-            c.components = {"onehot": 50, "omniglot": 1000}.get(c.dataset, 500)
-        return c
-
-    def validate(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}: choose from {sorted(METHODS)}")
-        for name in ("hidden", "batch_size", "epochs", "j1"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("warmup", "j2", "patience"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be non-negative (got {getattr(self, name)})")
-        if not 0 < self.keep <= 1:
-            raise ValueError(f"keep must be in (0, 1] (got {self.keep})")
-        for name in ("lr", "lr_density_ratio"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive (got {getattr(self, name)})")
-        if self.decoder_logvar_min >= self.decoder_logvar_max:
-            raise ValueError("decoder_logvar_min must be below decoder_logvar_max")
-        return self
+@contextlib.contextmanager
+def evaluation(model):
+    """Inside this block ``model`` runs in eval mode (no dropout) and ops record no
+    graph; every module's mode is restored on leaving."""
+    modules = model.modules()
+    modes = [m.training for m in modules]
+    model.eval()
+    try:
+        with ag.no_grad():
+            yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.training = mode
 
 
-def build_model(config, dim, likelihood, rng):
-    """The method named by ``config`` with freshly initialised weights."""
-    c = config.resolved()
-    common = dict(dim=dim, likelihood=likelihood, latent=c.latent, hidden=c.hidden, rng=rng,
-                  decoder_logvar_bounds=(c.decoder_logvar_min, c.decoder_logvar_max))
-    if c.method == "vamp":
-        return VampPrior(**common, components=c.components, pseudo_init=c.pseudo_init)
-    if c.method == "iop":
-        return ImplicitOptimalPrior(**common, keep=c.keep)
-    if c.method == "avb":
-        return AVB(**common, noise_dim=c.noise_dim, keep=c.keep)
-    return StandardVAE(**common)
+def minibatches(n, batch_size, rng):
+    """Indices of mini-batches of ``batch_size`` from a fresh shuffle of range(n) (an epoch)."""
+    order = rng.permutation(n)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
 
 
 def warmup_beta(epoch, warmup):
@@ -496,106 +495,114 @@ def warmup_beta(epoch, warmup):
     return 1.0 if warmup <= 0 else min(1.0, epoch / warmup)
 
 
+def mean_loss(losses):
+    """The mean of an epoch's batch losses, summed on the device in batch order."""
+    total = 0.0
+    for loss in losses:
+        total = total + loss
+    return total / max(len(losses), 1)
+
+
+def _hms(seconds):
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 class TrainingDiverged(RuntimeError):
     """A loss or the validation ELBO became NaN or infinite."""
 
 
-def run_epoch(step_loss, optimizer, n, batch_size, rng):
-    """One pass over n training points in shuffled mini-batches; mean loss (a device scalar).
-
-    ``step_loss(idx)`` builds the loss of the batch ``idx``; this is the single
-    loop behind both halves of Algorithm 1 (lines 2-6 and 7-12).
-    """
-    order = rng.permutation(n)
-    total, batches = 0.0, 0
-    for start in range(0, n, batch_size):
-        loss = step_loss(order[start:start + batch_size])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        total = total + loss.data
-        batches += 1
-    return total / batches
-
-
 class Trainer:
     """Algorithm 1 with the paper's setup (Sec. 5.2): Adam, mini-batches of 100,
-    warm-up over the first epochs, early stopping on the validation ELBO.
+    KL warm-up over the first ``warmup`` epochs, early stopping on the validation
+    ELBO after ``patience`` epochs without progress.
 
     One epoch is one round of Algorithm 1: ``j1`` VAE epochs, then (IOP and AVB)
-    ``j2`` epochs of the density ratio estimator.
+    ``j2`` epochs of the density ratio estimator.  ``save()`` is called after
+    every round and does nothing here; runs.py's Trainer writes a checkpoint.
     """
 
-    def __init__(self, config, data, out_dir, log=print):
-        self.config = config.resolved().validate()
-        self.data, self.out_dir, self.log = data, out_dir, log
-        self.rng = ag.default_rng(self.config.seed)
-        self.model = build_model(self.config, data.dim, data.likelihood, self.rng)
+    def __init__(self, model, data, rng, *, lr=1e-3, lr_density_ratio=1e-3, batch_size=100,
+                 epochs=1000, warmup=100, patience=50, j1=1, j2=10, log=print):
+        self.model, self.data, self.rng, self.log = model, data, rng, log
+        self.batch_size, self.epochs, self.warmup, self.patience = (batch_size, epochs, warmup,
+                                                                    patience)
+        self.j1, self.j2 = j1, j2
         self.train_x, self.valid_x = ag.as_array(data.train), ag.as_array(data.valid)
-        self.model.init_from_data(self.train_x, self.rng)
-        self.vae_opt = Adam(self.model.vae_parameters(), lr=self.config.lr)
-        self.disc_opt = (Adam(self.model.discriminator_parameters(), lr=self.config.lr_density_ratio)
-                         if self.model.has_discriminator else None)
-        self.epoch, self.history = 0, []
+        model.init_from_data(self.train_x, rng)
+        self.vae_opt = Adam(model.vae_parameters(), lr=lr)
+        self.disc_opt = (Adam(model.discriminator_parameters(), lr=lr_density_ratio)
+                         if model.has_discriminator else None)
+        self.epoch, self.history, self.bad_epochs = 0, [], 0
         self.best = {"epoch": 0, "valid_elbo": -math.inf, "state": None}
-        self.bad_epochs = 0
 
-    # --- one round of Algorithm 1 ---------------------------------------------------
-    def training_batch(self, idx):
-        x = self.train_x[idx]
-        return binarize(x, self.rng) if self.data.dynamic_binarization else x
-
-    def vae_epoch(self, beta):
-        """Lines 2-6: update theta, phi (psi frozen, T without dropout) on Eq. (19)."""
-        model = self.model
-        step = lambda idx: model.loss(ag.Tensor(self.training_batch(idx)), self.rng, beta)
-        model.train()
-        with frozen(*model.discriminators()):
-            return run_epoch(step, self.vae_opt, self.train_x.shape[0],
-                             self.config.batch_size, self.rng)
-
-    def discriminator_epochs(self):
-        """Lines 7-12: update psi on Eq. (20) with theta, phi fixed, ``j2`` epochs."""
-        model = self.model
-        n = self.train_x.shape[0]
-        step = lambda idx: model.discriminator_loss(ag.Tensor(self.training_batch(idx)), self.rng)
-        with frozen(model.encoder, model.decoder):
-            loss = 0.0
-            for _ in range(self.config.j2):
-                loss = run_epoch(step, self.disc_opt, n, self.config.batch_size, self.rng)
-        return loss
-
-    def run(self, epochs=None):
-        """Train until ``epochs`` or early stopping; returns the history."""
-        c = self.config
-        last = epochs or c.epochs
-        start_time, start_epoch = time.time(), self.epoch
-        while self.epoch < last and (c.patience == 0 or self.bad_epochs < c.patience):
-            epoch = self.epoch + 1
-            t0 = time.time()
-            beta = warmup_beta(epoch, c.warmup)
-            vae_loss = 0.0
-            for _ in range(c.j1):
-                vae_loss = self.vae_epoch(beta)
-            disc_loss = self.discriminator_epochs() if self.model.has_discriminator else None
-            valid_elbo = elbo(self.model, self.valid_x, self.rng, c.batch_size)
-            record = {"epoch": epoch, "beta": beta, "loss": float(vae_loss),
-                      "disc_loss": None if disc_loss is None else float(disc_loss),
-                      "valid_elbo": float(valid_elbo), "seconds": time.time() - t0}
-            self._check_finite(record)
+    def train(self, epochs=None):
+        """Algorithm 1 until ``epochs`` rounds (default: all) or early stopping; returns
+        the history, one record per round."""
+        model, rng, n, K = self.model, self.rng, self.train_x.shape[0], self.batch_size
+        last = epochs or self.epochs
+        self.clock = (time.time(), self.epoch)
+        while self.epoch < last and not self.converged():           # 1: while not converged
+            started, epoch = time.time(), self.epoch + 1
+            beta = warmup_beta(epoch, self.warmup)
+            model.train()
+            with frozen(model.density_ratio):                    # psi fixed, T without dropout
+                for _ in range(self.j1):                         # 2: for J1 steps (epochs)
+                    vae_losses = []
+                    for idx in minibatches(n, K, rng):           # 3: sample a minibatch from X
+                        loss = model.loss(self.batch(idx), rng, beta)  # -Eq. (19), psi fixed
+                        self.vae_opt.zero_grad()
+                        loss.backward()                          # 4: gradients wrt theta, phi
+                        self.vae_opt.step()                      # 5: update theta and phi
+                        vae_losses.append(loss.data)
+            disc_losses = None                                   # no T: VAE, VampPrior
+            if model.has_discriminator:
+                disc_losses = []                                 # (and none with j2 = 0)
+                with frozen(model.encoder, model.decoder):       # theta, phi fixed
+                    for _ in range(self.j2):                     # 7: for J2 steps (epochs)
+                        disc_losses = []
+                        for idx in minibatches(n, K, rng):
+                            # 8-9: z0 ~ p(z) and z1 ~ q(z) from a training minibatch; -Eq. (20)
+                            loss = model.discriminator_loss(self.batch(idx), rng)
+                            self.disc_opt.zero_grad()
+                            loss.backward()                      # 10: gradient wrt psi
+                            self.disc_opt.step()                 # 11: update psi
+                            disc_losses.append(loss.data)
+            valid_elbo = elbo(model, self.valid_x, rng, K)       # the round's validation ELBO
+            record = {"epoch": epoch, "beta": beta, "loss": float(mean_loss(vae_losses)),
+                      "disc_loss": None if disc_losses is None else float(mean_loss(disc_losses)),
+                      "valid_elbo": float(valid_elbo), "seconds": time.time() - started}
+            self.check_finite(record)           # NaN: stop before anything is saved
             self.epoch = epoch
             self.history.append(record)
-            self._early_stopping(record)
-            if self.out_dir:
-                save_checkpoint(self, os.path.join(self.out_dir, "checkpoint.npz"))
-            self.log(progress_line(record, last, start_epoch, start_time))
-        if self.bad_epochs >= c.patience > 0:
+            self.early_stopping(record)         # keep the best weights, count bad epochs
+            self.save()                         # a checkpoint in runs.py; nothing here
+            self.log(self.progress(record, last))
+        if self.converged():
             self.log(f"early stopping at epoch {self.epoch}: no better validation ELBO "
-                     f"for {c.patience} epochs (best {self.best['valid_elbo']:.4f} "
+                     f"for {self.patience} epochs (best {self.best['valid_elbo']:.4f} "
                      f"at epoch {self.best['epoch']})")
         return self.history
 
-    def _early_stopping(self, record):
+    # --- the helpers of the loop ------------------------------------------------------
+    def batch(self, idx):
+        """The training points ``idx``, freshly binarized for MNIST and OMNIGLOT."""
+        x = self.train_x[idx]
+        return ag.Tensor(binarize(x, self.rng) if self.data.dynamic_binarization else x)
+
+    def converged(self):
+        """Early stopping: ``patience`` epochs after the warm-up without a better
+        validation ELBO (never, with patience 0)."""
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+    def check_finite(self, record):
+        for key in ("loss", "disc_loss", "valid_elbo"):
+            value = record[key]
+            if value is not None and not math.isfinite(value):
+                raise TrainingDiverged(f"training diverged at epoch {record['epoch']}: {key} "
+                                       f"is {value}")
+
+    def early_stopping(self, record):
         """Keep the best weights by validation ELBO and count epochs without progress,
         from the end of the warm-up on: a warm-up epoch optimises another objective
         (beta < 1), so it can be neither the best epoch nor a bad one."""
@@ -608,14 +615,18 @@ class Trainer:
         else:
             self.bad_epochs += 1
 
-    def _check_finite(self, record):
-        for key in ("loss", "disc_loss", "valid_elbo"):
-            value = record[key]
-            if value is not None and not math.isfinite(value):
-                kept = (f"the last good checkpoint (epoch {self.epoch}) is kept in {self.out_dir}"
-                        if self.out_dir and self.epoch else "no checkpoint was written")
-                raise TrainingDiverged(f"training diverged at epoch {record['epoch']}: {key} is "
-                                       f"{value}; {kept}")
+    def save(self):
+        """Called after every round; runs.py's Trainer writes a checkpoint here."""
+
+    def progress(self, record, last):
+        """One line per round: losses, validation ELBO, beta, time and ETA."""
+        start_time, start_epoch = self.clock
+        elapsed = time.time() - start_time
+        eta = elapsed / max(record["epoch"] - start_epoch, 1) * (last - record["epoch"])
+        disc = "" if record["disc_loss"] is None else f" | T loss {record['disc_loss']:.4f}"
+        return (f"epoch {record['epoch']:4d}/{last} | loss {record['loss']:.4f}{disc} | valid "
+                f"ELBO {record['valid_elbo']:.4f} | beta {record['beta']:.2f} | "
+                f"{record['seconds']:.1f}s | elapsed {_hms(elapsed)} | ETA {_hms(eta)}")
 
     def best_model(self):
         """The model with the weights of the best validation epoch after warm-up (early
@@ -625,149 +636,8 @@ class Trainer:
         return self.model
 
 
-def progress_line(record, last, start_epoch, start_time):
-    done = record["epoch"] - start_epoch
-    elapsed = time.time() - start_time
-    eta = elapsed / max(done, 1) * (last - record["epoch"])
-    disc = "" if record["disc_loss"] is None else f" | T loss {record['disc_loss']:.4f}"
-    return (f"epoch {record['epoch']:4d}/{last} | loss {record['loss']:.4f}{disc} | valid ELBO "
-            f"{record['valid_elbo']:.4f} | beta {record['beta']:.2f} | "
-            f"{record['seconds']:.1f}s | elapsed {_hms(elapsed)} | ETA {_hms(eta)}")
-
-
-def _hms(seconds):
-    s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-# --- checkpoints ----------------------------------------------------------------
-def save_checkpoint(trainer, path):
-    """Weights, optimizer moments, best weights, RNG state and history in one ``.npz``,
-    written atomically, plus ``config.json`` beside it."""
-    arrays = {f"model/{k}": v for k, v in trainer.model.state_dict().items()}
-    if trainer.best["state"] is not None:
-        arrays.update({f"best/{k}": v for k, v in trainer.best["state"].items()})
-    for prefix, opt in (("opt_vae", trainer.vae_opt), ("opt_disc", trainer.disc_opt)):
-        if opt is not None:
-            arrays.update({f"{prefix}/{k}": v for k, v in opt.state_dict().items()})
-    meta = {"config": dataclasses.asdict(trainer.config), "epoch": trainer.epoch,
-            "history": trainer.history, "bad_epochs": trainer.bad_epochs,
-            "best_epoch": trainer.best["epoch"], "best_valid_elbo": trainer.best["valid_elbo"],
-            "rng_state": rng_state(trainer.rng), "format": 1,
-            "dim": trainer.data.dim, "likelihood": trainer.data.likelihood,
-            "split_id": trainer.data.split_id,
-            "image_shape": list(trainer.data.image_shape) if trainer.data.image_shape else None}
-    arrays["meta"] = np.array(json.dumps(meta))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    nn.save_npz(path, arrays)
-    write_json_atomic(os.path.join(os.path.dirname(os.path.abspath(path)), "config.json"),
-                      meta["config"])
-
-
-def write_json_atomic(path, obj):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def rng_state(rng):
-    """The generator's state as JSON-able data (NumPy backend; None elsewhere)."""
-    bit_generator = getattr(rng, "bit_generator", None)
-    state = getattr(bit_generator, "state", None)
-    return state if isinstance(state, dict) else None
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or inconsistent."""
-
-
-def read_checkpoint(path):
-    """(meta, arrays) of a checkpoint, or CheckpointError with one clear line."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "checkpoint.npz")
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint {path} not found")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-        meta = json.loads(str(arrays.pop("meta")))
-        meta["config"] = Config(**meta["config"])
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is not a readable iopvae checkpoint (.npz "
-                              f"with a 'meta' entry): {type(exc).__name__}: {exc}"[:300]) from None
-    return meta, arrays
-
-
-def _sub_state(arrays, prefix):
-    return {k[len(prefix) + 1:]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
-
-
-def check_split(meta, data, path):
-    """Refuse data whose split differs from the one the checkpoint trained on:
-    evaluating on another split would score training points as test points."""
-    trained_on = meta.get("split_id")
-    if trained_on != data.split_id:
-        raise CheckpointError(f"checkpoint {path} was trained on split {trained_on} but the data "
-                              f"loaded now are split {data.split_id}; evaluate or resume it on "
-                              "the data it was trained on")
-
-
-def resume_trainer(path, data, out_dir, log=print):
-    """A Trainer restored from a checkpoint so that training continues exactly."""
-    meta, arrays = read_checkpoint(path)
-    check_split(meta, data, path)
-    trainer = Trainer(meta["config"], data, out_dir, log)
-    try:
-        trainer.model.load_state_dict(_sub_state(arrays, "model"))
-        trainer.vae_opt.load_state_dict(_sub_state(arrays, "opt_vae"))
-        if trainer.disc_opt is not None:
-            trainer.disc_opt.load_state_dict(_sub_state(arrays, "opt_disc"))
-    except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} does not match its configuration ({exc})") \
-            from None
-    best = _sub_state(arrays, "best")
-    trainer.best = {"epoch": meta["best_epoch"], "valid_elbo": meta["best_valid_elbo"],
-                    "state": best or None}
-    trainer.epoch, trainer.history = meta["epoch"], meta["history"]
-    trainer.bad_epochs = meta["bad_epochs"]
-    if meta["rng_state"] is not None and hasattr(trainer.rng, "bit_generator"):
-        trainer.rng.bit_generator.state = meta["rng_state"]
-    return trainer
-
-
-def load_model(path, best=True):
-    """(model, config) from a checkpoint: the best weights unless ``best=False``."""
-    meta, arrays = read_checkpoint(path)
-    config = meta["config"].resolved()
-    state = _sub_state(arrays, "best" if best and meta["best_epoch"] else "model")
-    model = build_model(config, meta["dim"], meta["likelihood"], ag.default_rng(0))
-    try:
-        model.load_state_dict(state)
-    except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} does not match its configuration ({exc})") \
-            from None
-    model.eval()
-    model.image_shape = meta.get("image_shape")
-    model.split_id = meta.get("split_id")
-    return model, config
-
-
-def load_run_data(path, config, data_dir=""):
-    """The data set a checkpoint trained on, refused if its split is not the same."""
-    meta, _ = read_checkpoint(path)
-    data = _load_data(config.dataset, data_dir or config.data_dir)
-    check_split(meta, data, path)
-    return data
-
-
 # =============================================================================
-# 5. Evaluation.
+# 6. Evaluation.
 # =============================================================================
 def _batches(x, batch_size):
     for start in range(0, x.shape[0], batch_size):
@@ -789,11 +659,6 @@ def elbo(model, x, rng, batch_size=100):
     """Mean ELBO (Eq. 2/3; estimated for AVB and IOP) of the rows of ``x``."""
     reconstruction, kl = mean_elbo_terms(model, x, rng, batch_size)
     return reconstruction - kl
-
-
-def reconstruction(model, x, rng, batch_size=100):
-    """Mean E_q[log p(x|z)] of the rows of ``x``."""
-    return mean_elbo_terms(model, x, rng, batch_size)[0]
 
 
 def importance_sampled_log_likelihood(x, posterior, log_likelihood, log_prior, samples, rng,
@@ -893,7 +758,10 @@ def exact_aggregated_log_likelihood(model, x, train_x, samples, rng, batch_size=
     of binary data sets).
     """
     mu_n, logvar_n = aggregated_posterior_components(model, train_x)
-    log_prior = lambda z: ag.Tensor(log_mixture_density(z.data, mu_n, logvar_n))
+
+    def log_prior(z):
+        return ag.Tensor(log_mixture_density(z.data, mu_n, logvar_n))
+
     with evaluation(model):
         return importance_sampled_log_likelihood(x, model.encoder, model.decoder.log_likelihood,
                                                  log_prior, samples, rng, batch_size)
@@ -959,199 +827,8 @@ def prior_log_likelihood(model, x, prior_samples, rng, data=None, chunk=2000):
     return ag.logsumexp(ag.Tensor(log_px), axis=0).data - math.log(prior_samples)
 
 
-class evaluation:
-    """Context: the model in eval mode (no dropout) and no graph; the mode is restored."""
+if __name__ == "__main__":  # the command line lives in runs.py
+    import sys
 
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.modes = [m.training for m in self.model.modules()]
-        self.model.eval()
-        self.no_grad = ag.no_grad()
-        self.no_grad.__enter__()
-
-    def __exit__(self, *exc):
-        self.no_grad.__exit__(*exc)
-        for m, mode in zip(self.model.modules(), self.modes):
-            m.training = mode
-
-
-# =============================================================================
-# 6. Command line.
-# =============================================================================
-def _add_config_options(parser, skip=()):
-    defaults = Config()
-    for field in dataclasses.fields(Config):
-        if field.name in ("dataset", "method", "data_dir") + tuple(skip):
-            continue
-        default = getattr(defaults, field.name)
-        parser.add_argument("--" + field.name.replace("_", "-"), type=type(default),
-                            default=default)
-
-
-def _load_data(name, data_dir):
-    import datasets
-    return datasets.load(name, data_dir=data_dir or None)
-
-
-def command_train(args):
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-              if hasattr(args, f.name)}
-    config = Config(**values).resolved().validate()
-    out = args.out or os.path.join("runs", f"{config.dataset}-{config.method}-seed{config.seed}")
-    if args.resume:
-        meta, _ = read_checkpoint(out)
-        config = meta["config"]
-        data = _load_data(config.dataset, args.data_dir or config.data_dir)
-        trainer = resume_trainer(out, data, out)
-        print(f"resuming {out} at epoch {trainer.epoch}")
-    else:
-        if os.path.exists(os.path.join(out, "checkpoint.npz")):
-            raise ValueError(f"{out} already holds a checkpoint: continue it with --resume, "
-                             "or choose another --out")
-        data = _load_data(config.dataset, config.data_dir)
-        trainer = Trainer(config, data, out)
-    print(f"training {config.method} on {config.dataset} ({data.train.shape[0]} points, "
-          f"latent {config.latent}); checkpoints in {out}")
-    trainer.run(args.epochs if args.resume else None)
-    report_evaluation(trainer.best_model(), data, args.samples, trainer.rng)
-
-
-def report_evaluation(model, data, samples, rng, split="test"):
-    x = ag.as_array(getattr(data, split))
-    e = float(elbo(model, x, rng))
-    estimated = " (estimated)" if model.has_discriminator else ""
-    print(f"{split} ELBO{estimated}: {e:.4f}")
-    if model.explicit_posterior:
-        ll = float(test_log_likelihood(model, x, samples, rng).mean())
-        note = (" (an estimate: log p(z) = log N(z) + T(z) uses the learned density ratio)"
-                if isinstance(model, ImplicitOptimalPrior) else "")
-        print(f"{split} log-likelihood, importance sampling with S={samples}: {ll:.4f}{note}")
-        return {"elbo": e, "log_likelihood": ll}
-    print(f"{split} log-likelihood: not available for {model.name} (implicit posterior)")
-    return {"elbo": e}
-
-
-def command_evaluate(args):
-    model, config = load_model(args.checkpoint)
-    data = load_run_data(args.checkpoint, config, args.data_dir)
-    report_evaluation(model, data, args.samples, ag.default_rng(args.seed), args.split)
-
-
-def command_sample(args):
-    model, config = load_model(args.checkpoint)
-    rng = ag.default_rng(args.seed)
-    with ag.no_grad():
-        if isinstance(model, ImplicitOptimalPrior) and args.sir:
-            z = model.sir_prior_sample(args.n, rng)
-        else:
-            data = None
-            if isinstance(model, ImplicitOptimalPrior):
-                data = ag.as_array(load_run_data(args.checkpoint, config, args.data_dir).train)
-            z = model.prior_sample(args.n, rng, data)
-        images = ag.to_numpy(model.decoder.mean(z))
-    run_dir = (args.checkpoint if os.path.isdir(args.checkpoint)
-               else os.path.dirname(os.path.abspath(args.checkpoint)))
-    out = args.out or os.path.join(run_dir, "samples.png")
-    save_image_grid(images, model.image_shape, out)
-    print(f"wrote {args.n} samples to {out}")
-
-
-def save_image_grid(images, image_shape, path):
-    """Decoder means as a grid of images (or, for OneHot, a table) in a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    shape = tuple(image_shape) if image_shape else (1, images.shape[1])
-    n = images.shape[0]
-    cols = int(math.ceil(math.sqrt(n)))
-    rows = int(math.ceil(n / cols))
-    grid = np.ones((rows * (shape[0] + 1), cols * (shape[1] + 1)))
-    for i, image in enumerate(images):
-        r, c = divmod(i, cols)
-        grid[r * (shape[0] + 1):r * (shape[0] + 1) + shape[0],
-             c * (shape[1] + 1):c * (shape[1] + 1) + shape[1]] = image.reshape(shape)
-    fig, ax = plt.subplots(figsize=(cols * 0.6 * shape[1] / shape[0] + 1, rows * 0.6 + 1))
-    ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
-    ax.axis("off")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(prog="iopvae.py", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    train = sub.add_parser("train", help="train one method on one data set (Algorithm 1)")
-    train.add_argument("--dataset", required=True,
-                       choices=["onehot", "mnist", "omniglot", "freyfaces", "histopathology"])
-    train.add_argument("--method", required=True, choices=sorted(METHODS))
-    train.add_argument("--data-dir", default="", help="data folder (else $IOPVAE_DATA, else a cache)")
-    train.add_argument("--out", default="", help="run folder for checkpoints")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out")
-    train.add_argument("--samples", type=int, default=10,
-                       help="importance samples for the final test log-likelihood")
-    _add_config_options(train)
-    train.set_defaults(run=command_train)
-
-    evaluate = sub.add_parser("evaluate", help="test ELBO and importance-sampled log-likelihood")
-    evaluate.add_argument("checkpoint")
-    evaluate.add_argument("--samples", type=int, default=10)
-    evaluate.add_argument("--split", choices=["train", "valid", "test"], default="test")
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--data-dir", default="")
-    evaluate.set_defaults(run=command_evaluate)
-
-    sample = sub.add_parser("sample", help="decode samples from the model's prior into a PNG")
-    sample.add_argument("checkpoint")
-    sample.add_argument("--n", type=int, default=64)
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--sir", action="store_true",
-                        help="IOP: sampling-importance-resampling from N(0, I) with exp(T(z))")
-    sample.add_argument("--out", default="")
-    sample.add_argument("--data-dir", default="")
-    sample.set_defaults(run=command_sample)
-
-    import table2  # the Table 2 grid and Figure 3 (table2.py imports this module)
-    table2.add_commands(sub)
-
-    gradcheck = sub.add_parser("gradcheck", help="every gradient against finite differences "
-                               "and PyTorch, in float64 (check_gradients.py)")
-    gradcheck.add_argument("--method", choices=["vae", "vamp", "avb", "iop", "all"], default="all")
-    gradcheck.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli")
-    gradcheck.add_argument("--seed", type=int, default=0)
-    gradcheck.add_argument("--coordinates", type=int, default=20,
-                           help="finite-difference coordinates sampled per parameter")
-    gradcheck.set_defaults(run=command_gradcheck)
-    return parser
-
-
-def command_gradcheck(args):
-    """Exit status 1 when a gradient fails its check."""
-    import check_gradients  # here, not at the top: check_gradients imports this module
-    return check_gradients.command(args)
-
-
-def main(argv=None):
-    return run_command_line(build_parser(), argv)
-
-
-def run_command_line(parser, argv=None):
-    """Parse ``argv`` and run its command; errors become one line and exit status 2."""
-    args = parser.parse_args(argv)
-    try:
-        status = args.run(args)
-    except (ValueError, OSError, CheckpointError, TrainingDiverged, ag.BackendError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # DataError and friends: still one line, no traceback
-        if type(exc).__name__ == "DataError":
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
-    return status if isinstance(status, int) else 0
-
-
-if __name__ == "__main__":
+    from runs import main
     sys.exit(main())

@@ -164,7 +164,7 @@ def vae_loss(spec, P, x, noise, beta=1.0, detach_z_in_T=False):
     eps = torch.as_tensor(np.asarray(noise[0], dtype=np.float64))
     if spec.method == "avb":
         z = avb_encoder(P, x, eps)
-        kl = density_ratio(P, "discriminator.", torch.cat([x, z], 1))
+        kl = density_ratio(P, "density_ratio.", torch.cat([x, z], 1))
     else:
         mu, logvar = encoder(P, x, spec)
         z = mu + torch.exp(0.5 * logvar) * eps
@@ -207,6 +207,6 @@ def discriminator_loss(spec, P, x, noise, masks):
     if spec.method == "iop":
         prefix, t_in1, t_in0 = "density_ratio.", z1, z0
     else:
-        prefix, t_in1, t_in0 = "discriminator.", torch.cat([x, z1], 1), torch.cat([x, z0], 1)
+        prefix, t_in1, t_in0 = "density_ratio.", torch.cat([x, z1], 1), torch.cat([x, z0], 1)
     return eq20_loss(density_ratio(P, prefix, t_in1, masks[:2]),
                      density_ratio(P, prefix, t_in0, masks[2:]))

@@ -28,6 +28,8 @@ import os
 import sys
 import time
 
+from autograd_lite.files import atomic_write
+
 OPTIMUM = -math.log(4)
 ALL_METHODS = ("vae", "avb", "vamp", "iop")
 TITLES = {"vae": "(a) Standard VAE", "avb": "(b) AVB", "vamp": "(c) VAE with VampPrior",
@@ -43,15 +45,16 @@ def train_one(method, epochs, warmup, seed, prior_samples, posterior_samples=1):
     import autograd_lite as ag
     import datasets
     import iopvae
+    import runs
 
     data = datasets.load("onehot")
-    config = iopvae.Config(dataset="onehot", method=method, epochs=epochs, warmup=warmup,
+    config = runs.Config(dataset="onehot", method=method, epochs=epochs, warmup=warmup,
                            patience=0, seed=seed)
     started = time.time()
     prefix = f"[{method}] "
-    trainer = iopvae.Trainer(config, data, out_dir=None,
-                             log=lambda line: print(prefix + line, flush=True))
-    history = trainer.run()
+    trainer = runs.Trainer(config, data, out_dir=None,
+                           log=lambda line: print(prefix + line, flush=True))
+    history = trainer.train()
     model, rng = trainer.model, trainer.rng
     test = ag.as_array(data.test)
     valid = ag.as_array(data.valid)
@@ -129,11 +132,8 @@ def summarise(results, out, settings):
              "test_log_px_prior_mc": r["test_log_px"], "seconds": r["seconds"]}
             for r in results]
     summary = {"settings": settings, "optimum": OPTIMUM, "methods": rows}
-    path = os.path.join(out, "summary.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write(os.path.join(out, "summary.json"),
+                 lambda f: json.dump(summary, f, indent=2), mode="w")
     print()
     print(f"{'method':<8}{'valid ELBO':>14}{'E_q[log p(x|z)]':>18}{'log p(x) (prior MC)':>22}"
           f"{'time':>9}")

@@ -33,7 +33,10 @@ import time
 import numpy as np
 
 import autograd_lite as ag
+import datasets
 import iopvae
+import runs
+from autograd_lite.files import atomic_write
 
 PAPER_TABLE2 = {  # Table 2 of the paper: test log-likelihood, mean and std over 8 runs
     "mnist": {"vae": (-85.84, 0.07), "vamp": (-83.90, 0.08), "iop": (-83.21, 0.13)},
@@ -44,7 +47,7 @@ PAPER_TABLE2 = {  # Table 2 of the paper: test log-likelihood, mean and std over
 }
 DATASETS = ("onehot", "mnist", "omniglot", "freyfaces", "histopathology")
 METHODS = ("vae", "vamp", "iop")
-GRID_FIXED = ("dataset", "method", "seed", "components", "data_dir")  # set per run
+GRID_FIXED = ("dataset", "method", "seed", "components")  # set per run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,12 +76,15 @@ def grid(datasets, methods, seeds, components=(0,)):
 def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_samples=100_000):
     """Test ELBO and importance-sampled log-likelihoods of a run's best weights."""
     started = time.time()
-    meta, _ = iopvae.read_checkpoint(path)
-    model, config = iopvae.load_model(path)
-    data = iopvae.load_run_data(path, config, data_dir)
+    meta, _ = runs.read_checkpoint(path)
+    model, config = runs.load_model(path)
+    data = runs.load_run_data(path, config, data_dir)
     test = ag.as_array(data.test)
     rng = ag.default_rng(10_000 + config.seed)
-    ll = lambda s: float(iopvae.test_log_likelihood(model, test, s, rng).mean())
+
+    def ll(s):
+        return float(iopvae.test_log_likelihood(model, test, s, rng).mean())
+
     history = meta["history"]
     result = {
         "run": os.path.basename(os.path.normpath(path)), "dataset": config.dataset,
@@ -97,10 +103,13 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
     if config.method == "iop":
         train = data.train
         if data.dynamic_binarization:  # q(z) over what the encoder saw: binary images
-            train = iopvae.binarize(train, np.random.default_rng(2024))
+            train = datasets.binarize(train, np.random.default_rng(2024))
         train = ag.as_array(train)
-        exact = lambda s: float(iopvae.exact_aggregated_log_likelihood(
-            model, test, train, s, rng).mean())
+
+        def exact(s):
+            return float(iopvae.exact_aggregated_log_likelihood(model, test, train, s,
+                                                                rng).mean())
+
         result["log_likelihood_exact"] = exact(samples)
         result["log_likelihood_exact_tight"] = exact(tight_samples)
         result["log_normalizer"] = float(iopvae.density_ratio_log_normalizer(
@@ -119,19 +128,19 @@ def run_one(run, config_values, out, results, samples, tight_samples, data_dir="
     """Train ``run`` to the end (resuming its checkpoint if any), evaluate it and write
     ``result.json`` in its folder and ``<name>.json`` in ``results``; returns the result."""
     path = os.path.join(out, run.name)
-    data = iopvae._load_data(run.dataset, data_dir)
+    data = runs._load_data(run.dataset, data_dir)
     if os.path.exists(os.path.join(path, "checkpoint.npz")):
-        trainer = iopvae.resume_trainer(path, data, path, log)
+        trainer = runs.resume_trainer(path, data, path, log)
     else:
-        config = iopvae.Config(**config_values, dataset=run.dataset, method=run.method,
+        config = runs.Config(**config_values, dataset=run.dataset, method=run.method,
                                seed=run.seed, components=run.components, data_dir=data_dir)
-        trainer = iopvae.Trainer(config, data, path, log)
+        trainer = runs.Trainer(config, data, path, log)
     log(f"== {run.name}: epoch {trainer.epoch} of {trainer.config.epochs}")
-    trainer.run()
+    trainer.train()
     result = evaluate_run(path, samples, tight_samples, data_dir)
     for target in (os.path.join(path, "result.json"), os.path.join(results, run.name + ".json")):
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        iopvae.write_json_atomic(target, result)
+        write_json(target, result)
     log(f"== {run.name}: test log-likelihood (S={samples}) {result['log_likelihood']:.2f}")
     return result
 
@@ -146,10 +155,13 @@ def has_result(run, results, samples, tight_samples):
     return r.get("finished") and (r["samples"], r["tight_samples"]) == (samples, tight_samples)
 
 
+def write_json(path, obj):
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2), mode="w")
+
+
 # --- the grid: in worker processes, or as commands -------------------------------------
 def run_command(run, args, config_values):
     """The shell command that does ``run_one`` for ``run`` in a fresh process."""
-    defaults = dataclasses.asdict(iopvae.Config())
     words = [sys.executable if args.jobs > 0 else "python", os.path.abspath(__file__), "run",
              "--dataset", run.dataset, "--method", run.method, "--seed", str(run.seed),
              "--out", args.out, "--results", args.results, "--samples", str(args.samples),
@@ -159,8 +171,7 @@ def run_command(run, args, config_values):
     if args.data_dir:
         words += ["--data-dir", args.data_dir]
     for name, value in config_values.items():
-        if value != defaults[name]:
-            words += ["--" + name.replace("_", "-"), str(value)]
+        words += ["--" + name.replace("_", "-"), str(value)]
     return words
 
 
@@ -171,11 +182,11 @@ class RunFailed(ValueError):
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def run_grid(runs, args, config_values):
+def run_grid(todo, args, config_values):
     """Run the unfinished ``runs``: in this process (``--jobs 1``) or in worker
     processes with one BLAS thread each, logging to ``<run>/train.log``."""
-    pending = [r for r in runs if not has_result(r, args.results, args.samples, args.tight_samples)]
-    print(f"{len(runs) - len(pending)} of {len(runs)} runs already evaluated; "
+    pending = [r for r in todo if not has_result(r, args.results, args.samples, args.tight_samples)]
+    print(f"{len(todo) - len(pending)} of {len(todo)} runs already evaluated; "
           f"{len(pending)} to run with {args.jobs} worker(s)", flush=True)
     if args.jobs <= 1:
         for run in pending:
@@ -198,10 +209,10 @@ def run_grid(runs, args, config_values):
         raise RunFailed(f"{sum(c != 0 for c in codes)} run(s) failed; see their train.log")
 
 
-def load_results(runs, results):
-    """The results that exist for ``runs``, by run."""
+def load_results(todo, results):
+    """The results that exist for the runs ``todo``, by run."""
     found = {}
-    for run in runs:
+    for run in todo:
         path = os.path.join(results, run.name + ".json")
         if os.path.exists(path):
             with open(path) as f:
@@ -267,7 +278,7 @@ def table(results):
     """Markdown table of the results (mean ± sample std over seeds) beside the paper's."""
     rows, cells = [], {}
     for r in results.values():
-        if r["method"] == "vamp" and r["components"] != iopvae.Config(
+        if r["method"] == "vamp" and r["components"] != runs.Config(
                 dataset=r["dataset"]).resolved().components:
             continue  # Figure 3's other K
         cells.setdefault(r["dataset"], {}).setdefault(r["method"], []).append(r)
@@ -286,7 +297,10 @@ def table(results):
             rs = methods.get(method)
             if not rs:
                 continue
-            pick = lambda key: [r[key] for r in rs]
+
+            def pick(key, rs=rs):
+                return [r[key] for r in rs]
+
             ours = _mean_std(pick("log_likelihood"))
             ours = f"**{ours}**" if method in bold and len(methods) > 1 else ours
             approx = "≈ " if method == "iop" else ""
@@ -311,7 +325,7 @@ def figure3(results, dataset, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    default_k = iopvae.Config(dataset=dataset).resolved().components
+    default_k = runs.Config(dataset=dataset).resolved().components
     vamp, iop = {}, []
     for r in results.values():
         if r["dataset"] == dataset and r["method"] == "vamp":
@@ -342,7 +356,7 @@ def figure3(results, dataset, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    iopvae.write_json_atomic(os.path.splitext(path)[0] + ".json", numbers)
+    write_json(os.path.splitext(path)[0] + ".json", numbers)
     return numbers
 
 
@@ -357,17 +371,19 @@ def _common_options(parser):
                              "(the paper: 10)")
     parser.add_argument("--tight-samples", type=int, default=1000,
                         help="importance samples of the tighter second column")
-    parser.add_argument("--data-dir", default="", help="data folder (else $IOPVAE_DATA)")
-    iopvae._add_config_options(parser, skip=("seed", "components"))
+    runs.add_config_options(parser, skip=GRID_FIXED)
 
 
 def _config_values(args):
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(iopvae.Config)
-            if f.name not in GRID_FIXED}
+    """The training options given on the command line (the rest keep Config's defaults)."""
+    args.data_dir = args.data_dir or ""
+    return {k: v for k, v in runs.config_options_given(args).items()
+            if k not in GRID_FIXED + ("data_dir",)}
 
 
 def _grid_options(parser):
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                        help="one run per seed (default: 0 1 2; the paper: 8 runs)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="worker processes, one BLAS thread each")
     parser.add_argument("--print-commands", action="store_true",
@@ -375,41 +391,41 @@ def _grid_options(parser):
                              "them (for a cluster scheduler)")
 
 
-def _run_or_print(runs, args):
+def _run_or_print(todo, args):
     values = _config_values(args)
     if args.print_commands:
-        for run in runs:
+        for run in todo:
             if not has_result(run, args.results, args.samples, args.tight_samples):
                 env = " ".join(f"{k}={v}" for k, v in SINGLE_THREAD.items())
                 print(env, shlex.join(run_command(run, argparse.Namespace(
                     **{**vars(args), "jobs": 0}), values)))
         return False
-    run_grid(runs, args, values)
+    run_grid(todo, args, values)
     return True
 
 
 def command_table2(args):
-    runs = grid(args.datasets, args.methods, args.seeds)
-    if not _run_or_print(runs, args):
+    grid_runs = grid(args.datasets, args.methods, args.seeds)
+    if not _run_or_print(grid_runs, args):
         return
-    text = table(load_results(runs, args.results))
+    text = table(load_results(grid_runs, args.results))
     print(f"\nTest log-likelihood (importance sampling; mean ± std over seeds; bold: best or "
           f"not different from it, Welch t-test at 5 %, on S = {args.samples})\n")
     print(text)
-    iopvae.write_json_atomic(os.path.join(args.results, "table2.json"),
-                             {"markdown": text, "runs": [r.name for r in runs]})
+    write_json(os.path.join(args.results, "table2.json"),
+               {"markdown": text, "runs": [r.name for r in grid_runs]})
 
 
 def command_figure3(args):
-    default_k = iopvae.Config(dataset=args.dataset).resolved().components
+    default_k = runs.Config(dataset=args.dataset).resolved().components
     ks = [0 if k == default_k else k for k in args.components]
-    runs = grid([args.dataset], ["vamp"], args.seeds, ks) + grid([args.dataset], ["iop"],
-                                                                 args.seeds)
-    if not _run_or_print(runs, args):
+    grid_runs = (grid([args.dataset], ["vamp"], args.seeds, ks)
+                 + grid([args.dataset], ["iop"], args.seeds))
+    if not _run_or_print(grid_runs, args):
         return
     path = args.figure or os.path.join(os.path.dirname(os.path.normpath(args.results)),
                                        f"figure3_{args.dataset}.png")
-    numbers = figure3(load_results(runs, args.results), args.dataset, path)
+    numbers = figure3(load_results(grid_runs, args.results), args.dataset, path)
     print(f"wrote {path}: VampPrior K = {numbers['K']}")
 
 
@@ -422,24 +438,28 @@ def command_run(args):
 def add_commands(sub):
     """The ``table2``, ``figure3`` and ``run`` sub-commands (also used by iopvae.py)."""
     t = sub.add_parser("table2", help="Table 2: train, evaluate and tabulate the grid")
-    t.add_argument("--datasets", nargs="+", default=["freyfaces"], choices=DATASETS)
-    t.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    t.add_argument("--datasets", nargs="+", default=["freyfaces"], choices=DATASETS,
+                   help="data sets (default: freyfaces)")
+    t.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                   help="methods (default: vae vamp iop)")
     _grid_options(t)
     _common_options(t)
     t.set_defaults(run=command_table2)
 
     f = sub.add_parser("figure3", help="Figure 3: VampPrior's log-likelihood against K")
-    f.add_argument("--dataset", default="histopathology", choices=DATASETS)
-    f.add_argument("--components", nargs="+", type=int, default=[50, 100, 250, 500])
+    f.add_argument("--dataset", default="histopathology", choices=DATASETS,
+                   help="data set (default: histopathology, as in the paper)")
+    f.add_argument("--components", nargs="+", type=int, default=[50, 100, 250, 500],
+                   help="VampPrior's K values (default: 50 100 250 500)")
     f.add_argument("--figure", default="", help="PNG path (default: beside --results)")
     _grid_options(f)
     _common_options(f)
     f.set_defaults(run=command_figure3)
 
     r = sub.add_parser("run", help="one run of the grid: train or resume, then evaluate")
-    r.add_argument("--dataset", required=True, choices=DATASETS)
-    r.add_argument("--method", required=True, choices=METHODS)
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--dataset", required=True, choices=DATASETS, help="data set")
+    r.add_argument("--method", required=True, choices=METHODS, help="method")
+    r.add_argument("--seed", type=int, default=0, help="random seed of the run (default: 0)")
     r.add_argument("--components", type=int, default=0, help="VampPrior K (0: the paper's)")
     _common_options(r)
     r.set_defaults(run=command_run)
@@ -448,7 +468,7 @@ def add_commands(sub):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="table2.py", description=__doc__.split("\n")[0])
     add_commands(parser.add_subparsers(dest="command", required=True))
-    return iopvae.run_command_line(parser, argv)
+    return runs.run_command_line(parser, argv)
 
 
 if __name__ == "__main__":

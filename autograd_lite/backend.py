@@ -27,7 +27,7 @@ class BackendError(RuntimeError):
 
 def _import_cupy():
     try:
-        import cupy  # noqa: lazy import by design: the only place cupy is imported
+        import cupy  # noqa: F401 (lazy import by design: the only place cupy is imported)
     except Exception as exc:  # ImportError, or a CUDA library failing to load
         raise BackendError(
             f"backend 'cupy' needs CuPy and a CUDA GPU: importing cupy failed ({exc}); "

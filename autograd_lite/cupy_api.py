@@ -13,6 +13,7 @@ Regenerate the snapshot from the installed CuPy (no GPU needed)::
 CuPy is imported only inside ``introspect``, which only this command runs.
 """
 import __future__
+
 import argparse
 import json
 import sys

@@ -1,11 +1,10 @@
 """Layers: Module, Linear, GatedDense, Dropout, Sequential and an MLP builder."""
 import math
-import os
-import tempfile
 
 import numpy as np
 
 from . import backend, ops
+from .files import atomic_write
 from .tensor import Tensor
 
 
@@ -106,19 +105,10 @@ def _walk(root):
 
 
 def save_npz(path, arrays):
-    """``np.savez`` of ``arrays`` (NumPy or device arrays, copied to the host) to a
-    temporary file beside ``path``, then an atomic rename."""
+    """``np.savez`` of the named arrays (NumPy or device arrays, copied to the host),
+    written atomically (see ``atomic_write``)."""
     arrays = {name: backend.to_numpy(a) for name, a in arrays.items()}
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def glorot_uniform(fan_in, fan_out, rng, shape=None, dtype="float32"):

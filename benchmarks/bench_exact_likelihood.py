@@ -42,8 +42,8 @@ def main(argv=None):
     per_point = seconds / args.rows
     print(f"backend {ag.backend_name()}, threads {os.environ.get('OMP_NUM_THREADS', 'default')}, "
           f"N = {args.components}, d = {args.latent}, {xp.__name__}")
-    print(f"| points z | seconds | whole test set, S = 10 | S = 100 |")
-    print(f"|---|---|---|---|")
+    print("| points z | seconds | whole test set, S = 10 | S = 100 |")
+    print("|---|---|---|---|")
     print(f"| {args.rows} | {seconds:.2f} | {per_point * args.test_points * 10 / 60:.1f} min | "
           f"{per_point * args.test_points * 100 / 60:.1f} min |")
 

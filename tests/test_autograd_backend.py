@@ -12,7 +12,6 @@ import pytest
 
 import autograd_lite as ag
 from autograd_lite import backend
-
 from conftest import HAS_CUPY, ROOT
 
 

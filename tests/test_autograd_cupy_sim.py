@@ -11,7 +11,6 @@ import pytest
 
 import autograd_lite as ag
 from autograd_lite import backend, cupy_api, cupy_sim, nn, optim
-
 from conftest import ROOT
 
 

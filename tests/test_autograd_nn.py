@@ -461,3 +461,20 @@ def test_thread_count_comes_from_omp_num_threads_or_set_num_threads(restore_thre
     assert ag.num_threads() == 1
     with pytest.raises(ValueError, match="at least 1"):
         ag.set_num_threads(0)
+
+
+def test_atomic_write_replaces_whole_or_leaves_the_old_file(tmp_path):
+    """atomic_write: a finished write replaces the file; a write that raises half-way
+    leaves the old content and no temporary file in the folder."""
+    from autograd_lite.files import atomic_write
+    path = tmp_path / "out.txt"
+    atomic_write(path, lambda f: f.write("first"), mode="w")
+    assert path.read_text() == "first"
+
+    def half_then_fail(f):
+        f.write(b"half")
+        raise OSError("disk full")
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, half_then_fail)
+    assert path.read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]

@@ -13,7 +13,6 @@ import pytest
 
 import autograd_lite as ag
 from autograd_lite import Tensor
-
 from conftest import ROOT
 
 

@@ -10,6 +10,7 @@ import pytest
 import check_gradients as cg
 import iopvae
 import iopvae_torch
+import runs
 from autograd_lite import ops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def test_all_methods_pass_with_a_row_per_parameter(capsys):
     assert set(rows) == expected_rows(cg.METHODS)
     assert ("vamp", "vae", "pseudo_inputs") in rows
     assert ("iop", "T", "density_ratio.head.W") in rows
-    assert ("avb", "T", "discriminator.head.W") in rows
+    assert ("avb", "T", "density_ratio.head.W") in rows
     assert f"finite differences {cg.FD_TOLERANCE:.0e}" in text
     assert f"PyTorch {cg.TORCH_TOLERANCE:.0e}" in text
     assert f"OK: all {len(rows)} gradients" in text
@@ -84,8 +85,8 @@ def test_gaussian_decoder_passes_too(capsys):
 
 
 def test_iopvae_subcommand_runs_the_same_check(capsys):
-    """``iopvae.main(["gradcheck", ...])`` runs this check and returns 0 when it passes."""
-    assert iopvae.main(["gradcheck", "--method", "vamp", "--coordinates", "2"]) == 0
+    """``runs.main(["gradcheck", ...])`` runs this check and returns 0 when it passes."""
+    assert runs.main(["gradcheck", "--method", "vamp", "--coordinates", "2"]) == 0
     assert set(table_rows(capsys.readouterr().out)) == expected_rows(["vamp"])
 
 
@@ -121,7 +122,7 @@ def test_wrong_tanh_backward_fails_and_names_the_rows(tanh_backward_off_by_half,
 
 def test_iopvae_subcommand_exits_1_on_a_bug(tanh_backward_off_by_half, capsys):
     """Through ``python iopvae.py gradcheck`` a failing check ends with exit status 1."""
-    assert iopvae.main(["gradcheck", "--method", "iop", "--coordinates", "3"]) == 1
+    assert runs.main(["gradcheck", "--method", "iop", "--coordinates", "3"]) == 1
     assert ("iop", "T", "density_ratio.body.layers.0.W") in failed_section(
         capsys.readouterr().out)
 
@@ -160,7 +161,7 @@ def test_without_torch_finite_differences_alone_catch_a_bug(no_torch, tanh_backw
     """The finite-difference column is a check of its own: without PyTorch a wrong
     backward still exits 1."""
     assert cg.main(["--method", "avb", "--coordinates", "3"]) == 1
-    assert ("avb", "T", "discriminator.body.layers.0.W") in failed_section(
+    assert ("avb", "T", "density_ratio.body.layers.0.W") in failed_section(
         capsys.readouterr().out)
 
 

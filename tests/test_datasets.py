@@ -24,7 +24,6 @@ if str(ROOT) not in sys.path:
 import datasets  # noqa: E402
 from datasets import DataError  # noqa: E402
 
-
 # ---------------------------------------------------------------------------
 # Writers for the real file formats
 
@@ -107,8 +106,9 @@ def mnist_root(tmp_path_factory):
     for name, n in (("train", 60_000), ("t10k", 10_000)):
         images = index_images(n).reshape(n, 28, 28)
         write_gz(root / "mnist" / f"{name}-images-idx3-ubyte.gz", idx_bytes(images))
-    write_gz(root / "mnist" / "train-labels-idx1-ubyte.gz", idx_bytes(np.zeros(60_000, np.uint8), magic=2049))
-    write_gz(root / "mnist" / "t10k-labels-idx1-ubyte.gz", idx_bytes(np.zeros(10_000, np.uint8), magic=2049))
+    for name, n in (("train", 60_000), ("t10k", 10_000)):
+        labels = idx_bytes(np.zeros(n, np.uint8), magic=2049)
+        write_gz(root / "mnist" / f"{name}-labels-idx1-ubyte.gz", labels)
     return root
 
 
@@ -193,7 +193,8 @@ def test_binarize_seeded():
 
 
 def test_mnist_split_and_scaling(mnist):
-    assert (mnist.likelihood, mnist.dynamic_binarization, mnist.image_shape) == ("bernoulli", True, (28, 28))
+    assert mnist.likelihood == "bernoulli"
+    assert mnist.dynamic_binarization and mnist.image_shape == (28, 28)
     for x, n in zip((mnist.train, mnist.valid, mnist.test), datasets.MNIST_SPLIT):
         assert x.shape == (n, 784) and x.dtype == np.float32 and x.flags.c_contiguous
     # Train: first 50,000 training images, in order, gray values / 255.
@@ -269,7 +270,8 @@ def test_mnist_truncated_gzip(tmp_path):
 
 
 def write_omniglot(folder, n_train=24_345, n_test=8_070):
-    scipy_io = pytest.importorskip("scipy.io", reason="scipy is needed to write and read .mat files")
+    scipy_io = pytest.importorskip("scipy.io",
+                                   reason="scipy is needed to write and read .mat files")
     images = []
     for n in (n_train, n_test):
         # uint8 0/1 values keep the file small; the real file holds floats in [0, 1].
@@ -463,7 +465,8 @@ def offline(url, timeout):
 
 def test_download_freyfaces(tmp_path, monkeypatch):
     payload = pickle.dumps([np.zeros((1965, 560), np.uint8)], protocol=2)
-    monkeypatch.setitem(datasets.CHECKSUMS, "freyfaces/freyfaces.pkl", hashlib.sha256(payload).hexdigest())
+    digest = hashlib.sha256(payload).hexdigest()
+    monkeypatch.setitem(datasets.CHECKSUMS, "freyfaces/freyfaces.pkl", digest)
     fetch = serve({"freyfaces.pkl": payload})
     paths = datasets.download("freyfaces", tmp_path, fetch=fetch)
     assert paths == [tmp_path / "freyfaces" / "freyfaces.pkl"]
@@ -479,7 +482,8 @@ def test_download_mnist_falls_back_to_mirror(tmp_path, monkeypatch):
     for relpath in datasets.URLS:
         if relpath.startswith("mnist/"):
             files[Path(relpath).name] = relpath.encode()
-            monkeypatch.setitem(datasets.CHECKSUMS, relpath, hashlib.sha256(relpath.encode()).hexdigest())
+            digest = hashlib.sha256(relpath.encode()).hexdigest()
+            monkeypatch.setitem(datasets.CHECKSUMS, relpath, digest)
     good = serve(files)
     first_mirror = datasets.URLS["mnist/train-images-idx3-ubyte.gz"][0].rsplit("/", 1)[0]
 
@@ -522,7 +526,8 @@ def test_download_refuses_a_different_existing_file(tmp_path):
 
 @pytest.mark.parametrize("name", ["omniglot", "histopathology"])
 def test_download_without_url(tmp_path, name):
-    with pytest.raises(DataError, match=f"no canonical download URL for {name}: put .* at {tmp_path / name}"):
+    expected = f"no canonical download URL for {name}: put .* at {tmp_path / name}"
+    with pytest.raises(DataError, match=expected):
         datasets.download(name, tmp_path, fetch=offline)
 
 
@@ -560,7 +565,8 @@ def test_cli_info(capsys):
 def _real_dir(*relpaths):
     root = os.environ.get("IOPVAE_DATA")
     if not root:
-        pytest.skip("IOPVAE_DATA is not set; set it to a folder holding the real data files to run this test")
+        pytest.skip("IOPVAE_DATA is not set; set it to a folder holding the real data files "
+                    "to run this test")
     missing = [p for p in relpaths if not (Path(root) / p).is_file()]
     if missing:
         pytest.skip(f"IOPVAE_DATA={root} lacks {', '.join(missing)}")

@@ -1,5 +1,6 @@
-"""The command line, through ``iopvae.main(argv)``: train, evaluate, sample, and
+"""The command line, through ``runs.main(argv)``: train, evaluate, sample, and
 the one-line errors for bad input (exit status 2, no traceback)."""
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import iopvae  # noqa: E402
+import datasets  # noqa: E402
+import runs  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["--epochs", "2", "--hidden", "16", "--j2", "1", "--warmup", "2"]
@@ -28,7 +30,7 @@ def one_error_line(err):
 def iop_run(tmp_path_factory):
     """A tiny IOP run trained through the CLI (shared by the evaluate/sample tests)."""
     out = tmp_path_factory.mktemp("cli") / "iop"
-    code = iopvae.main(["train", "--dataset", "onehot", "--method", "iop", *TINY,
+    code = runs.main(["train", "--dataset", "onehot", "--method", "iop", *TINY,
                         "--samples", "5", "--out", str(out)])
     assert code == 0
     return out
@@ -41,7 +43,7 @@ def test_train_writes_checkpoint_and_reports(iop_run, capsys):
     config = json.loads((iop_run / "config.json").read_text())
     assert config["method"] == "iop" and config["hidden"] == 16 and config["j2"] == 1
     assert config["epochs"] == 2 and config["latent"] == 2
-    meta, _ = iopvae.read_checkpoint(str(iop_run))
+    meta, _ = runs.read_checkpoint(str(iop_run))
     assert meta["epoch"] == 2 and len(meta["history"]) == 2
 
 
@@ -50,7 +52,7 @@ def test_train_other_methods_print_results(method, tmp_path, capsys):
     """Every method trains from the CLI and prints its test ELBO; the explicit-posterior
     methods also print an importance-sampled log-likelihood, AVB says it has none."""
     out = tmp_path / method
-    assert iopvae.main(["train", "--dataset", "onehot", "--method", method, *TINY,
+    assert runs.main(["train", "--dataset", "onehot", "--method", method, *TINY,
                         "--components", "5", "--samples", "3", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "test ELBO" in text
@@ -66,17 +68,17 @@ def test_train_resume_continues(iop_run, tmp_path, capsys):
     import shutil
     out = tmp_path / "again"
     shutil.copytree(iop_run, out)
-    assert iopvae.main(["train", "--dataset", "onehot", "--method", "iop", "--epochs", "3",
+    assert runs.main(["train", "--dataset", "onehot", "--method", "iop", "--epochs", "3",
                         "--resume", "--samples", "3", "--out", str(out)]) == 0
     assert "resuming" in capsys.readouterr().out
-    meta, _ = iopvae.read_checkpoint(str(out))
+    meta, _ = runs.read_checkpoint(str(out))
     assert meta["epoch"] == 3
 
 
 def test_evaluate_prints_elbo_and_log_likelihood(iop_run, capsys):
     """`evaluate CHECKPOINT` returns 0 and prints finite numbers for the chosen split."""
     capsys.readouterr()
-    assert iopvae.main(["evaluate", str(iop_run / "checkpoint.npz"), "--samples", "4",
+    assert runs.main(["evaluate", str(iop_run / "checkpoint.npz"), "--samples", "4",
                         "--split", "valid"]) == 0
     lines = capsys.readouterr().out.splitlines()
     elbo = [line for line in lines if line.startswith("valid ELBO")]
@@ -92,7 +94,7 @@ def test_sample_writes_png(iop_run, tmp_path, sir, capsys):
     and writes a PNG."""
     png = tmp_path / ("sir.png" if sir else "samples.png")
     argv = ["sample", str(iop_run / "checkpoint.npz"), "--n", "9", "--out", str(png)]
-    assert iopvae.main(argv + (["--sir"] if sir else [])) == 0
+    assert runs.main(argv + (["--sir"] if sir else [])) == 0
     assert png.read_bytes()[:8] == PNG_MAGIC
     assert "wrote 9 samples" in capsys.readouterr().out
 
@@ -100,7 +102,7 @@ def test_sample_writes_png(iop_run, tmp_path, sir, capsys):
 def test_unknown_method_is_an_argparse_error(capsys):
     """An unknown --method is rejected by argparse (SystemExit 2) with its usage message."""
     with pytest.raises(SystemExit) as info:
-        iopvae.main(["train", "--dataset", "onehot", "--method", "gan"])
+        runs.main(["train", "--dataset", "onehot", "--method", "gan"])
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
 
@@ -111,7 +113,7 @@ def test_invalid_setting_is_one_error_line(option, value, word, tmp_path, capsys
     """A bad setting returns 2 with one line 'error: ...' naming it on stderr and
     writes no run folder."""
     out = tmp_path / "never"
-    code = iopvae.main(["train", "--dataset", "onehot", "--method", "vae", option, value,
+    code = runs.main(["train", "--dataset", "onehot", "--method", "vae", option, value,
                         "--out", str(out)])
     assert code == 2
     assert word in one_error_line(capsys.readouterr().err)
@@ -125,7 +127,7 @@ def test_unreadable_checkpoint_is_one_error_line(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     for argv in (["evaluate", str(bad)], ["sample", str(bad)],
                  ["evaluate", str(tmp_path / "missing.npz")]):
-        assert iopvae.main(argv) == 2
+        assert runs.main(argv) == 2
         line = one_error_line(capsys.readouterr().err)
         assert argv[1] in line
 
@@ -135,7 +137,7 @@ def test_missing_mnist_file_is_one_error_line(tmp_path, capsys):
     missing file (no download attempt, no traceback)."""
     empty = tmp_path / "data"
     empty.mkdir()
-    code = iopvae.main(["train", "--dataset", "mnist", "--method", "vae", "--data-dir",
+    code = runs.main(["train", "--dataset", "mnist", "--method", "vae", "--data-dir",
                         str(empty), "--out", str(tmp_path / "run"), *TINY])
     assert code == 2
     line = one_error_line(capsys.readouterr().err)
@@ -146,8 +148,67 @@ def test_train_refuses_to_overwrite_an_existing_run(iop_run, capsys):
     """`train` into a folder that already holds a checkpoint, without --resume, returns 2
     with one line pointing to --resume, and leaves the checkpoint untouched."""
     before = (iop_run / "checkpoint.npz").read_bytes()
-    code = iopvae.main(["train", "--dataset", "onehot", "--method", "iop", *TINY,
+    code = runs.main(["train", "--dataset", "onehot", "--method", "iop", *TINY,
                         "--out", str(iop_run)])
     assert code == 2
     assert "--resume" in one_error_line(capsys.readouterr().err)
     assert (iop_run / "checkpoint.npz").read_bytes() == before
+
+
+def _subcommands():
+    parser = runs.build_parser()
+    [sub] = [a for a in parser._actions if a.dest == "command"]
+    return sub.choices
+
+
+def test_every_option_has_help_and_table2_reuses_the_train_options():
+    """Every option of every command has a help text; the Config options of `train` (but
+    the plural --datasets/--methods/--seeds) are those of `table2`, with the Config's
+    own help; data set, method and pseudo-input start offer their choices."""
+    commands = _subcommands()
+    for name, parser in commands.items():
+        for action in parser._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    options = {name: {a.dest: a for a in parser._actions} for name, parser in commands.items()}
+    for field in dataclasses.fields(runs.Config):
+        train = options["train"][field.name]
+        assert train.help.startswith(field.metadata["help"]), field.name
+        if field.name not in ("dataset", "method", "seed", "components"):  # set per run
+            assert options["table2"][field.name].help == train.help, field.name
+    assert options["train"]["dataset"].choices == datasets.DATASETS
+    assert sorted(options["train"]["method"].choices) == ["avb", "iop", "vae", "vamp"]
+    assert list(options["train"]["pseudo_init"].choices) == ["uniform", "data", "constant"]
+
+
+def test_resume_names_the_options_it_ignores(iop_run, tmp_path, capsys):
+    """`train --resume` continues with the checkpoint's configuration and prints one line
+    naming each given option that differs from it (here --hidden and --lr); options
+    equal to the checkpoint's are not named, --epochs sets the new end."""
+    import shutil
+    out = tmp_path / "again"
+    shutil.copytree(iop_run, out)
+    assert runs.main(["train", "--dataset", "onehot", "--method", "iop", "--epochs", "3",
+                      "--hidden", "32", "--lr", "0.01", "--j2", "1", "--resume",
+                      "--samples", "3", "--out", str(out)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "ignored" in line]
+    assert len(lines) == 1
+    assert "--hidden 32 (checkpoint: 16)" in lines[0] and "--lr 0.01" in lines[0]
+    assert "--j2" not in lines[0] and "--epochs" not in lines[0]
+    meta, _ = runs.read_checkpoint(str(out))
+    assert meta["epoch"] == 3 and meta["config"].hidden == 16
+
+
+def test_iopvae_py_hands_its_command_line_to_runs(tmp_path):
+    """`python iopvae.py train ...` still works (it delegates to runs.main), and importing
+    iopvae does not import runs (the paper does not depend on the run machinery)."""
+    import subprocess
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, str(ROOT / "iopvae.py"), "train", "--dataset",
+                             "onehot", "--method", "vae", *TINY, "--samples", "2", "--out",
+                             str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test ELBO" in result.stdout and (out / "checkpoint.npz").is_file()
+    check = subprocess.run([sys.executable, "-c", "import sys, iopvae; "
+                            "sys.exit('runs' in sys.modules)"], cwd=ROOT, timeout=120)
+    assert check.returncode == 0
+

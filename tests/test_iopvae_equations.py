@@ -19,8 +19,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import autograd_lite as ag  # noqa: E402
-from autograd_lite.optim import Adam  # noqa: E402
 import iopvae  # noqa: E402
+from autograd_lite.optim import Adam  # noqa: E402
 
 LOG_2PI = math.log(2 * math.pi)
 trapezoid = getattr(np, "trapezoid", None) or np.trapz  # NumPy 2 renamed trapz

@@ -83,7 +83,7 @@ def test_discriminator_loss_and_gradients_match_torch(method):
     assert len(case.rng.normals) == 2   # the noise behind z1, and z0
     want, theirs = case.torch_gradients()
     np.testing.assert_allclose(loss, want, rtol=RTOL)
-    prefix = "density_ratio." if method == "iop" else "discriminator."
+    prefix = "density_ratio."
     assert case.names and all(n.startswith(prefix) for n in case.names)
     assert_same_gradients(ours, theirs, case.names)
     assert all(p.grad is None for p in model.vae_parameters())
@@ -128,54 +128,55 @@ def test_iop_encoder_gradient_includes_path_through_T(monkeypatch):
     assert_same_gradients(grads["detached_pitfall"], reference[False], decoder_names)
 
 
-def _vae_step_spy(model, calls):
-    """Wrap T's forward to record, at each call, the mode of T's modules and whether
-    its parameters would receive gradients."""
-    forward = model.density_ratio.forward
-
-    def spy(z):
-        calls.append(([m.training for m in model.density_ratio.modules()],
-                      [p.requires_grad for p in model.density_ratio.parameters()]))
-        return forward(z)
-    model.density_ratio.forward = spy
-    return forward
-
-
-def test_trainer_vae_step_freezes_T_and_turns_its_dropout_off():
-    """Algorithm 1, lines 2-6: psi is fixed while theta, phi are updated.  During a
-    VAE epoch T must be in eval mode (no dropout) with parameters that take no
-    gradient, T's weights must be unchanged afterwards while the encoder's moved,
-    and T must be back in training mode (dropout on) for its own epochs, during
-    which the encoder and decoder must not change."""
+def test_trainer_freezes_T_in_the_vae_step_and_the_vae_in_the_T_step(monkeypatch):
+    """Algorithm 1: psi is fixed while theta, phi are updated (lines 2-6), and theta,
+    phi while psi is (lines 7-12).  In one round of ``Trainer.train``: during the VAE
+    step T runs in eval mode (no dropout) with parameters that take no gradient, and
+    T's weights do not move while the encoder's do; during T's own step T is in
+    training mode (dropout on) and only T's weights move."""
     import datasets
     data = datasets.load("onehot")
-    trainer = iopvae.Trainer(iopvae.Config(dataset="onehot", method="iop", hidden=16, j2=1,
-                                           keep=0.5, epochs=1), data, out_dir=None,
-                             log=lambda line: None)
-    model = trainer.model
-    before = model.state_dict()
-    calls = []
-    forward = _vae_step_spy(model, calls)
-    trainer.vae_epoch(beta=1.0)
-    after = model.state_dict()
-    assert calls, "the IOP loss never evaluated T"
-    for modes, grads in calls:
-        assert not any(modes) and not any(grads)
-    for name in before:
+    rng = ag.default_rng(0)
+    model = iopvae.ImplicitOptimalPrior(data.dim, "bernoulli", 2, 16, rng, keep=0.5)
+    trainer = iopvae.Trainer(model, data, rng, j2=1, epochs=1, log=lambda line: None)
+    phase, calls, states = ["start"], [], {"start": model.state_dict()}
+    forward, loss, discriminator_loss, elbo = (model.density_ratio.forward, model.loss,
+                                               model.discriminator_loss, iopvae.elbo)
+
+    def spy(z):  # T's mode and whether its parameters take gradients, at each call
+        calls.append((phase[0], [m.training for m in model.density_ratio.modules()],
+                      [p.requires_grad for p in model.density_ratio.parameters()]))
+        return forward(z)
+
+    def enter(name, function):  # mark the phase and keep the weights on entering it
+        def wrapped(*args, **kwargs):
+            if phase[0] != name:
+                phase[0] = name
+                states[name] = model.state_dict()
+            return function(*args, **kwargs)
+        return wrapped
+    model.density_ratio.forward = spy
+    model.loss = enter("vae", loss)
+    model.discriminator_loss = enter("T", discriminator_loss)
+    monkeypatch.setattr(iopvae, "elbo", enter("valid", elbo))
+    trainer.train()
+    assert [p for p, _, _ in calls if p != "valid"][:1] == ["vae"], "the loss never used T"
+    for p, modes, grads in calls:
+        if p == "vae":
+            assert not any(modes) and not any(grads)
+        elif p == "T":
+            assert all(modes) and all(grads)
+    start, after_vae, after_t = states["start"], states["T"], states["valid"]
+    for name in start:
+        vae_moved = not np.array_equal(start[name], after_vae[name])
+        t_moved = not np.array_equal(after_vae[name], after_t[name])
         if name.startswith("density_ratio."):
-            assert np.array_equal(before[name], after[name]), name
-    assert any(not np.array_equal(before[n], after[n]) for n in before if n.startswith("encoder."))
-    assert all(m.training for m in model.density_ratio.modules())
-    assert all(p.requires_grad for p in model.density_ratio.parameters())
-    # T's own epochs: dropout on, encoder and decoder untouched, T updated
-    calls.clear()
-    trainer.discriminator_epochs()
-    model.density_ratio.forward = forward
-    final = model.state_dict()
-    assert calls and all(all(modes) for modes, _ in calls)
-    for name in after:
-        changed = not np.array_equal(after[name], final[name])
-        assert changed == name.startswith("density_ratio."), name
+            assert not vae_moved and t_moved, name
+        else:
+            assert not t_moved, name
+    assert any(not np.array_equal(start[n], after_vae[n]) for n in start
+               if n.startswith("encoder."))
+
 
 
 def test_iop_loss_is_deterministic_given_noise_when_T_is_frozen():

@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:
 import autograd_lite as ag  # noqa: E402
 import datasets  # noqa: E402
 import iopvae  # noqa: E402
+import runs  # noqa: E402
 
 LN4 = math.log(4)
 
@@ -58,9 +59,9 @@ def test_short_onehot_run_improves(method, onehot):
     density-ratio loss of the last round must be below ln 4 - 0.05 (chance level:
     T learned to tell q from p).  A gradient with the wrong sign, a frozen
     optimizer or a T that is never trained fails."""
-    trainer = iopvae.Trainer(iopvae.Config(method=method, **SHORT), onehot, out_dir=None,
+    trainer = runs.Trainer(runs.Config(method=method, **SHORT), onehot, out_dir=None,
                              log=quiet)
-    history = trainer.run()
+    history = trainer.train()
     assert [r["epoch"] for r in history] == list(range(1, 16))
     first, last = history[0]["valid_elbo"], history[-1]["valid_elbo"]
     assert last > first + 0.2, [round(r["valid_elbo"], 3) for r in history]
@@ -77,10 +78,10 @@ def test_early_stopping_stops_after_patience(onehot, monkeypatch):
     epoch as the best."""
     values = iter([-2.0] + [-3.0] * 50)
     monkeypatch.setattr(iopvae, "elbo", lambda *a, **k: next(values))
-    config = iopvae.Config(method="vae", dataset="onehot", hidden=16, epochs=50, patience=3,
+    config = runs.Config(method="vae", dataset="onehot", hidden=16, epochs=50, patience=3,
                            warmup=0)
-    trainer = iopvae.Trainer(config, onehot, out_dir=None, log=quiet)
-    history = trainer.run()
+    trainer = runs.Trainer(config, onehot, out_dir=None, log=quiet)
+    history = trainer.train()
     assert len(history) == 4
     assert trainer.best["epoch"] == 1
 
@@ -92,10 +93,10 @@ def test_early_stopping_ignores_warmup_epochs(onehot, monkeypatch):
     must run the 5 warm-up epochs (beta reaches 1 at epoch 5) plus 1 + patience."""
     values = iter([-1.0, -2.0, -2.0, -2.0, -2.0] + [-3.0] * 50)
     monkeypatch.setattr(iopvae, "elbo", lambda *a, **k: next(values))
-    config = iopvae.Config(method="vae", dataset="onehot", hidden=16, epochs=50, patience=3,
+    config = runs.Config(method="vae", dataset="onehot", hidden=16, epochs=50, patience=3,
                            warmup=5)
-    trainer = iopvae.Trainer(config, onehot, out_dir=None, log=quiet)
-    history = trainer.run()
+    trainer = runs.Trainer(config, onehot, out_dir=None, log=quiet)
+    history = trainer.train()
     assert [r["beta"] for r in history[:5]] == [0.2, 0.4, 0.6, 0.8, 1.0]
     assert trainer.best["epoch"] == 5 and trainer.best["valid_elbo"] == -2.0
     assert len(history) == 5 + 3
@@ -108,7 +109,7 @@ def _config(method, **kw):
     base = dict(dataset="onehot", method=method, hidden=16, epochs=4, warmup=3, j2=2,
                 components=6, patience=0, seed=3)
     base.update(kw)
-    return iopvae.Config(**base)
+    return runs.Config(**base)
 
 
 def _strip_timing(history):
@@ -126,7 +127,7 @@ def _assert_states_equal(a, b):
     ("vae", "onehot"), ("vamp", "onehot"), ("avb", "onehot"), ("iop", "onehot"),
     ("iop", "binarized"), ("vamp", "gaussian")])
 def test_resume_is_bit_identical(method, data_kind, onehot, tmp_path):
-    """4 epochs straight vs 2 epochs, a checkpoint, and `resume_trainer(...).run(4)`:
+    """4 epochs straight vs 2 epochs, a checkpoint, and `resume_trainer(...).train(4)`:
     final weights, optimizer moments, best weights and history (except timing) must
     be bit-identical.  Forgetting the RNG state, Adam's moments or step count, the
     best-so-far record, or the dropout generator breaks this.  Also run with dynamic
@@ -134,13 +135,13 @@ def test_resume_is_bit_identical(method, data_kind, onehot, tmp_path):
     data = {"onehot": onehot, "binarized": synthetic(),
             "gaussian": synthetic("freyfaces", likelihood="gaussian", dynamic=False)}[data_kind]
     latent = {} if data_kind == "onehot" else {"latent": 2}
-    straight = iopvae.Trainer(_config(method, **latent), data, str(tmp_path / "A"), quiet)
-    straight.run(4)
-    first = iopvae.Trainer(_config(method, **latent), data, str(tmp_path / "B"), quiet)
-    first.run(2)
-    resumed = iopvae.resume_trainer(str(tmp_path / "B"), data, str(tmp_path / "B"), quiet)
+    straight = runs.Trainer(_config(method, **latent), data, str(tmp_path / "A"), quiet)
+    straight.train(4)
+    first = runs.Trainer(_config(method, **latent), data, str(tmp_path / "B"), quiet)
+    first.train(2)
+    resumed = runs.resume_trainer(str(tmp_path / "B"), data, str(tmp_path / "B"), quiet)
     assert resumed.epoch == 2
-    resumed.run(4)
+    resumed.train(4)
     assert resumed.epoch == 4
     _assert_states_equal(straight.model.state_dict(), resumed.model.state_dict())
     _assert_states_equal(straight.vae_opt.state_dict(), resumed.vae_opt.state_dict())
@@ -150,8 +151,8 @@ def test_resume_is_bit_identical(method, data_kind, onehot, tmp_path):
     assert straight.best["epoch"] == resumed.best["epoch"]
     _assert_states_equal(straight.best["state"], resumed.best["state"])
     # the checkpoints on disk agree too
-    meta_a, arrays_a = iopvae.read_checkpoint(str(tmp_path / "A"))
-    meta_b, arrays_b = iopvae.read_checkpoint(str(tmp_path / "B" / "checkpoint.npz"))
+    meta_a, arrays_a = runs.read_checkpoint(str(tmp_path / "A"))
+    meta_b, arrays_b = runs.read_checkpoint(str(tmp_path / "B" / "checkpoint.npz"))
     assert meta_a["epoch"] == meta_b["epoch"] == 4
     _assert_states_equal(arrays_a, arrays_b)
 
@@ -161,13 +162,13 @@ def test_checkpoint_files_written_atomically(onehot, tmp_path, monkeypatch):
     left behind); config.json is valid JSON with the configuration; and when a
     write fails half-way the previous checkpoint stays intact and readable."""
     out = tmp_path / "run"
-    trainer = iopvae.Trainer(_config("iop", epochs=2), onehot, str(out), quiet)
-    trainer.run()
+    trainer = runs.Trainer(_config("iop", epochs=2), onehot, str(out), quiet)
+    trainer.train()
     assert sorted(os.listdir(out)) == ["checkpoint.npz", "config.json"]
     config = json.loads((out / "config.json").read_text())
     assert config == dataclasses.asdict(trainer.config)
-    assert iopvae.Config(**config) == trainer.config
-    meta, arrays = iopvae.read_checkpoint(str(out))
+    assert runs.Config(**config) == trainer.config
+    meta, arrays = runs.read_checkpoint(str(out))
     assert meta["epoch"] == 2 and meta["config"] == trainer.config
     assert meta["dim"] == 4 and meta["likelihood"] == "bernoulli"
     assert any(k.startswith("opt_disc/") for k in arrays)
@@ -177,10 +178,10 @@ def test_checkpoint_files_written_atomically(onehot, tmp_path, monkeypatch):
         raise OSError("disk full")
     monkeypatch.setattr(np, "savez", failing_savez)
     with pytest.raises(OSError, match="disk full"):
-        trainer.run(3)
+        trainer.train(3)
     monkeypatch.undo()
     assert sorted(os.listdir(out)) == ["checkpoint.npz", "config.json"]
-    meta_after, _ = iopvae.read_checkpoint(str(out))
+    meta_after, _ = runs.read_checkpoint(str(out))
     assert meta_after["epoch"] == 2
 
 
@@ -190,7 +191,7 @@ def test_bad_checkpoint_raises_checkpoint_error_naming_the_path(damage, onehot, 
     truncated or meta-less checkpoint into CheckpointError whose message names the
     file, never a raw zipfile / KeyError / JSON traceback."""
     out = tmp_path / "run"
-    iopvae.Trainer(_config("vae", epochs=1), onehot, str(out), quiet).run()
+    runs.Trainer(_config("vae", epochs=1), onehot, str(out), quiet).train()
     path = out / "checkpoint.npz"
     if damage == "missing":
         path = tmp_path / "nowhere" / "checkpoint.npz"
@@ -202,10 +203,10 @@ def test_bad_checkpoint_raises_checkpoint_error_naming_the_path(damage, onehot, 
         with np.load(path) as archive:
             arrays = {k: archive[k] for k in archive.files if k != "meta"}
         np.savez(path, **arrays)
-    for call in (lambda: iopvae.read_checkpoint(str(path)),
-                 lambda: iopvae.resume_trainer(str(path), onehot, str(out), quiet),
-                 lambda: iopvae.load_model(str(path))):
-        with pytest.raises(iopvae.CheckpointError) as info:
+    for call in (lambda: runs.read_checkpoint(str(path)),
+                 lambda: runs.resume_trainer(str(path), onehot, str(out), quiet),
+                 lambda: runs.load_model(str(path))):
+        with pytest.raises(runs.CheckpointError) as info:
             call()
         assert str(path) in str(info.value)
         assert "\n" not in str(info.value)
@@ -215,7 +216,7 @@ def test_checkpoint_of_another_configuration_is_rejected(onehot, tmp_path):
     """A checkpoint whose weights do not fit its stored configuration (here: hidden
     size edited) must give CheckpointError, not a shape error deep in NumPy."""
     out = tmp_path / "run"
-    iopvae.Trainer(_config("iop", epochs=1), onehot, str(out), quiet).run()
+    runs.Trainer(_config("iop", epochs=1), onehot, str(out), quiet).train()
     path = out / "checkpoint.npz"
     with np.load(path) as archive:
         arrays = {k: archive[k] for k in archive.files}
@@ -223,9 +224,9 @@ def test_checkpoint_of_another_configuration_is_rejected(onehot, tmp_path):
     meta["config"]["hidden"] = 24
     arrays["meta"] = np.array(json.dumps(meta))
     np.savez(path, **arrays)
-    for call in (lambda: iopvae.load_model(str(path)),
-                 lambda: iopvae.resume_trainer(str(path), onehot, str(out), quiet)):
-        with pytest.raises(iopvae.CheckpointError, match="does not match"):
+    for call in (lambda: runs.load_model(str(path)),
+                 lambda: runs.resume_trainer(str(path), onehot, str(out), quiet)):
+        with pytest.raises(runs.CheckpointError, match="does not match"):
             call()
 
 
@@ -235,17 +236,17 @@ def test_load_model_restores_best_weights(onehot, tmp_path, monkeypatch):
     scripted = iter([-3.0, -1.0, -2.0, -2.5])
     monkeypatch.setattr(iopvae, "elbo", lambda *a, **k: next(scripted))
     out = tmp_path / "run"
-    trainer = iopvae.Trainer(_config("iop", warmup=1), onehot, str(out), quiet)
+    trainer = runs.Trainer(_config("iop", warmup=1), onehot, str(out), quiet)
     snapshots = []
     trainer.log = lambda line: snapshots.append(trainer.model.state_dict())
-    trainer.run()
+    trainer.train()
     assert trainer.best["epoch"] == 2 and len(snapshots) == 4
-    model, config = iopvae.load_model(str(out))
+    model, config = runs.load_model(str(out))
     assert config == trainer.config
     assert not any(m.training for m in model.modules())
     _assert_states_equal(model.state_dict(), snapshots[1])
     assert any(not np.array_equal(snapshots[1][k], snapshots[3][k]) for k in snapshots[1])
-    last, _ = iopvae.load_model(str(out), best=False)
+    last, _ = runs.load_model(str(out), best=False)
     _assert_states_equal(last.state_dict(), snapshots[3])
     _assert_states_equal(trainer.best_model().state_dict(), snapshots[1])
 
@@ -259,7 +260,7 @@ def test_divergence_raises_and_keeps_last_good_checkpoint(where, onehot, tmp_pat
     raise TrainingDiverged naming epoch 3, and the checkpoint on disk must still be
     the finite one of epoch 2 (not overwritten with NaN weights)."""
     out = tmp_path / "run"
-    trainer = iopvae.Trainer(_config("iop", epochs=6), onehot, str(out), quiet)
+    trainer = runs.Trainer(_config("iop", epochs=6), onehot, str(out), quiet)
     if where == "vae_loss":
         loss = trainer.model.loss
 
@@ -272,15 +273,15 @@ def test_divergence_raises_and_keeps_last_good_checkpoint(where, onehot, tmp_pat
         monkeypatch.setattr(iopvae, "elbo", lambda model, *a, **k: (
             float("nan") if trainer.epoch >= 2 else elbo(model, *a, **k)))
     with pytest.raises(iopvae.TrainingDiverged) as info:
-        trainer.run()
+        trainer.train()
     message = str(info.value)
     assert "epoch 3" in message and str(out) in message
-    meta, arrays = iopvae.read_checkpoint(str(out))
+    meta, arrays = runs.read_checkpoint(str(out))
     assert meta["epoch"] == 2 and len(meta["history"]) == 2
     for name, value in arrays.items():
         if value.dtype.kind == "f":
             assert np.all(np.isfinite(value)), name
-    model, _ = iopvae.load_model(str(out), best=False)
+    model, _ = runs.load_model(str(out), best=False)
     assert all(np.all(np.isfinite(p.data)) for p in model.parameters())
 
 
@@ -314,9 +315,9 @@ def test_vamp_data_init_uses_distinct_training_points():
     """'data': after the trainer starts, each pseudo-input is a training point, all
     K of them different points (sampled without replacement)."""
     data = synthetic(dynamic=False)
-    config = iopvae.Config(dataset="mnist", method="vamp", latent=2, hidden=8, components=40,
+    config = runs.Config(dataset="mnist", method="vamp", latent=2, hidden=8, components=40,
                            pseudo_init="data", epochs=1)
-    trainer = iopvae.Trainer(config, data, out_dir=None, log=quiet)
+    trainer = runs.Trainer(config, data, out_dir=None, log=quiet)
     u = trainer.model.pseudo_inputs.data
     assert u.shape == (40, data.dim)
     matches = [np.flatnonzero((data.train == row).all(axis=1)) for row in u]
@@ -343,8 +344,8 @@ def trained(onehot):
     OneHot, shared by the tests below."""
     models = {}
     for method, settings in (("vae", dict(SHORT, epochs=30, lr=3e-3)), ("iop", SHORT)):
-        trainer = iopvae.Trainer(iopvae.Config(method=method, **settings), onehot, None, quiet)
-        trainer.run()
+        trainer = runs.Trainer(runs.Config(method=method, **settings), onehot, None, quiet)
+        trainer.train()
         models[method] = trainer.model
     return models
 
@@ -413,7 +414,42 @@ def test_prior_log_likelihood_for_iop_uses_aggregated_posterior(trained, onehot)
 
 def test_test_log_likelihood_refuses_avb(onehot):
     """AVB's posterior is implicit: importance sampling must be refused clearly."""
-    model = iopvae.build_model(iopvae.Config(method="avb", hidden=8), 4, "bernoulli",
+    model = runs.build_model(runs.Config(method="avb", hidden=8), 4, "bernoulli",
                                ag.default_rng(0))
     with pytest.raises(ValueError, match="implicit"):
         iopvae.test_log_likelihood(model, onehot.test[:5], 3, ag.default_rng(0))
+
+
+# =============================================================================
+# The contract between the methods and Algorithm 1
+# =============================================================================
+@pytest.mark.parametrize("method", ["vae", "vamp", "iop", "avb"])
+def test_every_method_keeps_the_contract(method):
+    """Each method is a VAEMethod; T is ``density_ratio`` exactly for IOP and AVB, and its
+    parameters are the discriminator parameters, disjoint from the VAE's; the others
+    have none and refuse discriminator_loss."""
+    model = runs.build_model(runs.Config(method=method, hidden=8, components=3), 4, "bernoulli",
+                             ag.default_rng(0))
+    assert isinstance(model, iopvae.VAEMethod)
+    vae = {id(p) for p in model.vae_parameters()}
+    disc = {id(p) for p in model.discriminator_parameters()}
+    assert vae and not vae & disc
+    assert vae | disc == {id(p) for p in model.parameters()}
+    if method in ("iop", "avb"):
+        assert model.has_discriminator and disc
+        assert disc == {id(p) for p in model.density_ratio.parameters()}
+    else:
+        assert not model.has_discriminator and model.density_ratio is None and not disc
+        with pytest.raises(NotImplementedError):
+            model.discriminator_loss(ag.Tensor(np.eye(4, dtype=np.float32)), ag.default_rng(0))
+
+
+def test_minibatches_cover_a_fresh_shuffle_once():
+    """minibatches(n, K, rng): consecutive batches of K (the last one smaller) that
+    together are a permutation of range(n), a different one each epoch."""
+    rng = ag.default_rng(0)
+    first = list(iopvae.minibatches(250, 100, rng))
+    assert [len(b) for b in first] == [100, 100, 50]
+    assert sorted(np.concatenate(first).tolist()) == list(range(250))
+    assert not np.array_equal(np.concatenate(first),
+                              np.concatenate(list(iopvae.minibatches(250, 100, rng))))

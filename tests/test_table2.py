@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
 
 import autograd_lite as ag  # noqa: E402
 import datasets  # noqa: E402
-import iopvae  # noqa: E402
+import runs  # noqa: E402
 import table2  # noqa: E402
 
 TINY = ["--epochs", "2", "--hidden", "16", "--j2", "1", "--warmup", "1"]
@@ -46,13 +46,13 @@ def test_seed1_run_is_evaluated_on_test_points_it_never_trained_on(tmp_path, mon
     seed-1 test images were seed-0 training images."""
     data_dir = fake_freyfaces(tmp_path / "data", monkeypatch)
     loads = []
-    real_load = iopvae._load_data
-    monkeypatch.setattr(iopvae, "_load_data", lambda *a: loads.append(real_load(*a)) or loads[-1])
+    real_load = runs._load_data
+    monkeypatch.setattr(runs, "_load_data", lambda *a: loads.append(real_load(*a)) or loads[-1])
     out = tmp_path / "run"
-    assert iopvae.main(["train", "--dataset", "freyfaces", "--method", "vae", *TINY, "--seed",
+    assert runs.main(["train", "--dataset", "freyfaces", "--method", "vae", *TINY, "--seed",
                         "1", "--samples", "2", "--out", str(out),
                         "--data-dir", str(data_dir)]) == 0
-    assert iopvae.main(["evaluate", str(out), "--samples", "2", "--data-dir", str(data_dir)]) == 0
+    assert runs.main(["evaluate", str(out), "--samples", "2", "--data-dir", str(data_dir)]) == 0
     trained_on, evaluated = loads[0], loads[-1]
     assert len(loads) == 2
     assert not _rows(trained_on.train) & _rows(evaluated.test)
@@ -65,14 +65,14 @@ def test_evaluate_and_resume_refuse_another_split(tmp_path, monkeypatch, capsys)
     """A checkpoint records its split; data split differently are refused in one line."""
     data_dir = fake_freyfaces(tmp_path / "data", monkeypatch)
     out = tmp_path / "run"
-    assert iopvae.main(["train", "--dataset", "freyfaces", "--method", "vae", *TINY,
+    assert runs.main(["train", "--dataset", "freyfaces", "--method", "vae", *TINY,
                         "--samples", "2", "--out", str(out), "--data-dir", str(data_dir)]) == 0
     capsys.readouterr()
     monkeypatch.setitem(datasets.SPLIT_SEEDS, "freyfaces", 7)  # another split
     for argv in (["evaluate", str(out), "--data-dir", str(data_dir)],
                  ["train", "--dataset", "freyfaces", "--method", "vae", "--resume",
                   "--out", str(out), "--data-dir", str(data_dir)]):
-        assert iopvae.main(argv) == 2
+        assert runs.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "was trained on split freyfaces:" in err
 
@@ -90,38 +90,39 @@ def test_density_ratio_sees_a_fresh_binarization_every_batch(monkeypatch):
     binarize per batch); before, T's ten epochs reused one binarization per round."""
     data = small_mnist()
     data.train[:] = 0.5  # every point: p = 0.5 per pixel
-    config = iopvae.Config(dataset="mnist", method="iop", hidden=8, epochs=1, warmup=1,
+    config = runs.Config(dataset="mnist", method="iop", hidden=8, epochs=1, warmup=1,
                            j2=3, batch_size=80, latent=2)
-    trainer = iopvae.Trainer(config, data, out_dir=None, log=lambda line: None)
+    trainer = runs.Trainer(config, data, out_dir=None, log=lambda line: None)
     seen = []
     real = trainer.model.discriminator_loss
     monkeypatch.setattr(trainer.model, "discriminator_loss",
                         lambda x, rng: seen.append(ag.to_numpy(x.data).copy()) or real(x, rng))
-    trainer.run()
+    trainer.train()
     assert len(seen) == 3 and all(set(np.unique(x)) == {0.0, 1.0} for x in seen)
     assert not np.array_equal(seen[0], seen[1]) and not np.array_equal(seen[1], seen[2])
 
 
 def test_separate_step_sizes_for_vae_and_density_ratio():
     """Defect 5: Adam for T uses --lr-density-ratio, the VAE's uses --lr."""
-    config = iopvae.Config(dataset="onehot", method="iop", hidden=8, lr=1e-4,
+    config = runs.Config(dataset="onehot", method="iop", hidden=8, lr=1e-4,
                            lr_density_ratio=1e-3)
-    trainer = iopvae.Trainer(config, datasets.load("onehot"), out_dir=None)
+    trainer = runs.Trainer(config, datasets.load("onehot"), out_dir=None)
     assert trainer.vae_opt.lr == 1e-4 and trainer.disc_opt.lr == 1e-3
-    parser = iopvae.build_parser()
+    parser = runs.build_parser()
     args = parser.parse_args(["train", "--dataset", "onehot", "--method", "iop",
                               "--lr-density-ratio", "0.002"])
-    assert args.lr_density_ratio == 0.002 and args.lr == iopvae.Config.lr
+    config = runs.Config(**runs.config_options_given(args))
+    assert config.lr_density_ratio == 0.002 and config.lr == runs.Config.lr
 
 
 def test_table2_headline_is_S10_with_a_tighter_column(tmp_path, monkeypatch, capsys):
     """Defect 2: the headline column uses S = 10 (the paper's), a second column a
     tighter S, and both say which; IOP gets its exact value and log Z.  A second
     call finds every result and trains nothing."""
-    monkeypatch.setattr(iopvae, "_load_data", lambda name, data_dir: small_mnist())
+    monkeypatch.setattr(runs, "_load_data", lambda name, data_dir: small_mnist())
     argv = ["table2", "--datasets", "mnist", "--seeds", "0", *TINY, "--tight-samples", "20",
             "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
-    assert iopvae.main(argv) == 0
+    assert runs.main(argv) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("| data set"))
     assert "S = 10 |" in header and "S = 20 |" in header and "IOP exact" in header
@@ -136,7 +137,7 @@ def test_table2_headline_is_S10_with_a_tighter_column(tmp_path, monkeypatch, cap
         assert result["finished"] and result["epochs_trained"] == 2
     iop = json.loads((tmp_path / "results" / "mnist-iop-seed0.json").read_text())
     assert np.isfinite(iop["log_likelihood_exact"]) and np.isfinite(iop["log_normalizer"])
-    assert iopvae.main(argv) == 0
+    assert runs.main(argv) == 0
     assert "3 of 3 runs already evaluated; 0 to run" in capsys.readouterr().out
 
 
@@ -147,7 +148,7 @@ def test_print_commands_and_run_one_command(tmp_path, capsys):
     argv = ["table2", "--datasets", "onehot", "--methods", "iop", "vae", "--seeds", "3", *TINY,
             "--tight-samples", "12", "--out", str(tmp_path / "runs"),
             "--results", str(tmp_path / "results"), "--print-commands"]
-    assert iopvae.main(argv) == 0
+    assert runs.main(argv) == 0
     commands = capsys.readouterr().out.strip().splitlines()
     assert len(commands) == 2 and all(" run --dataset onehot " in c for c in commands)
     iop = next(c for c in commands if "--method iop" in c)
@@ -157,7 +158,7 @@ def test_print_commands_and_run_one_command(tmp_path, capsys):
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "results" / "onehot-iop-seed3.json").read_text())
     assert result["tight_samples"] == 12 and result["seed"] == 3
-    assert iopvae.main(argv) == 0
+    assert runs.main(argv) == 0
     again = capsys.readouterr().out.strip().splitlines()
     assert len(again) == 1 and "--method vae" in again[0]
 

@@ -1,0 +1,471 @@
+"""Runs of iopvae.py's methods: configurations, checkpoints and the command line.
+
+    python runs.py train --dataset onehot --method iop --out runs/onehot-iop [--resume]
+    python runs.py evaluate runs/onehot-iop --samples 5000
+    python runs.py sample runs/onehot-iop [--sir]
+    python runs.py table2 --datasets freyfaces --seeds 0 1 2 --jobs 2
+    python runs.py gradcheck --method all
+
+(``python iopvae.py ...`` is the same command line.)  The paper itself, with
+Algorithm 1, is in iopvae.py; this file adds what a run needs around it:
+
+1. ``Config``: every setting of a run, with its help text;
+2. ``Trainer``: iopvae's Trainer that writes a checkpoint after every round;
+3. checkpoints: save, read, resume, load a model, check the data split;
+4. the commands train, evaluate, sample and gradcheck, and the parser (table2, figure3
+   and run come from table2.py).
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+import autograd_lite as ag
+import datasets
+import iopvae
+from autograd_lite import nn
+from autograd_lite.files import atomic_write
+
+# =============================================================================
+# 1. Configuration.
+# =============================================================================
+CHOICES = {"dataset": datasets.DATASETS, "method": tuple(sorted(iopvae.METHODS)),
+           "pseudo_init": iopvae.VampPrior.PSEUDO_INITS}
+
+
+def option(default, text):
+    """A Config field with its command-line help ``text``."""
+    return dataclasses.field(default=default, metadata={"help": text})
+
+
+@dataclasses.dataclass
+class Config:
+    """Everything that defines a run; stored as JSON beside each checkpoint."""
+
+    dataset: str = option("onehot", "data set")
+    method: str = option("iop", "vae: N(0, I) prior; vamp: VampPrior; iop: implicit optimal "
+                                "prior; avb: adversarial variational Bayes")
+    latent: int = option(0, "latent dimension; 0: the paper's (2 for OneHot, 40 for images)")
+    hidden: int = option(500, "units in each hidden layer of every network")
+    lr: float = option(1e-3, "Adam step size of the VAE (theta, phi; VampPrior's "
+                             "pseudo-inputs)")
+    lr_density_ratio: float = option(1e-3, "Adam step size of T (psi), IOP and AVB")
+    batch_size: int = option(100, "mini-batch size K")
+    epochs: int = option(1000, "rounds of Algorithm 1 at most")
+    warmup: int = option(100, "epochs of linear KL warm-up (beta from 1/warmup to 1)")
+    patience: int = option(50, "early stopping: epochs after warm-up without a better "
+                               "validation ELBO (0: never stop early)")
+    j1: int = option(1, "VAE epochs per round (Algorithm 1, lines 2-6)")
+    j2: int = option(10, "density-ratio epochs per round (Algorithm 1, lines 7-12)")
+    keep: float = option(0.5, "dropout keep probability of T")
+    components: int = option(0, "VampPrior's K; 0: the paper's (50 OneHot, 1000 OMNIGLOT, "
+                                "500 else)")
+    pseudo_init: str = option("uniform", "start of VampPrior's pseudo-inputs: U[0, 1], "
+                                         "training points, or 0.5 + noise (the failure case)")
+    noise_dim: int = option(10, "AVB's eps dimension")
+    decoder_logvar_min: float = option(-9.0, "lower bound of the Gaussian decoder's "
+                                             "log-variance")
+    decoder_logvar_max: float = option(0.0, "upper bound of the Gaussian decoder's "
+                                            "log-variance")
+    seed: int = option(0, "random seed of the weights, mini-batches and noise")
+    data_dir: str = option("", "data folder (else $IOPVAE_DATA, else ~/.cache/iopvae)")
+
+    def resolved(self):
+        """A copy with the paper's defaults filled in."""
+        c = dataclasses.replace(self)
+        if c.latent == 0:
+            c.latent = 2 if c.dataset == "onehot" else 40
+        if c.components == 0:
+            c.components = {"onehot": 50, "omniglot": 1000}.get(c.dataset, 500)
+        return c
+
+    def validate(self):
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}: choose from "
+                                 f"{list(choices)}")
+        for name in ("hidden", "batch_size", "epochs", "j1"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("warmup", "j2", "patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative (got {getattr(self, name)})")
+        if not 0 < self.keep <= 1:
+            raise ValueError(f"keep must be in (0, 1] (got {self.keep})")
+        for name in ("lr", "lr_density_ratio"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive (got {getattr(self, name)})")
+        if self.decoder_logvar_min >= self.decoder_logvar_max:
+            raise ValueError("decoder_logvar_min must be below decoder_logvar_max")
+        return self
+
+
+def build_model(config, dim, likelihood, rng):
+    """The method named by ``config`` with freshly initialised weights."""
+    c = config.resolved()
+    common = dict(dim=dim, likelihood=likelihood, latent=c.latent, hidden=c.hidden, rng=rng,
+                  decoder_logvar_bounds=(c.decoder_logvar_min, c.decoder_logvar_max))
+    if c.method == "vamp":
+        return iopvae.VampPrior(**common, components=c.components, pseudo_init=c.pseudo_init)
+    if c.method == "iop":
+        return iopvae.ImplicitOptimalPrior(**common, keep=c.keep)
+    if c.method == "avb":
+        return iopvae.AVB(**common, noise_dim=c.noise_dim, keep=c.keep)
+    return iopvae.StandardVAE(**common)
+
+
+# =============================================================================
+# 2. A trainer that writes checkpoints.
+# =============================================================================
+class Trainer(iopvae.Trainer):
+    """iopvae's Algorithm 1 for the run ``config``, with a checkpoint in ``out_dir``
+    (none if it is empty) after every round."""
+
+    def __init__(self, config, data, out_dir, log=print):
+        self.config = c = config.resolved().validate()
+        self.out_dir = out_dir
+        rng = ag.default_rng(c.seed)
+        model = build_model(c, data.dim, data.likelihood, rng)
+        super().__init__(model, data, rng, lr=c.lr, lr_density_ratio=c.lr_density_ratio,
+                         batch_size=c.batch_size, epochs=c.epochs, warmup=c.warmup,
+                         patience=c.patience, j1=c.j1, j2=c.j2, log=log)
+
+    def save(self):
+        if self.out_dir:
+            save_checkpoint(self, os.path.join(self.out_dir, "checkpoint.npz"))
+
+    def train(self, epochs=None):
+        try:
+            return super().train(epochs)
+        except iopvae.TrainingDiverged as exc:
+            kept = (f"the last good checkpoint (epoch {self.epoch}) is kept in {self.out_dir}"
+                    if self.out_dir and self.epoch else "no checkpoint was written")
+            raise iopvae.TrainingDiverged(f"{exc}; {kept}") from None
+
+
+# =============================================================================
+# 3. Checkpoints.
+# =============================================================================
+def save_checkpoint(trainer, path):
+    """Weights, optimizer moments, best weights, RNG state and history in one ``.npz``,
+    written atomically, plus ``config.json`` beside it."""
+    arrays = {f"model/{k}": v for k, v in trainer.model.state_dict().items()}
+    if trainer.best["state"] is not None:
+        arrays.update({f"best/{k}": v for k, v in trainer.best["state"].items()})
+    for prefix, opt in (("opt_vae", trainer.vae_opt), ("opt_disc", trainer.disc_opt)):
+        if opt is not None:
+            arrays.update({f"{prefix}/{k}": v for k, v in opt.state_dict().items()})
+    meta = {"config": dataclasses.asdict(trainer.config), "epoch": trainer.epoch,
+            "history": trainer.history, "bad_epochs": trainer.bad_epochs,
+            "best_epoch": trainer.best["epoch"], "best_valid_elbo": trainer.best["valid_elbo"],
+            "rng_state": rng_state(trainer.rng), "format": 1,
+            "dim": trainer.data.dim, "likelihood": trainer.data.likelihood,
+            "split_id": trainer.data.split_id,
+            "image_shape": list(trainer.data.image_shape) if trainer.data.image_shape else None}
+    arrays["meta"] = np.array(json.dumps(meta))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    nn.save_npz(path, arrays)
+    atomic_write(os.path.join(os.path.dirname(os.path.abspath(path)), "config.json"),
+                 lambda f: json.dump(meta["config"], f, indent=2), mode="w")
+
+
+def rng_state(rng):
+    """The generator's state as JSON-able data (NumPy backend; None elsewhere)."""
+    bit_generator = getattr(rng, "bit_generator", None)
+    state = getattr(bit_generator, "state", None)
+    return state if isinstance(state, dict) else None
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or inconsistent."""
+
+
+def read_checkpoint(path):
+    """(meta, arrays) of a checkpoint, or CheckpointError with one clear line."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "checkpoint.npz")
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+        meta = json.loads(str(arrays.pop("meta")))
+        meta["config"] = Config(**meta["config"])
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is not a readable iopvae checkpoint (.npz "
+                              f"with a 'meta' entry): {type(exc).__name__}: {exc}"[:300]) from None
+    return meta, arrays
+
+
+def _sub_state(arrays, prefix):
+    return {k[len(prefix) + 1:]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
+
+
+def check_split(meta, data, path):
+    """Refuse data whose split differs from the one the checkpoint trained on:
+    evaluating on another split would score training points as test points."""
+    trained_on = meta.get("split_id")
+    if trained_on != data.split_id:
+        raise CheckpointError(f"checkpoint {path} was trained on split {trained_on} but the data "
+                              f"loaded now are split {data.split_id}; evaluate or resume it on "
+                              "the data it was trained on")
+
+
+def resume_trainer(path, data, out_dir, log=print):
+    """A Trainer restored from a checkpoint so that training continues exactly."""
+    meta, arrays = read_checkpoint(path)
+    check_split(meta, data, path)
+    trainer = Trainer(meta["config"], data, out_dir, log)
+    try:
+        trainer.model.load_state_dict(_sub_state(arrays, "model"))
+        trainer.vae_opt.load_state_dict(_sub_state(arrays, "opt_vae"))
+        if trainer.disc_opt is not None:
+            trainer.disc_opt.load_state_dict(_sub_state(arrays, "opt_disc"))
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not match its configuration ({exc})") \
+            from None
+    best = _sub_state(arrays, "best")
+    trainer.best = {"epoch": meta["best_epoch"], "valid_elbo": meta["best_valid_elbo"],
+                    "state": best or None}
+    trainer.epoch, trainer.history = meta["epoch"], meta["history"]
+    trainer.bad_epochs = meta["bad_epochs"]
+    if meta["rng_state"] is not None and hasattr(trainer.rng, "bit_generator"):
+        trainer.rng.bit_generator.state = meta["rng_state"]
+    return trainer
+
+
+def load_model(path, best=True):
+    """(model, config) from a checkpoint: the best weights unless ``best=False``."""
+    meta, arrays = read_checkpoint(path)
+    config = meta["config"].resolved()
+    state = _sub_state(arrays, "best" if best and meta["best_epoch"] else "model")
+    model = build_model(config, meta["dim"], meta["likelihood"], ag.default_rng(0))
+    try:
+        model.load_state_dict(state)
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not match its configuration ({exc})") \
+            from None
+    model.eval()
+    model.image_shape = meta.get("image_shape")
+    model.split_id = meta.get("split_id")
+    return model, config
+
+
+def _load_data(name, data_dir):
+    return datasets.load(name, data_dir=data_dir or None)
+
+
+def load_run_data(path, config, data_dir=""):
+    """The data set a checkpoint trained on, refused if its split is not the same."""
+    meta, _ = read_checkpoint(path)
+    data = _load_data(config.dataset, data_dir or config.data_dir)
+    check_split(meta, data, path)
+    return data
+
+
+# =============================================================================
+# 4. Commands.
+# =============================================================================
+def config_options_given(args):
+    """The Config fields given on the command line (their options default to None)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+            if getattr(args, f.name, None) is not None}
+
+
+def ignored_on_resume(given, stored):
+    """Options given with --resume that differ from the checkpoint's configuration (the
+    run continues with the checkpoint's; ``--epochs`` and ``--data-dir`` are used)."""
+    wanted = dataclasses.replace(stored, **given).resolved()
+    return [(name, getattr(wanted, name), getattr(stored, name)) for name in given
+            if name not in ("epochs", "data_dir")
+            and getattr(wanted, name) != getattr(stored, name)]
+
+
+def command_train(args):
+    given = config_options_given(args)
+    config = Config(**given).resolved().validate()
+    out = args.out or os.path.join("runs", f"{config.dataset}-{config.method}-seed{config.seed}")
+    if args.resume:
+        meta, _ = read_checkpoint(out)
+        config = meta["config"]
+        ignored = ignored_on_resume(given, config)
+        if ignored:
+            print("--resume continues with the checkpoint's configuration; ignored: " + ", ".join(
+                f"--{name.replace('_', '-')} {value} (checkpoint: {kept})"
+                for name, value, kept in ignored))
+        data = _load_data(config.dataset, args.data_dir or config.data_dir)
+        trainer = resume_trainer(out, data, out)
+        print(f"resuming {out} at epoch {trainer.epoch}")
+    else:
+        if os.path.exists(os.path.join(out, "checkpoint.npz")):
+            raise ValueError(f"{out} already holds a checkpoint: continue it with --resume, "
+                             "or choose another --out")
+        data = _load_data(config.dataset, config.data_dir)
+        trainer = Trainer(config, data, out)
+    print(f"training {config.method} on {config.dataset} ({data.train.shape[0]} points, "
+          f"latent {config.latent}); checkpoints in {out}")
+    trainer.train(args.epochs if args.resume else None)
+    report_evaluation(trainer.best_model(), data, args.samples, trainer.rng)
+
+
+def report_evaluation(model, data, samples, rng, split="test"):
+    x = ag.as_array(getattr(data, split))
+    e = float(iopvae.elbo(model, x, rng))
+    estimated = " (estimated)" if model.has_discriminator else ""
+    print(f"{split} ELBO{estimated}: {e:.4f}")
+    if model.explicit_posterior:
+        ll = float(iopvae.test_log_likelihood(model, x, samples, rng).mean())
+        note = (" (an estimate: log p(z) = log N(z) + T(z) uses the learned density ratio)"
+                if isinstance(model, iopvae.ImplicitOptimalPrior) else "")
+        print(f"{split} log-likelihood, importance sampling with S={samples}: {ll:.4f}{note}")
+        return {"elbo": e, "log_likelihood": ll}
+    print(f"{split} log-likelihood: not available for {model.name} (implicit posterior)")
+    return {"elbo": e}
+
+
+def command_evaluate(args):
+    model, config = load_model(args.checkpoint)
+    data = load_run_data(args.checkpoint, config, args.data_dir)
+    report_evaluation(model, data, args.samples, ag.default_rng(args.seed), args.split)
+
+
+def command_sample(args):
+    model, config = load_model(args.checkpoint)
+    rng = ag.default_rng(args.seed)
+    iop = isinstance(model, iopvae.ImplicitOptimalPrior)
+    with ag.no_grad():
+        if iop and args.sir:
+            z = model.sir_prior_sample(args.n, rng)
+        else:
+            data = None
+            if iop:
+                data = ag.as_array(load_run_data(args.checkpoint, config, args.data_dir).train)
+            z = model.prior_sample(args.n, rng, data)
+        images = ag.to_numpy(model.decoder.mean(z))
+    run_dir = (args.checkpoint if os.path.isdir(args.checkpoint)
+               else os.path.dirname(os.path.abspath(args.checkpoint)))
+    out = args.out or os.path.join(run_dir, "samples.png")
+    save_image_grid(images, model.image_shape, out)
+    print(f"wrote {args.n} samples to {out}")
+
+
+def save_image_grid(images, image_shape, path):
+    """Decoder means as a grid of images (or, for OneHot, a table) in a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    shape = tuple(image_shape) if image_shape else (1, images.shape[1])
+    n = images.shape[0]
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    grid = np.ones((rows * (shape[0] + 1), cols * (shape[1] + 1)))
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[r * (shape[0] + 1):r * (shape[0] + 1) + shape[0],
+             c * (shape[1] + 1):c * (shape[1] + 1) + shape[1]] = image.reshape(shape)
+    fig, ax = plt.subplots(figsize=(cols * 0.6 * shape[1] / shape[0] + 1, rows * 0.6 + 1))
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
+    ax.axis("off")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+# =============================================================================
+# The parser.
+# =============================================================================
+def add_config_options(parser, skip=(), required=()):
+    """An option per Config field (``--batch-size`` for ``batch_size``) but those in
+    ``skip``, with the field's help and default.  The options default to None, so
+    that ``config_options_given`` can tell what the command line set."""
+    defaults = Config()
+    for field in dataclasses.fields(Config):
+        if field.name in skip:
+            continue
+        default = getattr(defaults, field.name)
+        required_here = field.name in required
+        shown = "" if default == "" or required_here else f" (default: {default})"
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(default),
+                            choices=CHOICES.get(field.name), default=None,
+                            required=required_here, help=field.metadata["help"] + shown)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=iopvae.__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one method on one data set (Algorithm 1)")
+    add_config_options(train, required=("dataset", "method"))
+    train.add_argument("--out", default="",
+                       help="run folder for checkpoints (default: runs/DATASET-METHOD-seedSEED)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out with its own configuration (--epochs "
+                            "sets a new end)")
+    train.add_argument("--samples", type=int, default=10,
+                       help="importance samples for the final test log-likelihood (default: 10)")
+    train.set_defaults(run=command_train)
+
+    evaluate = sub.add_parser("evaluate", help="test ELBO and importance-sampled log-likelihood")
+    evaluate.add_argument("checkpoint", help="a run folder or its checkpoint.npz")
+    evaluate.add_argument("--samples", type=int, default=10,
+                          help="importance samples per point (default: 10)")
+    evaluate.add_argument("--split", choices=["train", "valid", "test"], default="test",
+                          help="which split to score (default: test)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    evaluate.add_argument("--data-dir", default="", help="data folder (default: the run's)")
+    evaluate.set_defaults(run=command_evaluate)
+
+    sample = sub.add_parser("sample", help="decode samples from the model's prior into a PNG")
+    sample.add_argument("checkpoint", help="a run folder or its checkpoint.npz")
+    sample.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    sample.add_argument("--sir", action="store_true",
+                        help="IOP: sampling-importance-resampling from N(0, I) with exp(T(z))")
+    sample.add_argument("--out", default="", help="PNG file (default: RUN/samples.png)")
+    sample.add_argument("--data-dir", default="",
+                        help="data folder, for IOP's ancestral sampling (default: the run's)")
+    sample.set_defaults(run=command_sample)
+
+    import table2  # the Table 2 grid and Figure 3 (table2.py imports this module)
+    table2.add_commands(sub)
+
+    gradcheck = sub.add_parser("gradcheck", help="every gradient against finite differences "
+                               "and PyTorch, in float64 (check_gradients.py)")
+    gradcheck.add_argument("--method", choices=["vae", "vamp", "avb", "iop", "all"],
+                           default="all", help="which method's losses (default: all)")
+    gradcheck.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli",
+                           help="decoder of the small test model (default: bernoulli)")
+    gradcheck.add_argument("--seed", type=int, default=0, help="seed of the model's start")
+    gradcheck.add_argument("--coordinates", type=int, default=20,
+                           help="finite-difference coordinates sampled per parameter")
+    gradcheck.set_defaults(run=command_gradcheck)
+    return parser
+
+
+def command_gradcheck(args):
+    """Exit status 1 when a gradient fails its check."""
+    import check_gradients  # here, not at the top: check_gradients imports this module
+    return check_gradients.command(args)
+
+
+def main(argv=None):
+    return run_command_line(build_parser(), argv)
+
+
+def run_command_line(parser, argv=None):
+    """Parse ``argv`` and run its command: its exit status, or 2 with one line for an error."""
+    args = parser.parse_args(argv)
+    try:
+        status = args.run(args)
+    except (ValueError, OSError, CheckpointError, iopvae.TrainingDiverged, ag.BackendError,
+            datasets.DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return status if isinstance(status, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
