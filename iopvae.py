@@ -523,11 +523,12 @@ class Trainer:
     """
 
     def __init__(self, model, data, rng, *, lr=1e-3, lr_density_ratio=1e-3, batch_size=100,
-                 epochs=1000, warmup=100, patience=50, j1=1, j2=10, log=print):
+                 epochs=1000, warmup=100, patience=50, j1=1, j2=10, valid_samples=1,
+                 log=print):
         self.model, self.data, self.rng, self.log = model, data, rng, log
         self.batch_size, self.epochs, self.warmup, self.patience = (batch_size, epochs, warmup,
                                                                     patience)
-        self.j1, self.j2 = j1, j2
+        self.j1, self.j2, self.valid_samples = j1, j2, valid_samples
         self.train_x, self.valid_x = ag.as_array(data.train), ag.as_array(data.valid)
         model.init_from_data(self.train_x, rng)
         self.vae_opt = Adam(model.vae_parameters(), lr=lr)
@@ -568,7 +569,7 @@ class Trainer:
                             loss.backward()                      # 10: gradient wrt psi
                             self.disc_opt.step()                 # 11: update psi
                             disc_losses.append(loss.data)
-            valid_elbo = elbo(model, self.valid_x, rng, K)       # the round's validation ELBO
+            valid_elbo = elbo(model, self.valid_x, rng, K, self.valid_samples)  # this round's
             record = {"epoch": epoch, "beta": beta, "loss": float(mean_loss(vae_losses)),
                       "disc_loss": None if disc_losses is None else float(mean_loss(disc_losses)),
                       "valid_elbo": float(valid_elbo), "seconds": time.time() - started}
@@ -576,6 +577,7 @@ class Trainer:
             self.epoch = epoch
             self.history.append(record)
             self.early_stopping(record)         # keep the best weights, count bad epochs
+            self.after_round(record)            # more measurements, if a subclass wants them
             self.save()                         # a checkpoint in runs.py; nothing here
             self.log(self.progress(record, last))
         if self.converged():
@@ -615,6 +617,10 @@ class Trainer:
         else:
             self.bad_epochs += 1
 
+    def after_round(self, record):
+        """Called after every round with its record; reproduce_onehot.py adds IOP's exact
+        ELBO here.  Nothing by default."""
+
     def save(self):
         """Called after every round; runs.py's Trainer writes a checkpoint here."""
 
@@ -644,20 +650,22 @@ def _batches(x, batch_size):
         yield x[start:start + batch_size]
 
 
-def mean_elbo_terms(model, x, rng, batch_size=100):
-    """Means over the rows of ``x`` of E_q[log p(x|z)] and of the KL estimate, one sample each."""
+def mean_elbo_terms(model, x, rng, batch_size=100, samples=1):
+    """Means over the rows of ``x`` of E_q[log p(x|z)] and of the KL estimate, with
+    ``samples`` posterior draws per row (more draws: a less noisy curve)."""
     reconstruction, kl = 0.0, 0.0
     with evaluation(model):
-        for batch in _batches(x, batch_size):
-            r, k = model.elbo_terms(ag.Tensor(batch), rng)
-            reconstruction = reconstruction + r.data.sum()
-            kl = kl + k.data.sum()
-    return reconstruction / x.shape[0], kl / x.shape[0]
+        for _ in range(samples):
+            for batch in _batches(x, batch_size):
+                r, k = model.elbo_terms(ag.Tensor(batch), rng)
+                reconstruction = reconstruction + r.data.sum()
+                kl = kl + k.data.sum()
+    return reconstruction / (x.shape[0] * samples), kl / (x.shape[0] * samples)
 
 
-def elbo(model, x, rng, batch_size=100):
+def elbo(model, x, rng, batch_size=100, samples=1):
     """Mean ELBO (Eq. 2/3; estimated for AVB and IOP) of the rows of ``x``."""
-    reconstruction, kl = mean_elbo_terms(model, x, rng, batch_size)
+    reconstruction, kl = mean_elbo_terms(model, x, rng, batch_size, samples)
     return reconstruction - kl
 
 

@@ -10,13 +10,20 @@ setup (Sec. 5.2), then writes into ``--out``:
 
 - ``figure1_posteriors.png``: samples of q(z|x) for the test data, coloured by
   which one-hot vector x is (Figure 1);
-- ``figure2_elbo.png``: the validation ELBO per epoch after the warm-up, with
-  the optimum -ln 4 dashed (Figure 2);
+- ``figure2_elbo.png``: the validation ELBO per epoch after the warm-up (each
+  point a mean over ``VALID_SAMPLES`` posterior samples of every validation
+  point, so the curve shows the trend, not one sample's noise), with the
+  optimum -ln 4 dashed (Figure 2).  AVB's and IOP's ELBOs are estimates; for
+  IOP the exact ELBO under its true prior, the aggregated posterior of the
+  training set, is drawn beside the estimate (OneHot makes it cheap);
 - ``summary.json`` and a printed table: per method, the final (estimated)
-  validation ELBO, E_q[log p(x|z)], and log p(x) by Monte Carlo over 20,000
+  validation ELBO, E_q[log p(x|z)], log p(x) by Monte Carlo over 20,000
   samples of the model's own prior (for IOP the aggregated posterior, sampled
-  ancestrally).  That last number shows which methods really separated the
-  posteriors, whatever their estimated ELBO says.
+  ancestrally), and the importance-sampled log p(x) with S = 1000 (for IOP
+  both the paper's estimate, log N(z) + T(z) as the log prior, and the exact
+  value with the aggregated posterior as the prior, plus log Z =
+  log E_N(0,I)[exp T(z)]).  The prior Monte Carlo and exact numbers show which
+  methods really separated the posteriors, whatever their estimated ELBO says.
 
 The methods train in parallel worker processes (``--jobs``), one BLAS thread each.
 """
@@ -35,10 +42,29 @@ ALL_METHODS = ("vae", "avb", "vamp", "iop")
 TITLES = {"vae": "(a) Standard VAE", "avb": "(b) AVB", "vamp": "(c) VAE with VampPrior",
           "iop": "(d) Proposed (implicit optimal prior)"}
 DEFAULT_EPOCHS = 500
-QUICK = {"epochs": 4, "warmup": 2, "prior_samples": 2000}
+QUICK = {"epochs": 4, "warmup": 2, "prior_samples": 2000, "is_samples": 20}
+VALID_SAMPLES = 50       # posterior samples per validation point behind each Figure 2 point
+TEST_IS_SAMPLES = 1000   # importance samples of the summary's log p(x) (default)
 
 
-def train_one(method, epochs, warmup, seed, prior_samples, posterior_samples=1):
+def exact_elbo_trainer(base, train_x, valid_x, seed):
+    """A subclass of ``base`` (a Trainer class) that records, after every round, IOP's
+    exact validation ELBO under the aggregated posterior of ``train_x`` (its own
+    random stream, so training is the same with or without it)."""
+    import autograd_lite as ag
+    import iopvae
+
+    class ExactELBOTrainer(base):
+        def after_round(self, record):
+            record["valid_elbo_exact"] = float(iopvae.exact_aggregated_elbo(
+                self.model, valid_x, train_x, VALID_SAMPLES, measure_rng))
+
+    measure_rng = ag.default_rng(seed + 10_000)
+    return ExactELBOTrainer
+
+
+def train_one(method, epochs, warmup, seed, prior_samples, is_samples=TEST_IS_SAMPLES,
+              posterior_samples=1):
     """Train one method on OneHot; return its history, posterior samples and scores."""
     import numpy as np
 
@@ -49,21 +75,30 @@ def train_one(method, epochs, warmup, seed, prior_samples, posterior_samples=1):
 
     data = datasets.load("onehot")
     config = runs.Config(dataset="onehot", method=method, epochs=epochs, warmup=warmup,
-                           patience=0, seed=seed)
+                         patience=0, seed=seed, valid_samples=VALID_SAMPLES)
     started = time.time()
     prefix = f"[{method}] "
-    trainer = runs.Trainer(config, data, out_dir=None,
-                           log=lambda line: print(prefix + line, flush=True))
+    train, test, valid = (ag.as_array(x) for x in (data.train, data.test, data.valid))
+    trainer_class = (exact_elbo_trainer(runs.Trainer, train, valid, seed) if method == "iop"
+                     else runs.Trainer)
+    trainer = trainer_class(config, data, out_dir=None,
+                            log=lambda line: print(prefix + line, flush=True))
     history = trainer.train()
     model, rng = trainer.model, trainer.rng
-    test = ag.as_array(data.test)
-    valid = ag.as_array(data.valid)
     with iopvae.evaluation(model):
         x = ag.Tensor(ag.xp().concatenate([test] * posterior_samples))
         z = model.posterior_sample(x, rng)
-    valid_reconstruction, valid_kl = iopvae.mean_elbo_terms(model, valid, rng)
-    log_px = iopvae.prior_log_likelihood(model, test, prior_samples, rng,
-                                         data=ag.as_array(data.train))
+    valid_reconstruction, valid_kl = iopvae.mean_elbo_terms(model, valid, rng,
+                                                            samples=VALID_SAMPLES)
+    log_px = iopvae.prior_log_likelihood(model, test, prior_samples, rng, data=train)
+    scores = {}
+    if model.explicit_posterior:
+        scores["test_log_px_is"] = float(iopvae.test_log_likelihood(
+            model, test, is_samples, rng).mean())
+    if method == "iop":
+        scores["test_log_px_is_exact"] = float(iopvae.exact_aggregated_log_likelihood(
+            model, test, train, is_samples, rng).mean())
+        scores["log_normalizer"] = float(iopvae.density_ratio_log_normalizer(model, rng))
     return {
         "method": method,
         "history": history,
@@ -74,6 +109,7 @@ def train_one(method, epochs, warmup, seed, prior_samples, posterior_samples=1):
         "test_log_px": float(log_px.mean()),
         "elbo_is_estimate": bool(model.has_discriminator),
         "seconds": time.time() - started,
+        **scores,
     }
 
 
@@ -113,36 +149,51 @@ def plot_figures(results, out, warmup):
         values = [h["valid_elbo"] for h in r["history"] if h["epoch"] >= warmup]
         ax.plot(epochs, values, lw=1, label="validation ELBO" +
                 (" (estimated)" if r["elbo_is_estimate"] else ""))
+        exact = [h.get("valid_elbo_exact") for h in r["history"] if h["epoch"] >= warmup]
+        if any(v is not None for v in exact):
+            ax.plot(epochs, exact, lw=1, color="tab:green",
+                    label="exact ELBO, aggregated posterior prior")
         ax.axhline(OPTIMUM, ls="--", color="k", lw=1, label="optimum -ln 4")
         ax.set_title(TITLES[r["method"]], fontsize=10)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8, loc="lower right")
     axes[0][0].set_ylabel("ELBO")
     axes[0][0].set_ylim(-2.5, -1.0)
-    fig.suptitle(f"Figure 2: validation ELBO on OneHot from epoch {warmup}")
+    fig.suptitle(f"Figure 2: validation ELBO on OneHot from epoch {warmup} "
+                 f"({VALID_SAMPLES} posterior samples per validation point and epoch)")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "figure2_elbo.png"), dpi=110)
     plt.close(fig)
 
 
 def summarise(results, out, settings):
+    """``summary.json`` and a printed table of the scores of every method."""
+    keys = ("test_log_px_is", "test_log_px_is_exact", "log_normalizer")
     rows = [{"method": r["method"], "valid_elbo": r["valid_elbo"],
              "elbo_is_estimate": r["elbo_is_estimate"],
              "valid_reconstruction": r["valid_reconstruction"],
-             "test_log_px_prior_mc": r["test_log_px"], "seconds": r["seconds"]}
+             "test_log_px_prior_mc": r["test_log_px"], "seconds": r["seconds"],
+             **{k: r[k] for k in keys if k in r}}
             for r in results]
-    summary = {"settings": settings, "optimum": OPTIMUM, "methods": rows}
+    summary = {"settings": settings, "optimum": OPTIMUM, "valid_samples": VALID_SAMPLES,
+               "test_is_samples": settings["is_samples"], "methods": rows}
     atomic_write(os.path.join(out, "summary.json"),
                  lambda f: json.dump(summary, f, indent=2), mode="w")
+
+    def cell(row, key):
+        return f"{row[key]:.4f}" if key in row else "-"
     print()
-    print(f"{'method':<8}{'valid ELBO':>14}{'E_q[log p(x|z)]':>18}{'log p(x) (prior MC)':>22}"
-          f"{'time':>9}")
+    print(f"{'method':<8}{'valid ELBO':>12}{'E_q[log p(x|z)]':>17}{'log p(x) prior MC':>19}"
+          f"{'IS, S=' + str(settings['is_samples']):>13}{'IS exact':>10}{'log Z':>9}{'time':>7}")
     for row in rows:
         mark = "*" if row["elbo_is_estimate"] else " "
-        print(f"{row['method']:<8}{row['valid_elbo']:>13.4f}{mark}"
-              f"{row['valid_reconstruction']:>18.4f}{row['test_log_px_prior_mc']:>22.4f}"
-              f"{row['seconds']:>8.0f}s")
-    print(f"optimum log p(x) = -ln 4 = {OPTIMUM:.4f};  * estimated ELBO (AVB, IOP)")
+        print(f"{row['method']:<8}{row['valid_elbo']:>11.4f}{mark}"
+              f"{row['valid_reconstruction']:>17.4f}{row['test_log_px_prior_mc']:>19.4f}"
+              f"{cell(row, 'test_log_px_is'):>13}{cell(row, 'test_log_px_is_exact'):>10}"
+              f"{cell(row, 'log_normalizer'):>9}{row['seconds']:>6.0f}s")
+    print(f"optimum log p(x) = -ln 4 = {OPTIMUM:.4f};  * estimated ELBO (AVB, IOP); IOP's IS "
+          "column uses log N(z) + T(z) as its prior (the paper's estimate), 'IS exact' the "
+          "aggregated posterior of the training set; AVB has no density q(z|x) to sample")
     return summary
 
 
@@ -154,17 +205,22 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
     parser.add_argument("--out", default=os.path.join("out", "onehot"))
-    parser.add_argument("--prior-samples", type=int, default=20000)
+    parser.add_argument("--prior-samples", type=int, default=20000,
+                        help="prior samples of the Monte Carlo log p(x) (default 20000)")
+    parser.add_argument("--is-samples", type=int, default=TEST_IS_SAMPLES,
+                        help=f"importance samples of the summary's log p(x) "
+                             f"(default {TEST_IS_SAMPLES})")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="methods trained at once, one process each")
     parser.add_argument("--quick", action="store_true",
                         help=f"a smoke run: {QUICK['epochs']} epochs, small Monte Carlo")
     args = parser.parse_args(argv)
     if args.quick:
-        args.epochs, args.warmup, args.prior_samples = (QUICK["epochs"], QUICK["warmup"],
-                                                        QUICK["prior_samples"])
-    if args.epochs < 1 or args.jobs < 1 or args.prior_samples < 1 or args.warmup < 0:
-        parser.error("--epochs, --jobs and --prior-samples must be positive, --warmup >= 0")
+        args.epochs, args.warmup, args.prior_samples, args.is_samples = (
+            QUICK["epochs"], QUICK["warmup"], QUICK["prior_samples"], QUICK["is_samples"])
+    if min(args.epochs, args.jobs, args.prior_samples, args.is_samples) < 1 or args.warmup < 0:
+        parser.error("--epochs, --jobs, --prior-samples and --is-samples must be positive, "
+                     "--warmup >= 0")
     args.warmup = min(args.warmup, args.epochs)
     return args
 
@@ -172,7 +228,8 @@ def parse_args(argv):
 def run_all(args):
     # the slowest first, so that the parallel workers finish at about the same time
     slowest_first = sorted(args.methods, key=("avb", "iop", "vamp", "vae").index)
-    jobs = [(m, args.epochs, args.warmup, args.seed, args.prior_samples) for m in slowest_first]
+    jobs = [(m, args.epochs, args.warmup, args.seed, args.prior_samples, args.is_samples)
+            for m in slowest_first]
     if args.jobs > 1 and len(jobs) > 1:
         # Each worker uses one BLAS thread so that the workers don't fight over cores.
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -194,7 +251,8 @@ def main(argv=None):
     results = run_all(args)
     plot_figures(results, args.out, args.warmup)
     settings = {"epochs": args.epochs, "warmup": args.warmup, "seed": args.seed,
-                "prior_samples": args.prior_samples, "quick": args.quick}
+                "prior_samples": args.prior_samples, "is_samples": args.is_samples,
+                "quick": args.quick}
     summarise(results, args.out, settings)
     print(f"wrote figure1_posteriors.png, figure2_elbo.png, summary.json to {args.out} "
           f"in {time.time() - started:.0f}s")

@@ -62,6 +62,8 @@ class Config:
     j1: int = option(1, "VAE epochs per round (Algorithm 1, lines 2-6)")
     j2: int = option(10, "density-ratio epochs per round (Algorithm 1, lines 7-12)")
     keep: float = option(0.5, "dropout keep probability of T")
+    valid_samples: int = option(1, "posterior samples per validation point for the "
+                                   "validation ELBO of each epoch")
     components: int = option(0, "VampPrior's K; 0: the paper's (50 OneHot, 1000 OMNIGLOT, "
                                 "500 else)")
     pseudo_init: str = option("uniform", "start of VampPrior's pseudo-inputs: U[0, 1], "
@@ -88,7 +90,7 @@ class Config:
             if getattr(self, name) not in choices:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}: choose from "
                                  f"{list(choices)}")
-        for name in ("hidden", "batch_size", "epochs", "j1"):
+        for name in ("hidden", "batch_size", "epochs", "j1", "valid_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1 (got {getattr(self, name)})")
         for name in ("warmup", "j2", "patience"):
@@ -132,7 +134,8 @@ class Trainer(iopvae.Trainer):
         model = build_model(c, data.dim, data.likelihood, rng)
         super().__init__(model, data, rng, lr=c.lr, lr_density_ratio=c.lr_density_ratio,
                          batch_size=c.batch_size, epochs=c.epochs, warmup=c.warmup,
-                         patience=c.patience, j1=c.j1, j2=c.j2, log=log)
+                         patience=c.patience, j1=c.j1, j2=c.j2,
+                         valid_samples=c.valid_samples, log=log)
 
     def save(self):
         if self.out_dir:
