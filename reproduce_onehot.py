@@ -98,7 +98,8 @@ def train_one(method, epochs, warmup, seed, prior_samples, is_samples=TEST_IS_SA
     if method == "iop":
         scores["test_log_px_is_exact"] = float(iopvae.exact_aggregated_log_likelihood(
             model, test, train, is_samples, rng).mean())
-        scores["log_normalizer"] = float(iopvae.density_ratio_log_normalizer(model, rng))
+        scores["log_normalizer"] = float(iopvae.density_ratio_log_normalizer(
+            model, rng, components=iopvae.aggregated_posterior_components(model, train)))
     return {
         "method": method,
         "history": history,

@@ -487,3 +487,25 @@ def test_exact_aggregated_elbo_is_a_lower_bound_of_the_exact_likelihood():
         model, x, train_x, 1, ag.default_rng(s)).mean() for s in range(300)])
     assert elbo < float(ll.mean())
     assert abs(elbo - single) < 0.05
+
+
+def test_log_normalizer_by_defensive_importance_sampling():
+    """With the training posteriors as components, log Z comes from the defensive mixture
+    (N(0, I) + q(z)) / 2.  For T = log q(z)/N(z), the exact log-ratio of that mixture,
+    Z = 1: the estimate must be 0 to Monte Carlo error, even where q(z) sits far from
+    N(0, I) and the plain N(0, I) average falls short."""
+    latent = 2
+    mu_n = np.array([[4.0, 4.0], [4.5, 3.5], [-4.0, 4.0]])
+    logvar_n = np.full((3, latent), -3.0)
+    model = iopvae.ImplicitOptimalPrior(4, "bernoulli", latent=latent, hidden=8,
+                                        rng=ag.default_rng(0))
+
+    def exact_t(z):
+        log_q = iopvae.log_mixture_density(z.data, mu_n, logvar_n)
+        return ag.Tensor(log_q - iopvae.log_standard_normal(z).data.astype(np.float64))
+    model.density_ratio = exact_t
+    defensive = float(iopvae.density_ratio_log_normalizer(
+        model, ag.default_rng(0), 20_000, components=(mu_n, logvar_n)))
+    plain = float(iopvae.density_ratio_log_normalizer(model, ag.default_rng(0), 20_000))
+    assert abs(defensive) < 0.02
+    assert plain < -1.0  # N(0, I) almost never lands where q(z) is
