@@ -310,7 +310,11 @@ class VampPrior(StandardVAE):
     def init_from_data(self, train_x, rng):
         """For ``pseudo_init="data"``: start from K random training points."""
         if self.pseudo_init == "data":
-            idx = rng.choice(train_x.shape[0], self.pseudo_inputs.shape[0], replace=False)
+            n, k = train_x.shape[0], self.pseudo_inputs.shape[0]
+            if k > n:
+                raise ValueError(f"pseudo_init='data' needs at least K = {k} training points "
+                                 f"(got {n})")
+            idx = shuffled(n, rng)[:k]                     # K distinct points
             self.pseudo_inputs.data = train_x[idx].copy()
 
     def vae_parameters(self):
@@ -392,15 +396,19 @@ class ImplicitOptimalPrior(StandardVAE):
         """Sampling-importance-resampling from N(0, I) with weights exp(T(z)) ~ q(z)/p(z).
 
         Not in the paper: it needs no data, only the trained T.  Draws
-        ``candidates`` (default 20 n) from N(0, I) and resamples n of them.
+        ``candidates`` (default 20 n) from N(0, I) and resamples n of them, with
+        replacement, by inverting the weights' cumulative sum at n uniform draws
+        (CuPy's Generator has no ``choice``; this runs on the device).
         """
         xp = ag.xp()
         m = candidates or 20 * n
         z = standard_normal(rng, (m, self.latent))
         t = self.density_ratio(z).data.astype(np.float64)
-        w = xp.exp(t - t.max())
-        idx = rng.choice(m, n, p=w / w.sum())
-        return z[idx]
+        cumulative = xp.cumsum(xp.exp(t - t.max()))
+        # the first candidate whose cumulative weight exceeds u * total: candidate i with
+        # probability w_i / total (never one of weight 0); min() guards rounding at the top
+        idx = xp.searchsorted(cumulative, rng.random(n) * cumulative[-1], side="right")
+        return z[xp.minimum(idx, m - 1)]
 
 
 class AVB(VAEMethod):
@@ -483,9 +491,22 @@ def evaluation(model):
             m.training = mode
 
 
+def shuffled(n, rng):
+    """A random permutation of range(n) on the device: the order of ``n`` uniform draws.
+
+    CuPy's Generator has no ``permutation`` (nor ``choice``), so the shuffle is
+    built from what both NumPy and CuPy have, the same way on both; with
+    float64 draws, ties (which would make the order depend on the sort) are
+    practically impossible.
+    """
+    return ag.xp().argsort(rng.random(n))
+
+
 def minibatches(n, batch_size, rng):
-    """Indices of mini-batches of ``batch_size`` from a fresh shuffle of range(n) (an epoch)."""
-    order = rng.permutation(n)
+    """Indices of mini-batches of ``batch_size`` from a fresh shuffle of range(n) (an epoch).
+
+    The indices stay on the device (no transfer per step)."""
+    order = shuffled(n, rng)
     for start in range(0, n, batch_size):
         yield order[start:start + batch_size]
 
