@@ -16,7 +16,8 @@ smallest complete example is ``examples/onehot_iop.py``.
 
 All array code asks ``autograd_lite`` for the array module, so it runs on NumPy
 or CuPy alike; data cross to the device once, when a data set is loaded, and
-numbers come back to the host only for logging and checkpoints.
+numbers come back to the host only for logging (one transfer per round of
+Algorithm 1, ``read_numbers``) and checkpoints.
 """
 import contextlib
 import math
@@ -524,6 +525,21 @@ def mean_loss(losses):
     return total / max(len(losses), 1)
 
 
+def read_numbers(*values):
+    """Python floats of scalars on the device (or the host), with one device-to-host
+    transfer for all of them; ``None`` stays ``None``.
+
+    On a GPU each read waits until the device has finished its queued work, so
+    a training loop that read its loss every step would stall every step.  The
+    trainer keeps an epoch's losses on the device and reads the round's numbers
+    here, once, for the log and the NaN check.
+    """
+    xp = ag.xp()
+    present = [xp.asarray(v, dtype=np.float64) for v in values if v is not None]
+    host = iter(ag.to_numpy_all(present))   # one float64 group: one transfer
+    return tuple(None if v is None else float(next(host)) for v in values)
+
+
 def _hms(seconds):
     s = int(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
@@ -590,9 +606,12 @@ class Trainer:
                             self.disc_opt.step()                 # 11: update psi
                             disc_losses.append(loss.data)
             valid_elbo = elbo(model, self.valid_x, rng, K)       # the round's validation ELBO
-            record = {"epoch": epoch, "beta": beta, "loss": float(mean_loss(vae_losses)),
-                      "disc_loss": None if disc_losses is None else float(mean_loss(disc_losses)),
-                      "valid_elbo": float(valid_elbo), "seconds": time.time() - started}
+            # the round's numbers reach the host together: one transfer per round
+            loss, disc_loss, valid_elbo = read_numbers(
+                mean_loss(vae_losses), None if disc_losses is None else mean_loss(disc_losses),
+                valid_elbo)
+            record = {"epoch": epoch, "beta": beta, "loss": loss, "disc_loss": disc_loss,
+                      "valid_elbo": valid_elbo, "seconds": time.time() - started}
             self.check_finite(record)           # NaN: stop before anything is saved
             self.epoch = epoch
             self.history.append(record)
@@ -630,8 +649,9 @@ class Trainer:
         if record["beta"] < 1.0:
             return
         if record["valid_elbo"] > self.best["valid_elbo"]:
+            # a copy on the device: keeping the best weights costs no transfer
             self.best = {"epoch": record["epoch"], "valid_elbo": record["valid_elbo"],
-                         "state": self.model.state_dict()}
+                         "state": self.model.state_dict(device=True)}
             self.bad_epochs = 0
         else:
             self.bad_epochs += 1
