@@ -16,7 +16,8 @@ smallest complete example is ``examples/onehot_iop.py``.
 
 All array code asks ``autograd_lite`` for the array module, so it runs on NumPy
 or CuPy alike; data cross to the device once, when a data set is loaded, and
-numbers come back to the host only for logging and checkpoints.
+numbers come back to the host only for logging (one transfer per round of
+Algorithm 1, ``read_numbers``) and checkpoints.
 """
 import contextlib
 import math
@@ -310,7 +311,11 @@ class VampPrior(StandardVAE):
     def init_from_data(self, train_x, rng):
         """For ``pseudo_init="data"``: start from K random training points."""
         if self.pseudo_init == "data":
-            idx = rng.choice(train_x.shape[0], self.pseudo_inputs.shape[0], replace=False)
+            n, k = train_x.shape[0], self.pseudo_inputs.shape[0]
+            if k > n:
+                raise ValueError(f"pseudo_init='data' needs at least K = {k} training points "
+                                 f"(got {n})")
+            idx = shuffled(n, rng)[:k]                     # K distinct points
             self.pseudo_inputs.data = train_x[idx].copy()
 
     def vae_parameters(self):
@@ -392,15 +397,19 @@ class ImplicitOptimalPrior(StandardVAE):
         """Sampling-importance-resampling from N(0, I) with weights exp(T(z)) ~ q(z)/p(z).
 
         Not in the paper: it needs no data, only the trained T.  Draws
-        ``candidates`` (default 20 n) from N(0, I) and resamples n of them.
+        ``candidates`` (default 20 n) from N(0, I) and resamples n of them, with
+        replacement, by inverting the weights' cumulative sum at n uniform draws
+        (CuPy's Generator has no ``choice``; this runs on the device).
         """
         xp = ag.xp()
         m = candidates or 20 * n
         z = standard_normal(rng, (m, self.latent))
         t = self.density_ratio(z).data.astype(np.float64)
-        w = xp.exp(t - t.max())
-        idx = rng.choice(m, n, p=w / w.sum())
-        return z[idx]
+        cumulative = xp.cumsum(xp.exp(t - t.max()))
+        # the first candidate whose cumulative weight exceeds u * total: candidate i with
+        # probability w_i / total (never one of weight 0); min() guards rounding at the top
+        idx = xp.searchsorted(cumulative, rng.random(n) * cumulative[-1], side="right")
+        return z[xp.minimum(idx, m - 1)]
 
 
 class AVB(VAEMethod):
@@ -483,9 +492,22 @@ def evaluation(model):
             m.training = mode
 
 
+def shuffled(n, rng):
+    """A random permutation of range(n) on the device: the order of ``n`` uniform draws.
+
+    CuPy's Generator has no ``permutation`` (nor ``choice``), so the shuffle is
+    built from what both NumPy and CuPy have, the same way on both; with
+    float64 draws, ties (which would make the order depend on the sort) are
+    practically impossible.
+    """
+    return ag.xp().argsort(rng.random(n))
+
+
 def minibatches(n, batch_size, rng):
-    """Indices of mini-batches of ``batch_size`` from a fresh shuffle of range(n) (an epoch)."""
-    order = rng.permutation(n)
+    """Indices of mini-batches of ``batch_size`` from a fresh shuffle of range(n) (an epoch).
+
+    The indices stay on the device (no transfer per step)."""
+    order = shuffled(n, rng)
     for start in range(0, n, batch_size):
         yield order[start:start + batch_size]
 
@@ -501,6 +523,21 @@ def mean_loss(losses):
     for loss in losses:
         total = total + loss
     return total / max(len(losses), 1)
+
+
+def read_numbers(*values):
+    """Python floats of scalars on the device (or the host), with one device-to-host
+    transfer for all of them; ``None`` stays ``None``.
+
+    On a GPU each read waits until the device has finished its queued work, so
+    a training loop that read its loss every step would stall every step.  The
+    trainer keeps an epoch's losses on the device and reads the round's numbers
+    here, once, for the log and the NaN check.
+    """
+    xp = ag.xp()
+    present = [xp.asarray(v, dtype=np.float64) for v in values if v is not None]
+    host = iter(ag.to_numpy_all(present))   # one float64 group: one transfer
+    return tuple(None if v is None else float(next(host)) for v in values)
 
 
 def _hms(seconds):
@@ -570,9 +607,12 @@ class Trainer:
                             self.disc_opt.step()                 # 11: update psi
                             disc_losses.append(loss.data)
             valid_elbo = elbo(model, self.valid_x, rng, K, self.valid_samples)  # this round's
-            record = {"epoch": epoch, "beta": beta, "loss": float(mean_loss(vae_losses)),
-                      "disc_loss": None if disc_losses is None else float(mean_loss(disc_losses)),
-                      "valid_elbo": float(valid_elbo), "seconds": time.time() - started}
+            # the round's numbers reach the host together: one transfer per round
+            loss, disc_loss, valid_elbo = read_numbers(
+                mean_loss(vae_losses), None if disc_losses is None else mean_loss(disc_losses),
+                valid_elbo)
+            record = {"epoch": epoch, "beta": beta, "loss": loss, "disc_loss": disc_loss,
+                      "valid_elbo": valid_elbo, "seconds": time.time() - started}
             self.check_finite(record)           # NaN: stop before anything is saved
             self.epoch = epoch
             self.history.append(record)
@@ -611,8 +651,9 @@ class Trainer:
         if record["beta"] < 1.0:
             return
         if record["valid_elbo"] > self.best["valid_elbo"]:
+            # a copy on the device: keeping the best weights costs no transfer
             self.best = {"epoch": record["epoch"], "valid_elbo": record["valid_elbo"],
-                         "state": self.model.state_dict()}
+                         "state": self.model.state_dict(device=True)}
             self.bad_epochs = 0
         else:
             self.bad_epochs += 1

@@ -125,12 +125,13 @@ def build_model(config, dim, likelihood, rng):
 # =============================================================================
 class Trainer(iopvae.Trainer):
     """iopvae's Algorithm 1 for the run ``config``, with a checkpoint in ``out_dir``
-    (none if it is empty) after every round."""
+    (none if it is empty) after every round.  ``rng`` (default: seeded with the
+    configuration's seed) draws the weights and every random number of the run."""
 
-    def __init__(self, config, data, out_dir, log=print):
+    def __init__(self, config, data, out_dir, log=print, rng=None):
         self.config = c = config.resolved().validate()
         self.out_dir = out_dir
-        rng = ag.default_rng(c.seed)
+        rng = ag.default_rng(c.seed) if rng is None else rng
         model = build_model(c, data.dim, data.likelihood, rng)
         super().__init__(model, data, rng, lr=c.lr, lr_density_ratio=c.lr_density_ratio,
                          batch_size=c.batch_size, epochs=c.epochs, warmup=c.warmup,
@@ -155,13 +156,17 @@ class Trainer(iopvae.Trainer):
 # =============================================================================
 def save_checkpoint(trainer, path):
     """Weights, optimizer moments, best weights, RNG state and history in one ``.npz``,
-    written atomically, plus ``config.json`` beside it."""
-    arrays = {f"model/{k}": v for k, v in trainer.model.state_dict().items()}
+    written atomically, plus ``config.json`` beside it.
+
+    The arrays are gathered on the device and copied to the host together
+    (``nn.save_npz``): one device-to-host transfer per checkpoint, not one per array.
+    """
+    arrays = {f"model/{k}": v for k, v in trainer.model.state_dict(device=True).items()}
     if trainer.best["state"] is not None:
         arrays.update({f"best/{k}": v for k, v in trainer.best["state"].items()})
     for prefix, opt in (("opt_vae", trainer.vae_opt), ("opt_disc", trainer.disc_opt)):
         if opt is not None:
-            arrays.update({f"{prefix}/{k}": v for k, v in opt.state_dict().items()})
+            arrays.update({f"{prefix}/{k}": v for k, v in opt.state_dict(device=True).items()})
     meta = {"config": dataclasses.asdict(trainer.config), "epoch": trainer.epoch,
             "history": trainer.history, "bad_epochs": trainer.bad_epochs,
             "best_epoch": trainer.best["epoch"], "best_valid_elbo": trainer.best["valid_elbo"],
@@ -177,10 +182,32 @@ def save_checkpoint(trainer, path):
 
 
 def rng_state(rng):
-    """The generator's state as JSON-able data (NumPy backend; None elsewhere)."""
+    """The generator's state as JSON-able data (NumPy backend; None elsewhere).
+
+    CuPy's Generator does not expose its state (its bit generator offers only
+    ``random_raw``; cupy-sim mirrors that), so a checkpoint written under CuPy
+    holds none and ``resume_trainer`` cannot continue its random streams exactly.
+    """
     bit_generator = getattr(rng, "bit_generator", None)
     state = getattr(bit_generator, "state", None)
     return state if isinstance(state, dict) else None
+
+
+def resume_rng(config, meta, log=print):
+    """How a resumed run's random numbers go on: ``(None, True)`` when the checkpoint's
+    generator state can be put back (NumPy; ``resume_trainer`` restores it after
+    building the model), else ``(generator, False)``: a fresh generator seeded
+    from (seed, epoch), announced by a log line, since the run then goes on
+    reproducibly but not bit-identically to one that was never interrupted."""
+    seed, epoch = config.seed, meta["epoch"]
+    if meta["rng_state"] is not None and rng_state(ag.default_rng(0)) is not None:
+        return None, True
+    why = ("the checkpoint holds no generator state (it was written under CuPy, whose "
+           "Generator does not expose one)" if meta["rng_state"] is None else
+           f"the {ag.backend_name()} backend's generator cannot take the saved state")
+    log(f"note: {why}; random numbers continue from a generator seeded with (seed {seed}, "
+        f"epoch {epoch}): reproducible, but not bit-identical to an uninterrupted run")
+    return ag.default_rng([seed, epoch]), False
 
 
 class CheckpointError(ValueError):
@@ -219,10 +246,12 @@ def check_split(meta, data, path):
 
 
 def resume_trainer(path, data, out_dir, log=print):
-    """A Trainer restored from a checkpoint so that training continues exactly."""
+    """A Trainer restored from a checkpoint so that training continues exactly (on NumPy;
+    under CuPy as ``resume_rng`` says)."""
     meta, arrays = read_checkpoint(path)
     check_split(meta, data, path)
-    trainer = Trainer(meta["config"], data, out_dir, log)
+    rng, exact = resume_rng(meta["config"], meta, log)
+    trainer = Trainer(meta["config"], data, out_dir, log, rng=rng)
     try:
         trainer.model.load_state_dict(_sub_state(arrays, "model"))
         trainer.vae_opt.load_state_dict(_sub_state(arrays, "opt_vae"))
@@ -231,12 +260,12 @@ def resume_trainer(path, data, out_dir, log=print):
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} does not match its configuration ({exc})") \
             from None
-    best = _sub_state(arrays, "best")
+    best = {k: ag.as_array(v) for k, v in _sub_state(arrays, "best").items()}  # on the device
     trainer.best = {"epoch": meta["best_epoch"], "valid_elbo": meta["best_valid_elbo"],
                     "state": best or None}
     trainer.epoch, trainer.history = meta["epoch"], meta["history"]
     trainer.bad_epochs = meta["bad_epochs"]
-    if meta["rng_state"] is not None and hasattr(trainer.rng, "bit_generator"):
+    if exact:  # the weights were drawn from the generator: only now is its stream restored
         trainer.rng.bit_generator.state = meta["rng_state"]
     return trainer
 

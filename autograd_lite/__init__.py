@@ -11,6 +11,7 @@ from .backend import (
     set_backend,
     sync_count,
     to_numpy,
+    to_numpy_all,
     upload_count,
     xp,
 )

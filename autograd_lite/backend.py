@@ -2,7 +2,8 @@
 
 Model code never imports numpy-vs-cupy itself; it asks ``xp()`` for the active
 array module.  CuPy is imported lazily, only when it is asked for.  Arrays
-cross between host and device only through ``as_array`` and ``to_numpy``.
+cross between host and device only through ``as_array`` and ``to_numpy``
+(``to_numpy_all`` for many at once).
 
 ``cupy-sim`` is a simulated GPU (``cupy_sim``): CuPy's API, strictness and
 device-resident scalars, computed by NumPy, with every device-to-host
@@ -102,6 +103,39 @@ def to_numpy(a):
     if array_backend(a) in _DEVICE_BACKENDS:
         return a.get()
     return np.asarray(a)
+
+
+def to_numpy_all(arrays):
+    """Device-to-host boundary for many arrays at once: NumPy copies of the values of the
+    dict ``arrays`` (or of the list), under the same keys (in the same order).
+
+    Every ``to_numpy`` of a device array is a transfer that waits for the device;
+    here the device arrays are packed, one flat array per dtype, copied to the
+    host in one transfer each and cut apart there (views of that one copy).
+    Host values (NumPy arrays, numbers) are copied as they are; Tensors give
+    their data.
+    """
+    keyed = isinstance(arrays, dict)
+    items = list(arrays.items()) if keyed else list(enumerate(arrays))
+    out, groups = {}, {}
+    for key, a in items:
+        if getattr(a, "is_tensor", False):
+            a = a.data
+        if array_backend(a) in _DEVICE_BACKENDS and array_backend(a) == backend_name():
+            groups.setdefault(a.dtype, []).append((key, a))
+        else:
+            out[key] = np.array(to_numpy(a), copy=True)
+    for group in groups.values():
+        if len(group) == 1:
+            (key, a), = group
+            out[key] = a.get()
+            continue
+        host = xp().concatenate([a.reshape(-1) for _, a in group]).get()  # one transfer
+        offset = 0
+        for key, a in group:
+            out[key] = host[offset:offset + a.size].reshape(a.shape)
+            offset += a.size
+    return {key: out[key] for key, _ in items} if keyed else [out[key] for key, _ in items]
 
 
 def default_rng(seed=None):

@@ -52,20 +52,25 @@ class Module:
         for p in self.parameters():
             p.grad = None
 
-    def state_dict(self):
-        """Parameter name -> NumPy array (copied to the host)."""
-        return {name: backend.to_numpy(p.data).copy() for name, p in self.named_parameters()}
+    def state_dict(self, device=False):
+        """Parameter name -> a copy of its array: NumPy arrays on the host (what files
+        need; one device-to-host transfer for all of them, ``backend.to_numpy_all``),
+        or with ``device=True`` copies on the backend's device (no transfer: what a
+        trainer keeps as its best weights)."""
+        if device:
+            return {name: p.data.copy() for name, p in self.named_parameters()}
+        return backend.to_numpy_all({name: p.data for name, p in self.named_parameters()})
 
     def load_state_dict(self, state):
         """Copy arrays (NumPy or of the backend) into the parameters, keeping each
-        parameter's dtype and moving it to the active backend; names and shapes
-        must match exactly."""
+        parameter's dtype and moving it to the active backend (arrays already there
+        are copied on the device); names and shapes must match exactly."""
         own = dict(self.named_parameters())
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
             raise KeyError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
         for name, p in own.items():
-            value = backend.to_numpy(state[name])
+            value = _on_backend(state[name])
             if value.shape != p.shape:
                 raise ValueError(f"load_state_dict: {name} has shape {value.shape}, "
                                  f"the model expects {p.shape}")
@@ -78,6 +83,14 @@ class Module:
     def load(self, path):
         with np.load(path) as archive:
             self.load_state_dict(dict(archive))
+
+
+def _on_backend(value):
+    """``value`` as it is if it is an array of the active backend, else a NumPy array
+    (host data, or another device's array through the host)."""
+    if backend.array_backend(value) == backend.backend_name():
+        return value
+    return backend.to_numpy(value)
 
 
 def _walk(root):
@@ -105,9 +118,10 @@ def _walk(root):
 
 
 def save_npz(path, arrays):
-    """``np.savez`` of the named arrays (NumPy or device arrays, copied to the host),
-    written atomically (see ``atomic_write``)."""
-    arrays = {name: backend.to_numpy(a) for name, a in arrays.items()}
+    """``np.savez`` of the named arrays (NumPy or device arrays, copied to the host in
+    one transfer per dtype, ``backend.to_numpy_all``), written atomically (see
+    ``atomic_write``)."""
+    arrays = backend.to_numpy_all(arrays)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 

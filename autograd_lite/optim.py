@@ -62,14 +62,15 @@ class Optimizer:
             buffers[i] = backend.xp().zeros_like(self.params[i].data)
         return buffers[i]
 
-    def state_dict(self):
-        """The step count ``t`` and per-parameter buffers (``m.0``, ...) as NumPy arrays."""
-        state = {"t": np.asarray(float(self.t))}
-        for name in self.buffer_names:
-            for i, value in enumerate(getattr(self, name)):
-                if value is not None:
-                    state[f"{name}.{i}"] = backend.to_numpy(value).copy()
-        return state
+    def state_dict(self, device=False):
+        """The step count ``t`` and per-parameter buffers (``m.0``, ...) as NumPy arrays
+        (one device-to-host transfer for all, ``backend.to_numpy_all``), or with
+        ``device=True`` the buffers as copies on the device (``t`` stays a host number)."""
+        buffers = {f"{name}.{i}": value for name in self.buffer_names
+                   for i, value in enumerate(getattr(self, name)) if value is not None}
+        buffers = ({key: value.copy() for key, value in buffers.items()} if device
+                   else backend.to_numpy_all(buffers))
+        return {"t": np.asarray(float(self.t)), **buffers}
 
     def load_state_dict(self, state):
         """Restore what ``state_dict`` gave; keys and shapes must fit these parameters."""

@@ -217,12 +217,15 @@ def as_tensor(value, like=None):
     """Wrap numbers and arrays as constant tensors.
 
     A Python or NumPy scalar next to a floating tensor ``like`` takes that
-    tensor's dtype, so ``0.5 * x`` stays float32 for a float32 ``x``.
+    tensor's dtype, so ``0.5 * x`` stays float32 for a float32 ``x``.  It is
+    made on the device by ``full`` (on a GPU a fill kernel; CuPy's ``asarray``
+    of a scalar does the same), so constants in the model's formulas copy
+    nothing from the host.
     """
     if isinstance(value, Tensor):
         return value
     if like is not None and like.dtype.kind == "f" and _is_real_scalar(value):
-        return Tensor(backend.xp().asarray(value, dtype=like.dtype))
+        return Tensor(backend.xp().full((), value, dtype=like.dtype))
     return Tensor(value)
 
 

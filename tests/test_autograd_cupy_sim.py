@@ -218,6 +218,62 @@ def test_a_training_step_never_synchronises(xp):
     assert counted.syncs == 1 and counted.uploads == 0
 
 
+def test_constants_in_formulas_are_made_on_the_device(xp):
+    """``0.5 * x - 1.0`` makes its constants on the device (CuPy fills a 0-d array, it
+    copies nothing), in x's dtype: no upload, no sync."""
+    x = ag.Tensor(xp.ones(3, dtype=np.float32), requires_grad=True)
+    with ag.count_syncs() as counted:
+        y = (0.5 * x - 1.0 + np.float64(2.0)).sum()
+        y.backward()
+    assert (counted.syncs, counted.uploads) == (0, 0)
+    assert y.dtype == np.float32 and float(y.data) == 4.5
+
+
+def test_many_arrays_reach_the_host_in_one_transfer_per_dtype(xp, a):
+    """to_numpy_all packs the device arrays of each dtype into one flat array and reads it
+    once; host values pass through as copies; keys, order, shapes and values are kept."""
+    f32 = ag.as_array(np.arange(4, dtype=np.float32).reshape(2, 2))
+    arrays = {"a": a, "scalar": a.sum(), "f32": f32, "host": np.ones(2), "f32b": f32.T + 1,
+              "number": 3.0}
+    with ag.count_syncs() as counted:
+        host = ag.to_numpy_all(arrays)
+    assert counted.syncs == 2 and counted.uploads == 0     # float64 and float32
+    assert list(host) == list(arrays)
+    for key, value in arrays.items():
+        assert isinstance(host[key], np.ndarray)
+        expected = value.get() if isinstance(value, xp.ndarray) else np.asarray(value)
+        assert host[key].dtype == expected.dtype and host[key].shape == expected.shape, key
+        np.testing.assert_array_equal(host[key], expected, err_msg=key)
+    host["host"][0] = 5.0                                  # a copy, not the caller's array
+    assert arrays["host"][0] == 1.0
+    with ag.count_syncs() as counted:
+        as_list = ag.to_numpy_all([a, a * 2.0, f32])
+    assert counted.syncs == 2 and [x.shape for x in as_list] == [(2, 3), (2, 3), (2, 2)]
+
+
+def test_state_dicts_kept_on_the_device_cost_no_transfer(xp):
+    """state_dict(device=True) copies on the device (no sync), and loading it back needs
+    none either; the host state_dict of a model, or of Adam, is one transfer."""
+    rng = ag.default_rng(0)
+    model = nn.Sequential(nn.GatedDense(3, 4, rng), nn.Linear(4, 2, rng))
+    opt = optim.Adam(model.parameters())
+    loss = model(ag.Tensor(xp.ones((2, 3), dtype=np.float32))).sum()
+    loss.backward()
+    opt.step()
+    with ag.count_syncs() as counted:
+        kept, moments = model.state_dict(device=True), opt.state_dict(device=True)
+        assert all(isinstance(v, xp.ndarray) for v in kept.values())
+        kept["layers.1.b"][...] = 7.0                    # a copy: the model is untouched
+        model.load_state_dict(kept)
+        opt.load_state_dict(moments)
+    assert counted.syncs == 0 and counted.uploads == 0
+    assert float(model.layers[1].b.data[0]) == 7.0
+    with ag.count_syncs() as counted:
+        host, host_moments = model.state_dict(), opt.state_dict()
+    assert counted.syncs == 2
+    assert all(isinstance(v, np.ndarray) for v in (*host.values(), *host_moments.values()))
+
+
 # --- CuPy's behaviours kept ---------------------------------------------------------------
 def test_outputs_and_no_copy_casts_return_the_same_array(xp, a):
     assert xp.exp(a, out=a) is a and xp.add(a, 1.0, a) is a

@@ -101,6 +101,22 @@ def test_state_dict_copies_and_load_keeps_the_parameter_dtype(on_backend):
     assert np.all(model.head.b.numpy() == 7.0)
 
 
+def test_state_dict_on_the_device_copies_there(on_backend):
+    """state_dict(device=True): copies that stay arrays of the backend (a trainer's best
+    weights), loadable as they are, equal to the host state_dict."""
+    model = TinyVAEHead(dtype="float32")
+    kept = model.state_dict(device=True)
+    assert all(ag.array_backend(v) == on_backend for v in kept.values())
+    host = model.state_dict()
+    for name in host:
+        np.testing.assert_array_equal(ag.to_numpy(kept[name]), host[name], err_msg=name)
+    kept["head.b"][...] = 7.0                      # a copy: the model is untouched
+    assert not np.any(model.head.b.numpy() == 7.0)
+    model.load_state_dict(kept)
+    kept["head.b"][...] = 8.0                      # loading copied too: no aliasing
+    assert np.all(model.head.b.numpy() == 7.0)
+
+
 def test_load_state_dict_rejects_wrong_names_and_shapes(on_backend):
     model = TinyVAEHead()
     state = model.state_dict()

@@ -99,6 +99,51 @@ def test_sample_writes_png(iop_run, tmp_path, sir, capsys):
     assert "wrote 9 samples" in capsys.readouterr().out
 
 
+@pytest.fixture
+def tiny_mnist(tmp_path, monkeypatch):
+    """A data folder with MNIST's two image files in MNIST's format (gzip'd IDX, 28 x 28
+    unsigned bytes), holding 160 + 40 training and 40 test images instead of 60,000 +
+    10,000: the loader's split sizes are made to fit, and the checksums of the real
+    files are not asked for."""
+    import gzip
+    root = tmp_path / "data"
+    (root / "mnist").mkdir(parents=True)
+    g = np.random.default_rng(0)
+    for name, n in (("train", 200), ("t10k", 40)):
+        images = (g.random((n, 28, 28)) ** 3 * 255).astype(np.uint8)   # mostly dark, grey
+        header = (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in images.shape)
+        (root / "mnist" / f"{name}-images-idx3-ubyte.gz").write_bytes(
+            gzip.compress(header + images.tobytes(), compresslevel=1))
+        monkeypatch.delitem(datasets.CHECKSUMS, f"mnist/{name}-images-idx3-ubyte.gz")
+    monkeypatch.setattr(datasets, "MNIST_SPLIT", (160, 40, 40))
+    return root
+
+
+@pytest.mark.parametrize("method", ["iop", "vamp"])
+def test_mnist_shaped_run_and_evaluate_on_every_backend(method, tiny_mnist, tmp_path, capsys,
+                                                        on_backend):
+    """`train` on MNIST-format files (dynamic binarisation of every training batch,
+    28 x 28 images), then `evaluate` and `sample` of its checkpoint, through the
+    command line, on every backend (cupy-sim: the simulated GPU)."""
+    out = tmp_path / "run"
+    assert runs.main(["train", "--dataset", "mnist", "--method", method, "--data-dir",
+                      str(tiny_mnist), "--epochs", "2", "--warmup", "1", "--hidden", "16",
+                      "--latent", "4", "--batch-size", "40", "--j2", "2", "--components", "5",
+                      "--pseudo-init", "data", "--samples", "3", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "training " + method + " on mnist (160 points" in text and "epoch    2/2" in text
+    assert runs.main(["evaluate", str(out), "--samples", "4", "--split", "test"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for start in ("test ELBO", "test log-likelihood"):
+        [line] = [x for x in lines if x.startswith(start)]
+        assert np.isfinite(float(line.split(":")[1].split()[0])), line
+    png = tmp_path / "samples.png"
+    assert runs.main(["sample", str(out), "--n", "4", "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    meta, _ = runs.read_checkpoint(str(out))
+    assert meta["image_shape"] == [28, 28] and meta["split_id"].startswith("mnist:160/40/40:")
+
+
 def test_unknown_method_is_an_argparse_error(capsys):
     """An unknown --method is rejected by argparse (SystemExit 2) with its usage message."""
     with pytest.raises(SystemExit) as info:

@@ -53,12 +53,12 @@ SHORT = dict(dataset="onehot", epochs=15, warmup=5, hidden=32, j2=5, lr=1e-3, pa
 # Short OneHot runs: every method learns
 # =============================================================================
 @pytest.mark.parametrize("method", ["vae", "vamp", "avb", "iop"])
-def test_short_onehot_run_improves(method, onehot):
+def test_short_onehot_run_improves(method, onehot, on_backend):
     """15 rounds of Algorithm 1 on OneHot (hidden 32) must raise the validation ELBO
     by at least 0.2 nats from the first to the last epoch; for IOP and AVB the
     density-ratio loss of the last round must be below ln 4 - 0.05 (chance level:
     T learned to tell q from p).  A gradient with the wrong sign, a frozen
-    optimizer or a T that is never trained fails."""
+    optimizer or a T that is never trained fails.  On every backend."""
     trainer = runs.Trainer(runs.Config(method=method, **SHORT), onehot, out_dir=None,
                              log=quiet)
     history = trainer.train()

@@ -10,24 +10,39 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(args, tmp_path):
+def _run(args, tmp_path, backend="numpy"):
     out = tmp_path / "out"
+    env = {**os.environ, "AUTOGRAD_LITE_BACKEND": backend}
     result = subprocess.run([sys.executable, os.path.join(ROOT, "reproduce_onehot.py"), "--quick",
                              "--out", str(out)] + args, capture_output=True, text=True,
-                            timeout=300, cwd=tmp_path)
+                            timeout=300, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     return out, result.stdout
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
-def test_quick_run_writes_figures_and_a_finite_summary(tmp_path, jobs):
+# backend -> jobs: two worker processes each, one BLAS thread per worker, so that the two
+# backends compute in the same order (--jobs 1 uses every BLAS thread, which changes the
+# last bits of the sums); test_methods_option_and_bad_arguments runs --jobs 1
+QUICK_RUNS = {"numpy": "2", "cupy-sim": "2"}
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory):
+    """``reproduce_onehot.py --quick`` once per backend of QUICK_RUNS: (out folder, stdout)."""
+    return {backend: _run(["--jobs", jobs], tmp_path_factory.mktemp(backend), backend)
+            for backend, jobs in QUICK_RUNS.items()}
+
+
+@pytest.mark.parametrize("backend", list(QUICK_RUNS))
+def test_quick_run_writes_figures_and_a_finite_summary(quick_runs, backend):
     """Both figures and summary.json exist; every method is in the summary with finite numbers.
 
     Catches a crash in any method's training or evaluation, a figure not written,
-    a malformed JSON, or NaN / inf creeping into the reported numbers; with 2 jobs
-    it also covers the parallel worker processes.
+    a malformed JSON, or NaN / inf creeping into the reported numbers, in the
+    parallel worker processes, on NumPy and on the simulated GPU
+    (AUTOGRAD_LITE_BACKEND=cupy-sim).
     """
-    out, stdout = _run(["--jobs", jobs], tmp_path)
+    out, stdout = quick_runs[backend]
     for name in ("figure1_posteriors.png", "figure2_elbo.png"):
         path = out / name
         assert path.exists() and path.stat().st_size > 10_000, name
@@ -65,6 +80,17 @@ def test_figure2_records_iop_exact_elbo_per_epoch(tmp_path):
     assert len(exact) == 2 and all(math.isfinite(v) and v < 0 for v in exact)
     # the estimate and the exact value are different numbers (T is not the exact ratio)
     assert all(h["valid_elbo"] != h["valid_elbo_exact"] for h in result["history"])
+
+
+def test_quick_runs_give_the_same_numbers_on_numpy_and_cupy_sim(quick_runs):
+    """The same seed gives the same summary on NumPy and on the simulated GPU (its
+    generator is NumPy's; timings aside)."""
+    rows = {}
+    for backend, (out, _) in quick_runs.items():
+        summary = json.loads((out / "summary.json").read_text())
+        rows[backend] = [{k: v for k, v in row.items() if k != "seconds"}
+                         for row in summary["methods"]]
+    assert rows["numpy"] == rows["cupy-sim"]
 
 
 def test_methods_option_and_bad_arguments(tmp_path):
