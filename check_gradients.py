@@ -26,6 +26,7 @@ import autograd_lite as ag
 import iopvae
 import runs
 from autograd_lite import nn
+from autograd_lite.gradcheck import central_difference
 
 METHODS = ("vae", "vamp", "avb", "iop")
 DIM, LATENT, HIDDEN, BATCH, COMPONENTS, NOISE_DIM = 6, 3, 8, 5, 4, 4
@@ -175,16 +176,9 @@ class LossCase:
         with ag.no_grad(), self.frozen():
             for name, p in zip(self.names, self.parameters):
                 chosen = rng.choice(p.size, min(coordinates, p.size), replace=False)
-                diffs = []
-                for flat in chosen:
-                    index = np.unravel_index(flat, p.shape)
-                    original = p.data[index].item()
-                    p.data[index] = original + step
-                    up = self().item()
-                    p.data[index] = original - step
-                    down = self().item()
-                    p.data[index] = original
-                    diffs.append((up - down) / (2 * step))
+                diffs = [central_difference(lambda: self().item(), p.data,
+                                            np.unravel_index(flat, p.shape), step)
+                         for flat in chosen]
                 out[name] = (chosen, np.array(diffs))
         return out
 

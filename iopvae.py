@@ -73,7 +73,9 @@ def log_normal_mixture(z, mu, logvar, block_elements=1 << 22):
     The VampPrior of Eq. (9): every z against every component, then a
     max-shifted logsumexp over the K components.  The pairwise terms form a
     (rows, K, d) array, so many rows (evaluation) are taken in blocks of about
-    ``block_elements`` elements; a training batch is one block.
+    ``block_elements`` elements; a training batch is one block.  Differentiable
+    (the pseudo-inputs learn through it); ``log_mixture_density`` is the same
+    density for evaluation only, faster for many components.
     """
     B, d = z.shape
     K = mu.shape[0]
@@ -691,6 +693,12 @@ def _batches(x, batch_size):
         yield x[start:start + batch_size]
 
 
+def log_mean_exp(a, axis):
+    """log mean(exp(a)) along ``axis`` of a plain array, with the max shift of
+    ``logsumexp``: the Monte Carlo average of weights kept in log space."""
+    return ag.logsumexp(ag.Tensor(a), axis=axis).data - math.log(a.shape[axis])
+
+
 def mean_elbo_terms(model, x, rng, batch_size=100, samples=1):
     """Means over the rows of ``x`` of E_q[log p(x|z)] and of the KL estimate, with
     ``samples`` posterior draws per row (more draws: a less noisy curve)."""
@@ -736,8 +744,7 @@ def importance_sampled_log_likelihood(x, posterior, log_likelihood, log_prior, s
                 xs = ag.Tensor(xp.broadcast_to(batch, (s,) + batch.shape).reshape(s * B, -1))
                 log_joint = (log_likelihood(xs, z) + log_prior(z)).data.reshape(s, B)
                 log_w.append((log_joint - log_q).astype(np.float64))
-            log_w = xp.concatenate(log_w, axis=0)
-            out.append(ag.logsumexp(ag.Tensor(log_w), axis=0).data - math.log(samples))
+            out.append(log_mean_exp(xp.concatenate(log_w, axis=0), axis=0))
     return xp.concatenate(out)
 
 
@@ -777,15 +784,15 @@ def log_mixture_density(z, mu, logvar, block_elements=1 << 22):
     for start in range(0, z.shape[0], rows):
         zb = z[start:start + rows]
         features = xp.concatenate([zb * zb, zb, xp.ones((zb.shape[0], 1))], axis=1)
-        log_components = -0.5 * (features @ components.T)            # (rows, N)
-        peak = log_components.max(axis=1, keepdims=True)
-        out.append(peak[:, 0] + xp.log(xp.exp(log_components - peak).sum(axis=1)))
-    return xp.concatenate(out) - math.log(n)
+        out.append(log_mean_exp(-0.5 * (features @ components.T), axis=1))  # (rows, N) -> rows
+    return xp.concatenate(out)
 
 
 def aggregated_posterior_components(model, train_x, batch_size=1000):
     """(mu_n, logvar_n) of q(z | x_n) for every training point: the N components of
-    the aggregated posterior q(z) (Eqs. 6 and 8)."""
+    the aggregated posterior q(z) (Eqs. 6 and 8), IOP's true prior.  ``train_x``
+    must be what the encoder saw in training (one fixed binarization of binary
+    data sets).  The exact estimators below take these components."""
     mus, logvars = [], []
     with evaluation(model):
         for batch in _batches(train_x, batch_size):
@@ -796,17 +803,16 @@ def aggregated_posterior_components(model, train_x, batch_size=1000):
     return xp.concatenate(mus), xp.concatenate(logvars)
 
 
-def exact_aggregated_log_likelihood(model, x, train_x, samples, rng, batch_size=100):
+def exact_aggregated_log_likelihood(model, x, components, samples, rng, batch_size=100):
     """IOP's log p(x) with its true prior, not the learned estimate.
 
     The prior IOP trains towards is the aggregated posterior q(z) = (1/N) sum_n
     q(z | x_n) over the training set (Eqs. 6, 8); T only estimates log q(z)/N(z).
-    Here log q(z) is computed exactly (``log_mixture_density``) and used as the
-    prior of the importance-sampled log-likelihood, with the same proposal.
-    ``train_x`` must be what the encoder saw in training (one fixed binarization
-    of binary data sets).
+    Here log q(z) is computed exactly (``log_mixture_density`` of ``components``,
+    from ``aggregated_posterior_components``) and used as the prior of the
+    importance-sampled log-likelihood, with the same proposal.
     """
-    mu_n, logvar_n = aggregated_posterior_components(model, train_x)
+    mu_n, logvar_n = components
 
     def log_prior(z):
         return ag.Tensor(log_mixture_density(z.data, mu_n, logvar_n))
@@ -816,13 +822,13 @@ def exact_aggregated_log_likelihood(model, x, train_x, samples, rng, batch_size=
                                                  log_prior, samples, rng, batch_size)
 
 
-def exact_aggregated_elbo(model, x, train_x, samples, rng, batch_size=100):
+def exact_aggregated_elbo(model, x, components, samples, rng, batch_size=100):
     """IOP's ELBO with its true prior: mean of log p(x|z) + log q(z) - log q(z|x),
     z ~ q(z|x), ``samples`` draws per row, with q(z) the exact aggregated posterior
-    of ``train_x`` (Eqs. 2, 6, 8).  What IOP's estimated ELBO (Eq. 15, via T)
-    approximates; cheap when the training set is small (OneHot)."""
+    given by its ``components`` (Eqs. 2, 6, 8).  What IOP's estimated ELBO (Eq. 15,
+    via T) approximates; cheap when the training set is small (OneHot)."""
     xp = ag.xp()
-    mu_n, logvar_n = aggregated_posterior_components(model, train_x)
+    mu_n, logvar_n = components
     total = 0.0
     with evaluation(model):
         for batch in _batches(xp.concatenate([x] * samples), batch_size):
@@ -853,21 +859,17 @@ def density_ratio_log_normalizer(model, rng, samples=100_000, batch_size=10_000,
         for done in range(0, samples, batch_size):
             m = min(batch_size, samples - done)
             z = standard_normal(rng, (m, model.latent))
-            log_n = log_standard_normal(z).data.astype(np.float64)
-            if components is not None:
+            if components is not None:  # turn the first half into draws of q(z)
                 mu_n, logvar_n = components
                 idx = rng.integers(0, mu_n.shape[0], m // 2)
                 z_q = reparameterize(ag.Tensor(mu_n[idx]), ag.Tensor(logvar_n[idx]), z[:m // 2])
                 z = ag.concatenate([z_q, z[m // 2:]], axis=0)
-                log_n = log_standard_normal(z).data.astype(np.float64)
-                log_q = log_mixture_density(z.data, mu_n, logvar_n)
-                log_r = xp.logaddexp(log_n, log_q) - math.log(2)
-            else:
-                log_r = log_n
+            log_n = log_standard_normal(z).data.astype(np.float64)
+            log_r = log_n                                            # r = N(0, I)
+            if components is not None:                               # r = (N(0, I) + q(z)) / 2
+                log_r = xp.logaddexp(log_n, log_mixture_density(z.data, *components)) - math.log(2)
             log_w.append(log_n + model.density_ratio(z).data.astype(np.float64) - log_r)
-    log_w = xp.concatenate(log_w)
-    peak = log_w.max()
-    return peak + xp.log(xp.exp(log_w - peak).mean())
+    return log_mean_exp(xp.concatenate(log_w), axis=0)
 
 
 def prior_log_likelihood(model, x, prior_samples, rng, data=None, chunk=2000):
@@ -889,8 +891,7 @@ def prior_log_likelihood(model, x, prior_samples, rng, data=None, chunk=2000):
             logits = model.decoder(z).data.astype(np.float64)
             log_norm = ag.softplus(ag.Tensor(logits)).data.sum(axis=1)
             log_px.append(logits @ x.astype(np.float64).T - log_norm[:, None])
-    log_px = xp.concatenate(log_px, axis=0)
-    return ag.logsumexp(ag.Tensor(log_px), axis=0).data - math.log(prior_samples)
+    return log_mean_exp(xp.concatenate(log_px, axis=0), axis=0)
 
 
 if __name__ == "__main__":  # the command line lives in runs.py

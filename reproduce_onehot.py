@@ -56,8 +56,9 @@ def exact_elbo_trainer(base, train_x, valid_x, seed):
 
     class ExactELBOTrainer(base):
         def after_round(self, record):
+            components = iopvae.aggregated_posterior_components(self.model, train_x)
             record["valid_elbo_exact"] = float(iopvae.exact_aggregated_elbo(
-                self.model, valid_x, train_x, VALID_SAMPLES, measure_rng))
+                self.model, valid_x, components, VALID_SAMPLES, measure_rng))
 
     measure_rng = ag.default_rng(seed + 10_000)
     return ExactELBOTrainer
@@ -96,10 +97,11 @@ def train_one(method, epochs, warmup, seed, prior_samples, is_samples=TEST_IS_SA
         scores["test_log_px_is"] = float(iopvae.test_log_likelihood(
             model, test, is_samples, rng).mean())
     if method == "iop":
+        components = iopvae.aggregated_posterior_components(model, train)
         scores["test_log_px_is_exact"] = float(iopvae.exact_aggregated_log_likelihood(
-            model, test, train, is_samples, rng).mean())
+            model, test, components, is_samples, rng).mean())
         scores["log_normalizer"] = float(iopvae.density_ratio_log_normalizer(
-            model, rng, components=iopvae.aggregated_posterior_components(model, train)))
+            model, rng, components=components))
     return {
         "method": method,
         "history": history,

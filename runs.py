@@ -235,10 +235,9 @@ def _sub_state(arrays, prefix):
     return {k[len(prefix) + 1:]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
 
 
-def check_split(meta, data, path):
-    """Refuse data whose split differs from the one the checkpoint trained on:
-    evaluating on another split would score training points as test points."""
-    trained_on = meta.get("split_id")
+def check_split(trained_on, data, path):
+    """Refuse data whose split differs from ``trained_on``, the split the checkpoint
+    trained on: evaluating on another split would score training points as test points."""
     if trained_on != data.split_id:
         raise CheckpointError(f"checkpoint {path} was trained on split {trained_on} but the data "
                               f"loaded now are split {data.split_id}; evaluate or resume it on "
@@ -249,7 +248,7 @@ def resume_trainer(path, data, out_dir, log=print):
     """A Trainer restored from a checkpoint so that training continues exactly (on NumPy;
     under CuPy as ``resume_rng`` says)."""
     meta, arrays = read_checkpoint(path)
-    check_split(meta, data, path)
+    check_split(meta.get("split_id"), data, path)
     rng, exact = resume_rng(meta["config"], meta, log)
     trainer = Trainer(meta["config"], data, out_dir, log, rng=rng)
     try:
@@ -291,11 +290,11 @@ def _load_data(name, data_dir):
     return datasets.load(name, data_dir=data_dir or None)
 
 
-def load_run_data(path, config, data_dir=""):
-    """The data set a checkpoint trained on, refused if its split is not the same."""
-    meta, _ = read_checkpoint(path)
+def load_run_data(path, model, config, data_dir=""):
+    """The data set the checkpoint ``path`` trained ``model`` on (``load_model``'s pair),
+    refused if its split is not the same."""
     data = _load_data(config.dataset, data_dir or config.data_dir)
-    check_split(meta, data, path)
+    check_split(model.split_id, data, path)
     return data
 
 
@@ -361,7 +360,7 @@ def report_evaluation(model, data, samples, rng, split="test"):
 
 def command_evaluate(args):
     model, config = load_model(args.checkpoint)
-    data = load_run_data(args.checkpoint, config, args.data_dir)
+    data = load_run_data(args.checkpoint, model, config, args.data_dir)
     report_evaluation(model, data, args.samples, ag.default_rng(args.seed), args.split)
 
 
@@ -375,7 +374,8 @@ def command_sample(args):
         else:
             data = None
             if iop:
-                data = ag.as_array(load_run_data(args.checkpoint, config, args.data_dir).train)
+                data = ag.as_array(
+                    load_run_data(args.checkpoint, model, config, args.data_dir).train)
             z = model.prior_sample(args.n, rng, data)
         images = ag.to_numpy(model.decoder.mean(z))
     run_dir = (args.checkpoint if os.path.isdir(args.checkpoint)

@@ -48,7 +48,6 @@ PAPER_TABLE2 = {  # Table 2 of the paper: test log-likelihood, mean and std over
     "histopathology": {"vae": (1081.53, 0.70), "vamp": (1083.11, 2.10),
                        "iop": (1087.42, 0.60)},
 }
-DATASETS = ("onehot", "mnist", "omniglot", "freyfaces", "histopathology")
 METHODS = ("vae", "vamp", "iop")
 EXACT_BUDGET = 10 ** 10  # z-component pairs of IOP's exact likelihood at the tighter S
 GRID_FIXED = ("dataset", "method", "seed", "components")  # set per run
@@ -69,10 +68,15 @@ class Run:
         return f"{self.dataset}-{self.method}{k}-seed{self.seed}"
 
 
-def grid(datasets, methods, seeds, components=(0,)):
+def paper_k(dataset):
+    """VampPrior's K in the paper for ``dataset`` (what ``components`` 0 stands for)."""
+    return runs.Config(dataset=dataset).resolved().components
+
+
+def grid(data_sets, methods, seeds, components=(0,)):
     """Every run of the grid; K varies only for VampPrior."""
     return [Run(d, m, s, k if m == "vamp" else 0)
-            for d in datasets for m in methods
+            for d in data_sets for m in methods
             for k in (components if m == "vamp" else (0,)) for s in seeds]
 
 
@@ -82,7 +86,7 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
     started = time.time()
     meta, _ = runs.read_checkpoint(path)
     model, config = runs.load_model(path)
-    data = runs.load_run_data(path, config, data_dir)
+    data = runs.load_run_data(path, model, config, data_dir)
     test = ag.as_array(data.test)
     rng = ag.default_rng(10_000 + config.seed)
 
@@ -108,17 +112,16 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
         train = data.train
         if data.dynamic_binarization:  # q(z) over what the encoder saw: binary images
             train = datasets.binarize(train, np.random.default_rng(2024))
-        train = ag.as_array(train)
+        components = iopvae.aggregated_posterior_components(model, ag.as_array(train))
 
         def exact(s):
-            return float(iopvae.exact_aggregated_log_likelihood(model, test, train, s,
+            return float(iopvae.exact_aggregated_log_likelihood(model, test, components, s,
                                                                 rng).mean())
 
         result["log_likelihood_exact"] = exact(samples)
         pairs = len(data.test) * tight_samples * len(data.train)
         result["log_likelihood_exact_tight"] = (exact(tight_samples) if pairs <= EXACT_BUDGET
                                                 else None)
-        components = iopvae.aggregated_posterior_components(model, train)
         result["log_normalizer"] = float(iopvae.density_ratio_log_normalizer(
             model, rng, normalizer_samples, components=components))
         result["log_normalizer_plain"] = float(iopvae.density_ratio_log_normalizer(
@@ -154,14 +157,20 @@ def run_one(run, config_values, out, results, samples, tight_samples, data_dir="
     return result
 
 
-def has_result(run, results, samples, tight_samples):
-    """A result for ``run`` evaluated with these S exists (then the run is done)."""
+def read_result(run, results):
+    """The result JSON of ``run`` in the folder ``results``, or None."""
     path = os.path.join(results, run.name + ".json")
     if not os.path.exists(path):
-        return False
+        return None
     with open(path) as f:
-        r = json.load(f)
-    return r.get("finished") and (r["samples"], r["tight_samples"]) == (samples, tight_samples)
+        return json.load(f)
+
+
+def has_result(run, results, samples, tight_samples):
+    """A result for ``run`` evaluated with these S exists (then the run is done)."""
+    r = read_result(run, results)
+    return bool(r and r.get("finished")
+                and (r["samples"], r["tight_samples"]) == (samples, tight_samples))
 
 
 def write_json(path, obj):
@@ -169,9 +178,9 @@ def write_json(path, obj):
 
 
 # --- the grid: in worker processes, or as commands -------------------------------------
-def run_command(run, args, config_values):
+def run_command(run, args, config_values, python=sys.executable):
     """The shell command that does ``run_one`` for ``run`` in a fresh process."""
-    words = [sys.executable if args.jobs > 0 else "python", os.path.abspath(__file__), "run",
+    words = [python, os.path.abspath(__file__), "run",
              "--dataset", run.dataset, "--method", run.method, "--seed", str(run.seed),
              "--out", args.out, "--results", args.results, "--samples", str(args.samples),
              "--tight-samples", str(args.tight_samples)]
@@ -220,13 +229,8 @@ def run_grid(todo, args, config_values):
 
 def load_results(todo, results):
     """The results that exist for the runs ``todo``, by run."""
-    found = {}
-    for run in todo:
-        path = os.path.join(results, run.name + ".json")
-        if os.path.exists(path):
-            with open(path) as f:
-                found[run] = json.load(f)
-    return found
+    found = {run: read_result(run, results) for run in todo}
+    return {run: r for run, r in found.items() if r is not None}
 
 
 # --- statistics -----------------------------------------------------------------------
@@ -289,8 +293,7 @@ def table(results):
     """Markdown table of the results (mean ± sample std over seeds) beside the paper's."""
     rows, cells = [], {}
     for r in results.values():
-        if r["method"] == "vamp" and r["components"] != runs.Config(
-                dataset=r["dataset"]).resolved().components:
+        if r["method"] == "vamp" and r["components"] != paper_k(r["dataset"]):
             continue  # Figure 3's other K
         cells.setdefault(r["dataset"], {}).setdefault(r["method"], []).append(r)
     any_r = next(iter(results.values()), None)
@@ -336,7 +339,7 @@ def figure3(results, dataset, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    default_k = runs.Config(dataset=dataset).resolved().components
+    default_k = paper_k(dataset)
     vamp, iop = {}, []
     for r in results.values():
         if r["dataset"] == dataset and r["method"] == "vamp":
@@ -417,8 +420,7 @@ def _run_or_print(todo, args):
         for run in todo:
             if not has_result(run, args.results, args.samples, args.tight_samples):
                 env = " ".join(f"{k}={v}" for k, v in SINGLE_THREAD.items())
-                print(env, shlex.join(run_command(run, argparse.Namespace(
-                    **{**vars(args), "jobs": 0}), values)))
+                print(env, shlex.join(run_command(run, args, values, python="python")))
         return False
     run_grid(todo, args, values)
     return True
@@ -437,8 +439,7 @@ def command_table2(args):
 
 
 def command_figure3(args):
-    default_k = runs.Config(dataset=args.dataset).resolved().components
-    ks = [0 if k == default_k else k for k in args.components]
+    ks = [0 if k == paper_k(args.dataset) else k for k in args.components]
     grid_runs = (grid([args.dataset], ["vamp"], args.seeds, ks)
                  + grid([args.dataset], ["iop"], args.seeds))
     if not _run_or_print(grid_runs, args):
@@ -458,7 +459,7 @@ def command_run(args):
 def add_commands(sub):
     """The ``table2``, ``figure3`` and ``run`` sub-commands (also used by iopvae.py)."""
     t = sub.add_parser("table2", help="Table 2: train, evaluate and tabulate the grid")
-    t.add_argument("--datasets", nargs="+", default=["freyfaces"], choices=DATASETS,
+    t.add_argument("--datasets", nargs="+", default=["freyfaces"], choices=datasets.DATASETS,
                    help="data sets (default: freyfaces)")
     t.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                    help="methods (default: vae vamp iop)")
@@ -467,7 +468,7 @@ def add_commands(sub):
     t.set_defaults(run=command_table2)
 
     f = sub.add_parser("figure3", help="Figure 3: VampPrior's log-likelihood against K")
-    f.add_argument("--dataset", default="histopathology", choices=DATASETS,
+    f.add_argument("--dataset", default="histopathology", choices=datasets.DATASETS,
                    help="data set (default: histopathology, as in the paper)")
     f.add_argument("--components", nargs="+", type=int, default=[50, 100, 250, 500],
                    help="VampPrior's K values (default: 50 100 250 500)")
@@ -477,7 +478,7 @@ def add_commands(sub):
     f.set_defaults(run=command_figure3)
 
     r = sub.add_parser("run", help="one run of the grid: train or resume, then evaluate")
-    r.add_argument("--dataset", required=True, choices=DATASETS, help="data set")
+    r.add_argument("--dataset", required=True, choices=datasets.DATASETS, help="data set")
     r.add_argument("--method", required=True, choices=METHODS, help="method")
     r.add_argument("--seed", type=int, default=0, help="random seed of the run (default: 0)")
     r.add_argument("--components", type=int, default=0, help="VampPrior K (0: the paper's)")

@@ -20,25 +20,36 @@ def _scalar_objective(function, inputs, weights):
     return float(out.item())
 
 
+def central_difference(objective, array, index, eps=1e-6):
+    """(f(a + eps e_i) - f(a - eps e_i)) / (2 eps) for the entry ``index`` of ``array``.
+
+    The entry is perturbed in place and restored (by index, so non-contiguous
+    and CuPy arrays work as well); ``objective()`` returns a Python float.
+    """
+    original = array[index].item()
+    array[index] = original + eps
+    up = objective()
+    array[index] = original - eps
+    down = objective()
+    array[index] = original
+    return (up - down) / (2 * eps)
+
+
 def numerical_grad(function, inputs, eps=1e-6, weights=None):
     """d sum(f(inputs) * weights) / d input by central differences, for each input.
 
-    Each element of each input's ``.data`` is perturbed in place and restored,
-    by index, so non-contiguous arrays and CuPy arrays work as well.  Returns
+    Every element of every input is perturbed (``central_difference``).  Returns
     NumPy float64 arrays shaped like the inputs.
     """
+    def objective():
+        return _scalar_objective(function, inputs, weights)
+
     grads = []
     with no_grad():
         for x in inputs:
             g = np.zeros(x.shape, dtype=np.float64)
             for index in np.ndindex(*x.shape):
-                original = x.data[index].item()
-                x.data[index] = original + eps
-                up = _scalar_objective(function, inputs, weights)
-                x.data[index] = original - eps
-                down = _scalar_objective(function, inputs, weights)
-                x.data[index] = original
-                g[index] = (up - down) / (2 * eps)
+                g[index] = central_difference(objective, x.data, index, eps)
             grads.append(g)
     return grads
 
