@@ -200,7 +200,8 @@ class VAEMethod(nn.Module):
 
     and, for the methods with a density ratio estimator (``density_ratio`` is T_psi):
 
-    - ``discriminator_loss(x, rng)``: minus the objective of Eq. (20) (lines 8-10);
+    - ``discriminator_loss(x, rng, posterior=None)``: minus the objective of Eq. (20)
+      (lines 8-10), given the (mu, logvar) of x where the trainer has them cached;
     - ``discriminator_parameters()``: psi, updated on it (line 11).
 
     The evaluation calls ``elbo_terms``, ``posterior_sample``, ``log_prior`` and
@@ -250,7 +251,7 @@ class VAEMethod(nn.Module):
         """Whether the method trains a density ratio estimator T_psi (IOP, AVB)."""
         return self.density_ratio is not None
 
-    def discriminator_loss(self, x, rng):
+    def discriminator_loss(self, x, rng, posterior=None):
         """-Eq. (20) on the batch ``x`` (methods with a density ratio estimator)."""
         raise NotImplementedError(f"{self.name} has no density ratio estimator")
 
@@ -370,20 +371,25 @@ class ImplicitOptimalPrior(StandardVAE):
         return log_standard_normal(z) + self.density_ratio(z)
 
     # --- Eq. (20): training T_psi ----------------------------------------------------
-    def aggregated_posterior_sample(self, x, rng):
+    def aggregated_posterior_sample(self, x, rng, posterior=None):
         """Ancestral sampling from q_phi(z) = E_pD(x)[q(z|x)] (Eq. 6): for data points
-        x drawn from the training set, z ~ q(z|x).  The encoder is fixed (no graph)."""
-        with ag.no_grad():
-            mu, logvar = self.encoder(x)
+        x drawn from the training set, z ~ q(z|x).  The encoder is fixed (no graph).
+        ``posterior``: (mu, logvar) of q(z|x) for these points, if already known (then
+        ``x`` is not encoded again); the draw of z is the same either way."""
+        if posterior is None:
+            with ag.no_grad():
+                posterior = self.encoder(x)
+        mu, logvar = posterior
         return reparameterize(mu, logvar, standard_normal(rng, mu.shape))
 
-    def discriminator_loss(self, x, rng):
+    def discriminator_loss(self, x, rng, posterior=None):
         """-Eq. (20) on one batch: BCE of T on z1 ~ q(z) (label 1) and z0 ~ N(0, I) (label 0).
 
         ``x`` is a mini-batch of training points (freshly binarized for MNIST and
-        OMNIGLOT, as the authors do per batch), so z1 is one ancestral sample each.
+        OMNIGLOT, as the authors do per batch), so z1 is one ancestral sample each;
+        or ``posterior``, their (mu, logvar) cached for the round by the trainer.
         """
-        z1 = self.aggregated_posterior_sample(x, rng)    # Algorithm 1, line 9
+        z1 = self.aggregated_posterior_sample(x, rng, posterior)  # Algorithm 1, line 9
         z0 = standard_normal(rng, z1.shape)              # line 8
         return density_ratio_loss(self.density_ratio(z1), self.density_ratio(z0))
 
@@ -442,8 +448,11 @@ class AVB(VAEMethod):
         t = self.density_ratio(ag.concatenate([x, z], axis=1))
         return self.decoder.log_likelihood(x, z), t
 
-    def discriminator_loss(self, x, rng):
-        """T(x, z) separates z ~ q(z|x) (label 1) from z ~ p(z) (label 0) on a batch x."""
+    def discriminator_loss(self, x, rng, posterior=None):
+        """T(x, z) separates z ~ q(z|x) (label 1) from z ~ p(z) (label 0) on a batch x.
+
+        ``posterior`` is always None: z = f_phi(x, eps) needs the encoder with fresh
+        noise eps at every draw, so there are no posterior parameters to cache."""
         with ag.no_grad():
             z_q = self.posterior_sample(x, rng)
         z_p = standard_normal(rng, z_q.shape)
@@ -599,11 +608,13 @@ class Trainer:
             if model.has_discriminator:
                 disc_losses = []                                 # (and none with j2 = 0)
                 with frozen(model.encoder, model.decoder):       # theta, phi fixed
+                    posteriors = self.round_posteriors()         # q(z|x) of X, if it can't change
                     for _ in range(self.j2):                     # 7: for J2 steps (epochs)
                         disc_losses = []
                         for idx in minibatches(n, K, rng):
                             # 8-9: z0 ~ p(z) and z1 ~ q(z) from a training minibatch; -Eq. (20)
-                            loss = model.discriminator_loss(self.batch(idx), rng)
+                            x, posterior = self.discriminator_batch(idx, posteriors)
+                            loss = model.discriminator_loss(x, rng, posterior)
                             self.disc_opt.zero_grad()
                             loss.backward()                      # 10: gradient wrt psi
                             self.disc_opt.step()                 # 11: update psi
@@ -633,6 +644,28 @@ class Trainer:
         """The training points ``idx``, freshly binarized for MNIST and OMNIGLOT."""
         x = self.train_x[idx]
         return ag.Tensor(binarize(x, self.rng) if self.data.dynamic_binarization else x)
+
+    def round_posteriors(self):
+        """(mu_n, logvar_n) of q(z|x_n) for every training point, encoded once at the
+        start of a round of T (lines 7-12) when they cannot change during it: the
+        encoder is fixed there and x is not binarized afresh (OneHot, FreyFaces,
+        Histopathology).  IOP's T steps then draw z1 = mu + sigma * eps from the rows
+        of their minibatch instead of encoding it again: the same z for the same noise,
+        with one encoder pass over X per round instead of J2.  ``None`` for MNIST and
+        OMNIGLOT (each minibatch is a fresh binarization) and for AVB, whose implicit
+        q(z|x) has no parameters to keep: each draw z = f(x, eps) needs fresh noise
+        through the encoder."""
+        if self.data.dynamic_binarization or not self.model.explicit_posterior:
+            return None
+        return aggregated_posterior_components(self.model, self.train_x)
+
+    def discriminator_batch(self, idx, posteriors):
+        """The training points ``idx`` for a step of T: (x, None), or (None, their rows
+        of the round's ``posteriors``) where those are cached."""
+        if posteriors is None:
+            return self.batch(idx), None
+        mu, logvar = posteriors
+        return None, (ag.Tensor(mu[idx]), ag.Tensor(logvar[idx]))
 
     def converged(self):
         """Early stopping: ``patience`` epochs after the warm-up without a better
