@@ -31,12 +31,13 @@ def quiet(_line):
     pass
 
 
-def synthetic(n=120, dim=12, seed=0):
-    """Grey training points (dynamic binarisation, as MNIST) and binary valid/test sets."""
+def synthetic(n=120, dim=12, seed=0, dynamic=True):
+    """Grey training points (dynamic binarisation, as MNIST; or not, as OneHot, whose
+    posteriors IOP then caches for a round of T) and binary valid/test sets."""
     g = np.random.default_rng(seed)
     train = g.uniform(0.05, 0.95, size=(n, dim)).astype(np.float32)
     valid, test = ((g.uniform(size=(30, dim)) > 0.5).astype(np.float32) for _ in range(2))
-    return datasets.Dataset("mnist", train, valid, test, "bernoulli", True, None)
+    return datasets.Dataset("mnist", train, valid, test, "bernoulli", dynamic, None)
 
 
 def config(method, **settings):
@@ -184,17 +185,20 @@ def test_checkpoint_and_resume_on_every_backend(on_backend, tmp_path):
         assert continuations[0][0][:2] == strip_timing(straight.history)[:2]
 
 
+@pytest.mark.parametrize("dynamic", [True, False], ids=["binarized", "not-binarized"])
 @pytest.mark.parametrize("method", METHODS)
-def test_a_round_reads_the_device_a_fixed_number_of_times(method, tmp_path):
+def test_a_round_reads_the_device_a_fixed_number_of_times(method, dynamic, tmp_path):
     """On the simulated GPU a round of Algorithm 1 makes SYNCS_PER_ROUND device-to-host
     transfers, plus SYNCS_PER_CHECKPOINT when it writes a checkpoint, with 2 or with 6
     mini-batches per epoch alike (so no step reads the device), and copies nothing from
     the host (the data stay on the device).  Each measured round improves on the best
-    validation ELBO, so the best weights are kept too: on the device, without a read."""
+    validation ELBO, so the best weights are kept too: on the device, without a read.
+    The same with data that are not binarized (IOP's T steps then draw from the
+    posteriors cached for the round)."""
     ag.set_backend("cupy-sim")
     for batches in (2, 6):
         for out_dir in (None, str(tmp_path / f"run{batches}")):
-            data = synthetic(n=10 * batches)
+            data = synthetic(n=10 * batches, dynamic=dynamic)
             trainer = runs.Trainer(config(method, batch_size=10, warmup=0, epochs=5), data,
                                    out_dir, quiet)
             trainer.train(1)

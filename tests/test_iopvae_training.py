@@ -453,3 +453,75 @@ def test_minibatches_cover_a_fresh_shuffle_once():
     assert sorted(np.concatenate(first).tolist()) == list(range(250))
     assert not np.array_equal(np.concatenate(first),
                               np.concatenate(list(iopvae.minibatches(250, 100, rng))))
+
+
+# =============================================================================
+# IOP's T rounds: the posteriors of data that are not binarized, encoded once a round
+# =============================================================================
+def _t_round_trainer(method="iop", dynamic=False):
+    data = synthetic("freyfaces", n=200, dim=8, likelihood="gaussian", dynamic=dynamic)
+    if dynamic:
+        data = synthetic(n=200, dim=8)
+    return runs.Trainer(_config(method, dataset=data.name, latent=2, batch_size=50, j2=3),
+                        data, None, quiet)
+
+
+def test_cached_posteriors_draw_the_same_z_as_encoding_the_batch():
+    """z1 = mu + sigma * eps from the round's cached rows is the z of encoding the
+    minibatch again, for the same noise (one seed for both): the same draw, hence the
+    same distribution; only rounding of the larger matrix product may differ."""
+    trainer = _t_round_trainer()
+    model = trainer.model
+    idx = ag.as_array(np.array([5, 17, 17, 199, 0]))
+    with iopvae.frozen(model.encoder, model.decoder):
+        posteriors = trainer.round_posteriors()
+        x, cached = trainer.discriminator_batch(idx, posteriors)
+        assert x is None
+        z_cached = model.aggregated_posterior_sample(None, ag.default_rng(7), cached)
+        z_encoded = model.aggregated_posterior_sample(trainer.batch(idx), ag.default_rng(7))
+    np.testing.assert_allclose(ag.to_numpy(z_cached.data), ag.to_numpy(z_encoded.data),
+                               rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ag.to_numpy(z_cached.data[0]), ag.to_numpy(z_cached.data[1]))
+
+
+def _count_encoder_passes(trainer, monkeypatch):
+    calls = []
+    forward = type(trainer.model.encoder).forward
+    monkeypatch.setattr(type(trainer.model.encoder), "forward",
+                        lambda self, *a: calls.append(1) or forward(self, *a))
+    return calls
+
+
+def test_a_t_round_encodes_the_training_set_once_and_trains_t_the_same(monkeypatch):
+    """A round of T on data that are not binarized encodes the training set once (one
+    pass, not J2 epochs of minibatches), and trains T to the same weights as encoding
+    every minibatch (the old way, forced here): the same z at every step."""
+    runs_ = {}
+    for cached in (True, False):
+        trainer = _t_round_trainer()
+        if not cached:
+            monkeypatch.setattr(trainer, "round_posteriors", lambda: None)
+        calls = _count_encoder_passes(trainer, monkeypatch)
+        history = trainer.train(1)
+        runs_[cached] = (len(calls), history, trainer.model.density_ratio.state_dict())
+        monkeypatch.undo()
+    batches, valid_batches, j2 = 200 // 50, 2, 3      # 60 validation points in 50s
+    # the VAE epoch and the validation ELBO either way; then the training set once (one
+    # batch of up to 1000 rows) against J2 epochs of minibatches
+    assert runs_[True][0] == batches + valid_batches + 1
+    assert runs_[False][0] == batches + valid_batches + j2 * batches
+    assert runs_[True][1][0]["disc_loss"] == pytest.approx(runs_[False][1][0]["disc_loss"],
+                                                           rel=1e-5)
+    for name, value in runs_[True][2].items():
+        np.testing.assert_allclose(ag.to_numpy(value), ag.to_numpy(runs_[False][2][name]),
+                                   rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("method, dynamic", [("iop", True), ("avb", False)])
+def test_no_cached_posteriors_for_binarized_data_or_avb(method, dynamic, monkeypatch):
+    """MNIST and OMNIGLOT encode each freshly binarized minibatch; AVB's implicit
+    encoder needs fresh noise at every draw: neither caches anything."""
+    trainer = _t_round_trainer(method, dynamic)
+    assert trainer.round_posteriors() is None
+    x, posterior = trainer.discriminator_batch(ag.as_array(np.arange(3)), None)
+    assert posterior is None and x.shape == (3, 8)
