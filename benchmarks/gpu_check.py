@@ -90,7 +90,8 @@ def device_part(backend):
                                          if d.metadata["Name"].startswith("cupy")),
                     cuda_runtime=runtime.runtimeGetVersion(),
                     cuda_driver=runtime.driverGetVersion(),
-                    gpu=props["name"].decode(), gpus=runtime.getDeviceCount(),
+                    gpu=bytes(props["name"]).decode(errors="replace"),
+                    gpus=runtime.getDeviceCount(),
                     memory_gb=round(props["totalGlobalMem"] / 2**30, 1))
     host = np.arange(12, dtype=np.float32).reshape(3, 4)
     a = ag.as_array(host)
