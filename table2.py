@@ -804,11 +804,13 @@ def add_commands(sub):
     r.set_defaults(run=command_run)
 
 
-def main(argv=None):
+def build_parser():
+    """``python table2.py ...``: the table2, figure3 and run commands alone."""
     parser = argparse.ArgumentParser(prog="table2.py", description=__doc__.split("\n")[0])
     add_commands(parser.add_subparsers(dest="command", required=True))
-    return runs.run_command_line(parser, argv)
+    return parser
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # cli.py imports this module: the entry point alone looks up
+    from cli import run_command_line
+    sys.exit(run_command_line(build_parser()))

@@ -15,6 +15,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import autograd_lite as ag  # noqa: E402
+import cli  # noqa: E402
 import datasets  # noqa: E402
 import runs  # noqa: E402
 import table2  # noqa: E402
@@ -49,10 +50,10 @@ def test_seed1_run_is_evaluated_on_test_points_it_never_trained_on(tmp_path, mon
     real_load = runs._load_data
     monkeypatch.setattr(runs, "_load_data", lambda *a: loads.append(real_load(*a)) or loads[-1])
     out = tmp_path / "run"
-    assert runs.main(["train", "--dataset", "freyfaces", "--method", "vae", *TINY, "--seed",
+    assert cli.main(["train", "--dataset", "freyfaces", "--method", "vae", *TINY, "--seed",
                         "1", "--samples", "2", "--out", str(out),
                         "--data-dir", str(data_dir)]) == 0
-    assert runs.main(["evaluate", str(out), "--samples", "2", "--data-dir", str(data_dir)]) == 0
+    assert cli.main(["evaluate", str(out), "--samples", "2", "--data-dir", str(data_dir)]) == 0
     trained_on, evaluated = loads[0], loads[-1]
     assert len(loads) == 2
     assert not _rows(trained_on.train) & _rows(evaluated.test)
@@ -65,14 +66,14 @@ def test_evaluate_and_resume_refuse_another_split(tmp_path, monkeypatch, capsys)
     """A checkpoint records its split; data split differently are refused in one line."""
     data_dir = fake_freyfaces(tmp_path / "data", monkeypatch)
     out = tmp_path / "run"
-    assert runs.main(["train", "--dataset", "freyfaces", "--method", "vae", *TINY,
+    assert cli.main(["train", "--dataset", "freyfaces", "--method", "vae", *TINY,
                         "--samples", "2", "--out", str(out), "--data-dir", str(data_dir)]) == 0
     capsys.readouterr()
     monkeypatch.setitem(datasets.SPLIT_SEEDS, "freyfaces", 7)  # another split
     for argv in (["evaluate", str(out), "--data-dir", str(data_dir)],
                  ["train", "--dataset", "freyfaces", "--method", "vae", "--resume",
                   "--out", str(out), "--data-dir", str(data_dir)]):
-        assert runs.main(argv) == 2
+        assert cli.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "was trained on split freyfaces:" in err
 
@@ -108,7 +109,7 @@ def test_separate_step_sizes_for_vae_and_density_ratio():
                            lr_density_ratio=1e-3)
     trainer = runs.Trainer(config, datasets.load("onehot"), out_dir=None)
     assert trainer.vae_opt.lr == 1e-4 and trainer.disc_opt.lr == 1e-3
-    parser = runs.build_parser()
+    parser = cli.build_parser()
     args = parser.parse_args(["train", "--dataset", "onehot", "--method", "iop",
                               "--lr-density-ratio", "0.002"])
     config = runs.Config(**runs.config_options_given(args))
@@ -122,7 +123,7 @@ def test_table2_headline_is_S10_with_a_tighter_column(tmp_path, monkeypatch, cap
     monkeypatch.setattr(runs, "_load_data", lambda name, data_dir: small_mnist())
     argv = ["table2", "--datasets", "mnist", "--seeds", "0", *TINY, "--tight-samples", "20",
             "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
-    assert runs.main(argv) == 0
+    assert cli.main(argv) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("| data set"))
     assert "S = 10 |" in header and "S = 20 |" in header and "IOP exact" in header
@@ -137,7 +138,7 @@ def test_table2_headline_is_S10_with_a_tighter_column(tmp_path, monkeypatch, cap
         assert result["finished"] and result["epochs_trained"] == 2
     iop = json.loads((tmp_path / "results" / "mnist-iop-seed0.json").read_text())
     assert np.isfinite(iop["log_likelihood_exact"]) and np.isfinite(iop["log_normalizer"])
-    assert runs.main(argv) == 0
+    assert cli.main(argv) == 0
     assert "3 of 3 runs already evaluated; 0 to run" in capsys.readouterr().out
 
 
@@ -148,7 +149,7 @@ def test_print_commands_and_run_one_command(tmp_path, capsys):
     argv = ["table2", "--datasets", "onehot", "--methods", "iop", "vae", "--seeds", "3", *TINY,
             "--tight-samples", "12", "--out", str(tmp_path / "runs"),
             "--results", str(tmp_path / "results"), "--print-commands"]
-    assert runs.main(argv) == 0
+    assert cli.main(argv) == 0
     commands = capsys.readouterr().out.strip().splitlines()
     assert len(commands) == 2 and all(" run --dataset onehot " in c for c in commands)
     iop = next(c for c in commands if "--method iop" in c)
@@ -158,7 +159,7 @@ def test_print_commands_and_run_one_command(tmp_path, capsys):
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "results" / "onehot-iop-seed3.json").read_text())
     assert result["tight_samples"] == 12 and result["seed"] == 3
-    assert runs.main(argv) == 0
+    assert cli.main(argv) == 0
     again = capsys.readouterr().out.strip().splitlines()
     assert len(again) == 1 and "--method vae" in again[0]
 
