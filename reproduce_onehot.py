@@ -26,6 +26,8 @@ setup (Sec. 5.2), then writes into ``--out``:
   methods really separated the posteriors, whatever their estimated ELBO says.
 
 The methods train in parallel worker processes (``--jobs``), one BLAS thread each.
+A last table gives each method's CPU and wall seconds: training (Algorithm 1),
+Figure 2's evaluation of every round, and the final evaluation; then plotting.
 """
 import argparse
 import json
