@@ -548,7 +548,13 @@ def _hms(seconds):
 
 
 class TrainingDiverged(RuntimeError):
-    """A loss or the validation ELBO became NaN or infinite."""
+    """A loss or the validation ELBO became NaN or infinite, or beyond ``Trainer.check_diverged``'s
+    bounds."""
+
+
+# The divergence rule (Trainer.check_diverged): numbers no working run reaches.
+DIVERGED_NATS_PER_DIMENSION = 1e4   # |VAE loss| or |validation ELBO| per point and data dimension
+DIVERGED_DENSITY_RATIO_LOSS = 10 * 2 * math.log(2)  # T's loss: ten times a coin flip's (1.39)
 
 
 class Trainer:
@@ -616,7 +622,7 @@ class Trainer:
                 valid_elbo)
             record = {"epoch": epoch, "beta": beta, "loss": loss, "disc_loss": disc_loss,
                       "valid_elbo": valid_elbo, "seconds": time.time() - started}
-            self.check_finite(record)           # NaN: stop before anything is saved
+            self.check_diverged(record)         # NaN or huge: stop before saving
             self.epoch = epoch
             self.history.append(record)
             self.early_stopping(record)         # keep the best weights, count bad epochs
@@ -640,12 +646,28 @@ class Trainer:
         validation ELBO (never, with patience 0)."""
         return self.patience > 0 and self.bad_epochs >= self.patience
 
-    def check_finite(self, record):
-        for key in ("loss", "disc_loss", "valid_elbo"):
+    def check_diverged(self, record):
+        """Stop a round whose numbers show divergence, even finite ones (a huge step size
+        gives finite garbage: losses of 1e9 to 1e23 on OneHot).  The rule: a loss or the
+        validation ELBO is NaN or infinite; or the VAE loss or validation ELBO (per point)
+        exceeds ``DIVERGED_NATS_PER_DIMENSION`` = 1e4 nats times the data dimension in
+        size (a working run stays below about 10 per dimension, Gaussian decoders at
+        their tightest variance below about 4e3); or T's loss (Eq. 20) exceeds
+        ``DIVERGED_DENSITY_RATIO_LOSS`` = 10 x 2 log 2, ten times that of T = 0, a
+        classifier that guesses (a working T stays below 2 log 2)."""
+        bound = DIVERGED_NATS_PER_DIMENSION * self.train_x.shape[1]
+        for key, limit in (("loss", bound), ("disc_loss", DIVERGED_DENSITY_RATIO_LOSS),
+                           ("valid_elbo", bound)):
             value = record[key]
-            if value is not None and not math.isfinite(value):
+            if value is None:
+                continue
+            if not math.isfinite(value):
                 raise TrainingDiverged(f"training diverged at epoch {record['epoch']}: {key} "
                                        f"is {value}")
+            if abs(value) > limit:
+                raise TrainingDiverged(f"training diverged at epoch {record['epoch']}: {key} "
+                                       f"is {value:.4g}, beyond {limit:.4g} (the divergence "
+                                       "rule); try a smaller step size")
 
     def early_stopping(self, record):
         """Keep the best weights by validation ELBO and count epochs without progress,

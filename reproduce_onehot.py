@@ -221,9 +221,15 @@ def parse_args(argv):
     if args.quick:
         args.epochs, args.warmup, args.prior_samples, args.is_samples = (
             QUICK["epochs"], QUICK["warmup"], QUICK["prior_samples"], QUICK["is_samples"])
-    if min(args.epochs, args.jobs, args.prior_samples, args.is_samples) < 1 or args.warmup < 0:
+    if min(args.epochs, args.jobs, args.prior_samples, args.is_samples) < 1 or min(
+            args.warmup, args.seed) < 0:
         parser.error("--epochs, --jobs, --prior-samples and --is-samples must be positive, "
-                     "--warmup >= 0")
+                     "--warmup and --seed >= 0")
+    given = [word.split("=")[0] for word in (sys.argv[1:] if argv is None else argv)]
+    overridden = [o for o in ("--epochs", "--warmup", "--prior-samples", "--is-samples")
+                  if o in given]
+    if args.quick and overridden:
+        print(f"warning: --quick overrides {', '.join(overridden)}", file=sys.stderr)
     args.warmup = min(args.warmup, args.epochs)
     return args
 
@@ -245,8 +251,18 @@ def run_all(args):
     return sorted(results, key=lambda r: order[r["method"]])
 
 
+def check_backend():
+    """One error line, before any work, for a bad ``AUTOGRAD_LITE_BACKEND``."""
+    import autograd_lite as ag
+    try:
+        ag.backend_name()
+    except ag.BackendError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 def main(argv=None):
     args = parse_args(argv)
+    check_backend()
     os.makedirs(args.out, exist_ok=True)
     print(f"OneHot: {', '.join(args.methods)} for {args.epochs} epochs "
           f"(warm-up {args.warmup}), {args.jobs} worker(s); output in {args.out}", flush=True)

@@ -29,8 +29,10 @@ import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -108,11 +110,9 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
         "samples": samples, "tight_samples": tight_samples,
         "log_likelihood": ll(samples), "log_likelihood_tight": ll(tight_samples),
     }
+    result["likelihood"] = data.likelihood  # "bernoulli": log p(x) <= 0, else invalid
     if config.method == "iop":
-        train = data.train
-        if data.dynamic_binarization:  # q(z) over what the encoder saw: binary images
-            train = datasets.binarize(train, np.random.default_rng(2024))
-        components = iopvae.aggregated_posterior_components(model, ag.as_array(train))
+        components = runs.aggregated_posterior_components(model, data)
 
         def exact(s):
             return float(iopvae.exact_aggregated_log_likelihood(model, test, components, s,
@@ -136,17 +136,52 @@ def run_finished(meta):
     return meta["epoch"] >= c.epochs or (c.patience > 0 and meta["bad_epochs"] >= c.patience)
 
 
+def asked_config(run, config_values, data_dir=""):
+    """The Config that the command line asks of ``run``."""
+    return runs.Config(**config_values, dataset=run.dataset, method=run.method, seed=run.seed,
+                       components=run.components, data_dir=data_dir).resolved().validate()
+
+
+def differences(stored, asked):
+    """The settings (but ``epochs`` and ``data_dir``) in which a run's stored
+    configuration differs from the asked one, as "--name asked (stored: x)"."""
+    stored = runs.Config(**stored) if isinstance(stored, dict) else stored
+    return [f"--{f.name.replace('_', '-')} {getattr(asked, f.name)} "
+            f"(stored: {getattr(stored.resolved(), f.name)})"
+            for f in dataclasses.fields(runs.Config) if f.name not in ("epochs", "data_dir")
+            and getattr(stored.resolved(), f.name) != getattr(asked, f.name)]
+
+
+def refuse_other_settings(name, where, stored, asked):
+    """Refuse a run made with other settings than asked: reusing it would put its
+    numbers in the table under these settings.  ``--epochs`` may differ: it sets
+    the run's new end, as with ``train --resume``."""
+    differ = differences(stored, asked)
+    if differ:
+        raise ValueError(f"run {name} in {where} was made with other settings than asked: "
+                         f"{', '.join(differ)}; use another --out and --results, or ask "
+                         "for its settings")
+
+
 def run_one(run, config_values, out, results, samples, tight_samples, data_dir="", log=print):
     """Train ``run`` to the end (resuming its checkpoint if any), evaluate it and write
     ``result.json`` in its folder and ``<name>.json`` in ``results``; returns the result."""
     path = os.path.join(out, run.name)
+    asked = asked_config(run, config_values, data_dir)
+    runs.lock_run_folder(path)
     data = runs._load_data(run.dataset, data_dir)
     if os.path.exists(os.path.join(path, "checkpoint.npz")):
+        meta, _ = runs.read_checkpoint(path)
+        refuse_other_settings(run.name, path, meta["config"], asked)
+        if meta["epoch"] > asked.epochs:
+            raise ValueError(f"run {run.name} in {path} has trained {meta['epoch']} epochs, "
+                             f"more than --epochs {asked.epochs}")
         trainer = runs.resume_trainer(path, data, path, log)
+        trainer.config = dataclasses.replace(trainer.config, epochs=asked.epochs)
+        trainer.epochs = asked.epochs  # a new end, as with train --resume --epochs
     else:
-        config = runs.Config(**config_values, dataset=run.dataset, method=run.method,
-                               seed=run.seed, components=run.components, data_dir=data_dir)
-        trainer = runs.Trainer(config, data, path, log)
+        trainer = runs.Trainer(asked, data, path, log)
+    trainer.resume_hint = "run the same command again to continue"
     log(f"== {run.name}: epoch {trainer.epoch} of {trainer.config.epochs}")
     trainer.train()
     result = evaluate_run(path, samples, tight_samples, data_dir)
@@ -157,24 +192,66 @@ def run_one(run, config_values, out, results, samples, tight_samples, data_dir="
     return result
 
 
+RESULT_KEYS = ("run", "dataset", "method", "seed", "components", "config", "epochs_trained",
+               "best_epoch", "finished", "samples", "tight_samples", "test_elbo",
+               "log_likelihood", "log_likelihood_tight")
+IOP_KEYS = ("log_likelihood_exact", "log_likelihood_exact_tight", "log_normalizer")
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} (a number that is not finite)")
+
+
 def read_result(run, results):
-    """The result JSON of ``run`` in the folder ``results``, or None."""
+    """The result JSON of ``run`` in the folder ``results``, or None; a file that is not
+    a complete result of this run (truncated, a key missing, NaN, another run's
+    content) is refused with one line naming it."""
     path = os.path.join(results, run.name + ".json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            r = json.load(f, parse_constant=_no_constant)
+        if not isinstance(r, dict):
+            raise ValueError("not a JSON object")
+        try:
+            runs.Config(**r.get("config", {})).checked_types()
+        except TypeError as exc:
+            raise ValueError(f"its config: {exc}") from None
+        missing = [k for k in RESULT_KEYS + (IOP_KEYS if r.get("method") == "iop" else ())
+                   if k not in r]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        if (r["run"], r["dataset"], r["method"], r["seed"]) != (
+                run.name, run.dataset, run.method, run.seed):
+            raise ValueError(f"it holds the result of run {r['run']}, not of {run.name}")
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"result file {path} is not usable ({exc}); delete it to evaluate "
+                         "the run again") from None
+    return r
 
 
-def has_result(run, results, samples, tight_samples):
-    """A result for ``run`` evaluated with these S exists (then the run is done)."""
+def has_result(run, results, samples, tight_samples, asked=None):
+    """A result for ``run`` evaluated with these S (and made with the ``asked`` Config,
+    if given) exists: then the run is done.  A result made with other settings is
+    refused, unless only ``epochs`` differs (then the run goes on to the new end)."""
     r = read_result(run, results)
+    if r and asked is not None:
+        refuse_other_settings(run.name, results, r["config"], asked)
+        if r["config"]["epochs"] != asked.epochs:
+            return False
     return bool(r and r.get("finished")
                 and (r["samples"], r["tight_samples"]) == (samples, tight_samples))
 
 
 def write_json(path, obj):
-    atomic_write(path, lambda f: json.dump(obj, f, indent=2), mode="w")
+    """``obj`` as JSON, written whole or not at all; NaN or infinite numbers refused."""
+    try:
+        text = json.dumps(obj, indent=2, allow_nan=False)
+    except ValueError:
+        raise ValueError(f"{path} not written: it would hold numbers that are not finite "
+                         f"({obj})"[:400]) from None
+    atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 # --- the grid: in worker processes, or as commands -------------------------------------
@@ -200,10 +277,18 @@ class RunFailed(ValueError):
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def pending_runs(todo, args, config_values):
+    """The runs of ``todo`` without a result for these settings."""
+    return [r for r in todo if not has_result(r, args.results, args.samples, args.tight_samples,
+                                              asked_config(r, config_values, args.data_dir))]
+
+
 def run_grid(todo, args, config_values):
     """Run the unfinished ``runs``: in this process (``--jobs 1``) or in worker
-    processes with one BLAS thread each, logging to ``<run>/train.log``."""
-    pending = [r for r in todo if not has_result(r, args.results, args.samples, args.tight_samples)]
+    processes with one BLAS thread each, logging to ``<run>/train.log``.  A SIGTERM
+    to this process is passed on to the workers (each run's lock keeps a second grid
+    from training a run a worker still trains)."""
+    pending = pending_runs(todo, args, config_values)
     print(f"{len(todo) - len(pending)} of {len(todo)} runs already evaluated; "
           f"{len(pending)} to run with {args.jobs} worker(s)", flush=True)
     if args.jobs <= 1:
@@ -211,18 +296,36 @@ def run_grid(todo, args, config_values):
             run_one(run, config_values, args.out, args.results, args.samples,
                     args.tight_samples, args.data_dir)
         return
+    workers, starting, stopped = [], threading.Lock(), []
 
     def work(run):
         os.makedirs(os.path.join(args.out, run.name), exist_ok=True)
         with open(os.path.join(args.out, run.name, "train.log"), "a") as log:
-            done = subprocess.run(run_command(run, args, config_values), stdout=log,
-                                  stderr=subprocess.STDOUT, env={**os.environ, **SINGLE_THREAD})
-        print(f"{run.name}: {'done' if done.returncode == 0 else 'FAILED'}"
+            with starting:  # no new worker once stop_workers has begun
+                if stopped:
+                    return 128 + stopped[0]
+                worker = subprocess.Popen(run_command(run, args, config_values), stdout=log,
+                                          stderr=subprocess.STDOUT,
+                                          env={**os.environ, **SINGLE_THREAD})
+                workers.append(worker)
+            code = worker.wait()
+        print(f"{run.name}: {'done' if code == 0 else 'FAILED'}"
               f" (log: {os.path.join(args.out, run.name, 'train.log')})", flush=True)
-        return done.returncode
+        return code
 
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        codes = list(pool.map(work, pending))
+    def stop_workers(signum, frame):
+        with starting:
+            stopped.append(signum)
+            for worker in workers:
+                worker.terminate()
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop_workers)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            codes = list(pool.map(work, pending))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if any(codes):
         raise RunFailed(f"{sum(c != 0 for c in codes)} run(s) failed; see their train.log")
 
@@ -282,6 +385,14 @@ def not_worse_than_best(scores, level=0.05):
 
 
 # --- the table --------------------------------------------------------------------------
+def invalid(result):
+    """A result with an estimate above 0 on binary data (impossible: log p(x) <= 0);
+    shown as INVALID and never ranked."""
+    return any(runs.impossible(result[key], result.get("likelihood"))
+               for key in ("test_elbo", "log_likelihood", "log_likelihood_tight")
+               if result.get(key) is not None)
+
+
 def _mean_std(values):
     if any(v is None for v in values):
         return "-"  # not computed (IOP's exact value at the tighter S beyond EXACT_BUDGET)
@@ -305,8 +416,9 @@ def table(results):
                 f"IOP log Z | paper (S = 10) |")
     rows.append("|" + "---|" * 10)
     for dataset, methods in cells.items():
-        bold = not_worse_than_best({m: [r["log_likelihood"] for r in rs]
-                                    for m, rs in methods.items()})
+        ranked = {m: [r["log_likelihood"] for r in rs] for m, rs in methods.items()
+                  if not any(map(invalid, rs))}
+        bold = not_worse_than_best(ranked) if ranked else set()
         for method in METHODS:
             rs = methods.get(method)
             if not rs:
@@ -316,7 +428,9 @@ def table(results):
                 return [r[key] for r in rs]
 
             ours = _mean_std(pick("log_likelihood"))
-            ours = f"**{ours}**" if method in bold and len(methods) > 1 else ours
+            ours = f"**{ours}**" if method in bold and len(ranked) > 1 else ours
+            bad = sum(map(invalid, rs))
+            ours += f" INVALID ({bad} of {len(rs)} above 0 on binary data)" if bad else ""
             approx = "≈ " if method == "iop" else ""
             exact = ((_mean_std(pick("log_likelihood_exact")),
                       _mean_std(pick("log_likelihood_exact_tight")),
@@ -397,8 +511,29 @@ def _common_options(parser):
     runs.add_config_options(parser, skip=GRID_FIXED)
 
 
+def check_options(args):
+    """Refuse bad values of the grid's own options before anything is trained."""
+    runs.positive("--samples", args.samples)
+    runs.positive("--tight-samples", args.tight_samples)
+    runs.positive("--jobs", getattr(args, "jobs", 1))
+    seeds = getattr(args, "seeds", [args.seed] if hasattr(args, "seed") else [])
+    for seed in seeds:
+        runs.non_negative("--seed", seed)
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: a seed given twice would train "
+                         "one run twice at once")
+    components = getattr(args, "components", None)
+    for k in components if isinstance(components, list) else [components or 0]:
+        runs.non_negative("--components", k)
+    for option, folder in (("--out", args.out), ("--results", args.results)):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise ValueError(f"{option} {folder} is a file, not a folder")
+
+
 def _config_values(args):
-    """The training options given on the command line (the rest keep Config's defaults)."""
+    """The training options given on the command line (the rest keep Config's defaults),
+    after ``check_options``."""
+    check_options(args)
     args.data_dir = args.data_dir or ""
     return {k: v for k, v in runs.config_options_given(args).items()
             if k not in GRID_FIXED + ("data_dir",)}
@@ -417,10 +552,9 @@ def _grid_options(parser):
 def _run_or_print(todo, args):
     values = _config_values(args)
     if args.print_commands:
-        for run in todo:
-            if not has_result(run, args.results, args.samples, args.tight_samples):
-                env = " ".join(f"{k}={v}" for k, v in SINGLE_THREAD.items())
-                print(env, shlex.join(run_command(run, args, values, python="python")))
+        for run in pending_runs(todo, args, values):
+            env = " ".join(f"{k}={v}" for k, v in SINGLE_THREAD.items())
+            print(env, shlex.join(run_command(run, args, values, python="python")))
         return False
     run_grid(todo, args, values)
     return True

@@ -26,6 +26,10 @@ parser.add_argument("--epochs", type=int, default=100, help="rounds (paper: 1000
 parser.add_argument("--out", default=os.path.join("out", "example"), help="folder of the PNG")
 parser.add_argument("--hidden", type=int, default=500, help="units per hidden layer")
 args = parser.parse_args()
+try:
+    ag.backend_name()  # reads AUTOGRAD_LITE_BACKEND
+except ag.BackendError as exc:
+    sys.exit(f"error: {exc}")
 
 data = datasets.load("onehot")  # 1,000 points, each one of the 4 one-hot vectors in R^4
 train_x, valid_x, test_x = (ag.as_array(x) for x in (data.train, data.valid, data.test))
