@@ -288,8 +288,8 @@ def format_rows(rows):
 def command(args):
     """Print the table for ``args.method``; 1 (naming the offending rows) if any error
     passes its tolerance, else 0."""
-    if args.coordinates < 1:
-        raise ValueError(f"--coordinates must be at least 1 (got {args.coordinates})")
+    runs.positive("--coordinates", args.coordinates)
+    runs.non_negative("--seed", args.seed)
     start = time.time()
     methods = METHODS if args.method == "all" else (args.method,)
     use_torch = torch_available()

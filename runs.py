@@ -160,10 +160,12 @@ class Trainer(iopvae.Trainer):
                          valid_samples=c.valid_samples, log=log)
 
     resume_hint = "continue with --resume"
+    saved_epoch = 0  # the epoch of the last checkpoint written (or resumed from)
 
     def save(self):
         if self.out_dir:
             save_checkpoint(self, os.path.join(self.out_dir, "checkpoint.npz"))
+            self.saved_epoch = self.epoch
 
     def train(self, epochs=None):
         try:
@@ -172,8 +174,8 @@ class Trainer(iopvae.Trainer):
             kept = (f"the last good checkpoint (epoch {self.epoch}) is kept in {self.out_dir}"
                     if self.out_dir and self.epoch else "no checkpoint was written")
             raise iopvae.TrainingDiverged(f"{exc}; {kept}") from None
-        except KeyboardInterrupt:
-            raise Interrupted(f"interrupted at epoch {self.epoch}; {self.resume_hint}") \
+        except KeyboardInterrupt:  # the checkpoint of the last saved epoch is kept
+            raise Interrupted(f"interrupted at epoch {self.saved_epoch}; {self.resume_hint}") \
                 from None
 
 
@@ -359,6 +361,7 @@ def resume_trainer(path, data, out_dir, log=print):
     trainer.best = {"epoch": meta["best_epoch"], "valid_elbo": meta["best_valid_elbo"],
                     "state": best or None}
     trainer.epoch, trainer.history = meta["epoch"], meta["history"]
+    trainer.saved_epoch = meta["epoch"]
     trainer.bad_epochs = meta["bad_epochs"]
     if exact:  # the weights were drawn from the generator: only now is its stream restored
         try:
@@ -484,10 +487,11 @@ def report_evaluation(model, data, samples, rng, split="test", source="the model
     """Print the ELBO and log-likelihood of ``split``; refuse non-finite numbers (naming
     ``source``), flag impossible ones, and for IOP print log Z beside its estimate."""
     x = ag.as_array(getattr(data, split))
-    numbers = {"elbo": float(iopvae.elbo(model, x, rng))}
-    if model.explicit_posterior:
-        numbers["log_likelihood"] = float(iopvae.test_log_likelihood(model, x, samples,
-                                                                     rng).mean())
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite numbers: refused below
+        numbers = {"elbo": float(iopvae.elbo(model, x, rng))}
+        if model.explicit_posterior:
+            numbers["log_likelihood"] = float(iopvae.test_log_likelihood(model, x, samples,
+                                                                         rng).mean())
     bad = [f"{split} {key} is {value}" for key, value in numbers.items()
            if not math.isfinite(value)]
     if bad:
@@ -543,7 +547,7 @@ def command_sample(args):
     if args.sir and not iop:
         print(f"warning: --sir applies to IOP only; {model.name} samples its own prior")
     rng = ag.default_rng(args.seed)
-    with ag.no_grad():
+    with ag.no_grad(), np.errstate(over="ignore", invalid="ignore"):  # refused below
         if iop and args.sir:
             z = model.sir_prior_sample(args.n, rng)
         else:
@@ -552,10 +556,12 @@ def command_sample(args):
                 data = ag.as_array(
                     load_run_data(args.checkpoint, model, config, args.data_dir).train)
             z = model.prior_sample(args.n, rng, data)
+        decoded = model.decoder(z)  # logits, or (mean, log-variance): must be finite
+        if not all(np.isfinite(ag.to_numpy(t.data)).all()
+                   for t in (decoded if isinstance(decoded, tuple) else (decoded,))):
+            raise ValueError(f"checkpoint {args.checkpoint}: its decoder gives numbers that "
+                             "are not finite: its weights are not usable")
         images = ag.to_numpy(model.decoder.mean(z))
-    if not np.isfinite(images).all():
-        raise ValueError(f"checkpoint {args.checkpoint}: its samples are not finite numbers: "
-                         "its weights are not usable")
     save_image_grid(images, model.image_shape, out)
     print(f"wrote {args.n} samples to {out}")
 
