@@ -188,7 +188,8 @@ def run_one(run, config_values, out, results, samples, tight_samples, data_dir="
     for target in (os.path.join(path, "result.json"), os.path.join(results, run.name + ".json")):
         os.makedirs(os.path.dirname(target), exist_ok=True)
         write_json(target, result)
-    log(f"== {run.name}: test log-likelihood (S={samples}) {result['log_likelihood']:.2f}")
+    log(f"== {run.name}: test log-likelihood (S={samples}) {result['log_likelihood']:.2f}"
+        + (" INVALID: above 0 on binary data" if invalid(result) else ""))
     return result
 
 
