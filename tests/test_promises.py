@@ -220,7 +220,8 @@ def fake_result(run, ll, likelihood="bernoulli", **extra):
          "best_epoch": 1, "finished": True, "samples": 10, "tight_samples": 20,
          "test_elbo": ll - 1, "log_likelihood": ll, "log_likelihood_tight": ll,
          "likelihood": likelihood, "log_likelihood_exact": ll - 5,
-         "log_likelihood_exact_tight": None, "log_normalizer": 1.0}
+         "log_likelihood_exact_tight": None, "log_normalizer": 1.0,
+         "split_id": datasets.load(run.dataset).split_id}
     r.update(extra)
     return r
 

@@ -192,3 +192,97 @@ def test_figure3_plots_vamp_against_k_with_iop_lines(tmp_path):
     assert numbers["K"] == [50, 500] and numbers["vampprior"]["500"] == [12.0, 13.0]
     assert (tmp_path / "f3.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "f3.json").read_text())["log_likelihood_exact"] == [11.0, 12.0]
+
+
+# --- settings chosen on validation, curves, split refusal -------------------------------
+def test_select_picks_on_validation_and_table2_reuses_the_picked_runs(tmp_path, monkeypatch,
+                                                                      capsys):
+    """`select` trains every candidate on the seeds, picks per method the best mean
+    validation log-likelihood (never a test number), records the pick; `table2
+    --selected` then trains with the pick and reuses the candidate's runs."""
+    data_dir = fake_freyfaces(tmp_path / "data", monkeypatch)
+    out, res = tmp_path / "runs", tmp_path / "results"
+    common = ["--dataset", "freyfaces", "--seeds", "0", "1", "--out", str(out), "--results",
+              str(res), "--samples", "2", "--tight-samples", "3", "--data-dir", str(data_dir),
+              *TINY, "--patience", "0"]
+    assert cli.main(["select", "--methods", "vae", "vamp", "--lrs", "1e-4", "1e-3",
+                        "--pseudo-inits", "uniform", "constant", "--components", "5",
+                        *common]) == 0
+    doc = json.loads((res / "freyfaces-selection.json").read_text())
+    assert doc["config"]["patience"] == 0 and doc["methods"]["vamp"]["components"] == 5
+    assert len(doc["methods"]["vae"]["candidates"]) == 2
+    assert len(doc["methods"]["vamp"]["candidates"]) == 4
+    for method, entry in doc["methods"].items():
+        best = max(entry["candidates"], key=lambda row: row["mean"])
+        assert entry["pick"] == best["settings"]
+        for row in entry["candidates"]:
+            # the score is the validation log-likelihood stored in each run's result
+            scores = [json.loads((res / f"{name}.json").read_text())["valid_log_likelihood"]
+                      for name in row["runs"]]
+            assert row["valid_log_likelihood"] == scores and len(scores) == 2
+    name = doc["methods"]["vamp"]["candidates"][0]["runs"][0]
+    result = json.loads((res / f"{name}.json").read_text())
+    assert 0.0 <= result["pseudo_inputs_outside"] <= 1.0
+    assert result["history"]["epoch"] == [1, 2] and len(result["history"]["valid_elbo"]) == 2
+    assert result["step_sizes"]["lr"] == result["config"]["lr"]
+    capsys.readouterr()
+
+    # table2 --selected: the vae pick's runs exist already, so nothing is trained again
+    pick = doc["methods"]["vae"]["pick"]
+    assert cli.main(["table2", "--methods", "vae", "--selected", *common[2:]]) == 0
+    printed = capsys.readouterr().out
+    assert "2 of 2 runs already evaluated" in printed
+    tag = f"lr={pick['lr']}"
+    assert (res / f"freyfaces-vae-{tag}-seed0.json").exists()
+    # an option that differs from the selection's is refused
+    assert cli.main(["table2", "--methods", "vae", "--selected", *common[2:],
+                        "--warmup", "5"]) == 2
+    assert "was made with other options: --warmup 5" in capsys.readouterr().err
+
+    # a later selection of another method with the same options keeps the earlier picks;
+    # one with other options is refused
+    assert cli.main(["select", "--methods", "iop", "--lrs", "1e-3", *common]) == 0
+    later = json.loads((res / "freyfaces-selection.json").read_text())
+    assert later["methods"]["vae"] == doc["methods"]["vae"] and "iop" in later["methods"]
+    capsys.readouterr()
+    assert cli.main(["select", "--methods", "iop", "--lrs", "1e-3", *common,
+                        "--warmup", "2"]) == 2
+    assert "selection on file was made with options" in capsys.readouterr().err
+
+    # curves: one figure, and where a patience would have stopped each run
+    assert cli.main(["curves", "--dataset", "freyfaces", "--results", str(res),
+                        "--figure", str(tmp_path / "curves.png"),
+                        "--compare-patience", "1"]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert "patience 1 stops at" in capsys.readouterr().out
+
+
+def test_stopping_point_from_a_curve():
+    history = {"epoch": [1, 2, 3, 4, 5, 6, 7], "beta": [0.5, 1, 1, 1, 1, 1, 1],
+               "valid_elbo": [9.0, 1.0, 3.0, 2.0, 2.5, 4.0, 1.0]}
+    # epoch 1 is warm-up; best 3.0 at epoch 3; two bad epochs (4, 5) end a patience of 2
+    assert table2.stopping_point(history, 2) == (5, 3, 3.0)
+    assert table2.stopping_point(history, 3) == (None, 6, 4.0)  # never ran out
+
+
+def test_results_of_another_split_are_refused(tmp_path, monkeypatch):
+    """A result file made on another split is not mixed into the table: refused, named."""
+    data_dir = fake_freyfaces(tmp_path / "data", monkeypatch)
+    res = tmp_path / "results"
+    res.mkdir()
+    run = table2.Run("freyfaces", "vae", 0)
+    (res / f"{run.name}.json").write_text(json.dumps({"run": run.name,
+                                                      "split_id": "freyfaces:old"}))
+    with pytest.raises(ValueError, match=f"{run.name}.json was evaluated on split "
+                                         "freyfaces:old"):
+        table2.load_results([run], str(res), str(data_dir))
+
+
+def test_run_names_carry_their_settings():
+    run = table2.Run("freyfaces", "vamp", 3, 100,
+                     table2.as_settings({"pseudo_init": "constant", "lr": 1e-4}))
+    assert run.name == "freyfaces-vamp-K100-lr=0.0001-pseudo_init=constant-seed3"
+    assert table2.parse_settings(["lr=0.0001", "pseudo_init=constant"]) == {
+        "lr": 1e-4, "pseudo_init": "constant"}
+    with pytest.raises(ValueError, match="expected NAME=VALUE"):
+        table2.parse_settings(["nonsense=1"])
