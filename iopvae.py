@@ -656,16 +656,17 @@ class Trainer:
         ``DIVERGED_DENSITY_RATIO_LOSS`` = 10 x 2 log 2, ten times that of T = 0, a
         classifier that guesses (a working T stays below 2 log 2)."""
         bound = DIVERGED_NATS_PER_DIMENSION * self.train_x.shape[1]
-        for key, limit in (("loss", bound), ("disc_loss", DIVERGED_DENSITY_RATIO_LOSS),
-                           ("valid_elbo", bound)):
+        for key, name, limit in (("loss", "the VAE loss", bound),
+                                 ("disc_loss", "T's loss", DIVERGED_DENSITY_RATIO_LOSS),
+                                 ("valid_elbo", "the validation ELBO", bound)):
             value = record[key]
             if value is None:
                 continue
             if not math.isfinite(value):
-                raise TrainingDiverged(f"training diverged at epoch {record['epoch']}: {key} "
+                raise TrainingDiverged(f"training diverged at epoch {record['epoch']}: {name} "
                                        f"is {value}")
             if abs(value) > limit:
-                raise TrainingDiverged(f"training diverged at epoch {record['epoch']}: {key} "
+                raise TrainingDiverged(f"training diverged at epoch {record['epoch']}: {name} "
                                        f"is {value:.4g}, beyond {limit:.4g} (the divergence "
                                        "rule); try a smaller step size")
 
