@@ -16,6 +16,7 @@ its draws on the first evaluation and replays them on every later one, and it
 is also the generator of T's dropout layers, so the masks repeat as well.  The
 same noise and masks are given to the PyTorch mirror.
 """
+import argparse
 import dataclasses
 import sys
 import time
@@ -321,11 +322,23 @@ def command(args):
     return 0
 
 
+def add_options(parser):
+    """The options of ``gradcheck`` (cli.py's sub-command and this file's own parser)."""
+    parser.add_argument("--method", choices=["vae", "vamp", "avb", "iop", "all"],
+                        default="all", help="which method's losses (default: all)")
+    parser.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli",
+                        help="decoder of the small test model (default: bernoulli)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model's start")
+    parser.add_argument("--coordinates", type=int, default=20,
+                        help="finite-difference coordinates sampled per parameter")
+    parser.set_defaults(run=command)
+
+
 def main(argv=None):
     """``python check_gradients.py [--method ...]``, the same as ``python iopvae.py gradcheck``."""
-    args = runs.build_parser().parse_args(["gradcheck"] + list(sys.argv[1:] if argv is None
-                                                                 else argv))
-    return command(args)
+    parser = argparse.ArgumentParser(prog="check_gradients.py", description=__doc__.split("\n")[0])
+    add_options(parser)
+    return command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -135,8 +135,8 @@ _DOWNLOAD_FILES = {
 #: Seeds of the fixed shuffles that make the splits of the data sets whose files
 #: have no split of their own. They belong to the data set, not to a run: a run
 #: with seed 3 and a run with seed 0 see the same train/valid/test points.
-#: (42 is the seed the authors' code shuffles FreyFaces with; the permutation
-#: itself differs, since this module uses NumPy's ``Generator``.)
+#: FreyFaces and OMNIGLOT are shuffled as the authors' code shuffles them, with
+#: NumPy's legacy generator (:func:`authors_order`), so the test images are theirs.
 SPLIT_SEEDS = {"onehot": 0, "omniglot": 42, "freyfaces": 42}
 
 # Split sizes (train, valid, test) from the paper's Table 1.
@@ -486,13 +486,27 @@ def _checked_array(x, path: Path, what: str, shape: tuple) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def authors_order(n: int, seed: int) -> np.ndarray:
+    """The order in which the authors' code puts ``n`` rows: ``np.arange(n)``
+    shuffled in place by the legacy ``np.random.RandomState(seed)``.
+
+    The legacy generator's stream is frozen by NumPy's compatibility policy, so
+    this rebuilds their permutation exactly (``Generator.permutation`` would draw
+    another one).
+    """
+    order = np.arange(n)
+    np.random.RandomState(seed).shuffle(order)
+    return order
+
+
 def _load_omniglot(root: Path, verify_checksums: bool) -> Dataset:
     """Burda et al.'s 28x28 OMNIGLOT, ``chardata.mat``.
 
     The file holds one image per column, each stored column-major (the
     MATLAB way); they are turned into row-major rows. The 24,345 training
-    images are shuffled once (``SPLIT_SEEDS``) and the last 1,345 become the
-    validation set. Valid and test are binarized once (see
+    images are shuffled as the authors shuffle them (:func:`authors_order`,
+    seed 42); the *first* 1,345 become the validation set and the rest the
+    training set. Valid and test are binarized once (see
     EVAL_BINARIZATION_SEED).
     """
     n_train, n_valid, n_test = OMNIGLOT_SPLIT
@@ -521,9 +535,9 @@ def _load_omniglot(root: Path, verify_checksums: bool) -> Dataset:
 
     train = images("data", n_train + n_valid)
     test = images("testdata", n_test)
-    train = train[np.random.default_rng(SPLIT_SEEDS["omniglot"]).permutation(len(train))]
-    valid, test = _binarize_eval_splits(train[n_train:], test)
-    return Dataset("omniglot", train[:n_train], valid, test, "bernoulli", True, (28, 28))
+    train = train[authors_order(len(train), SPLIT_SEEDS["omniglot"])]
+    valid, test = _binarize_eval_splits(train[:n_valid], test)
+    return Dataset("omniglot", train[n_valid:], valid, test, "bernoulli", True, (28, 28))
 
 
 def _load_freyfaces(root: Path, verify_checksums: bool) -> Dataset:
@@ -531,8 +545,10 @@ def _load_freyfaces(root: Path, verify_checksums: bool) -> Dataset:
 
     Pixels are divided by 256, so values lie in [0, 255/256]. (vae_vampprior
     itself divides by 255; 256 is what this project's specification asks
-    for, as in Kingma & Welling's original VAE code.) The images are shuffled
-    by one fixed permutation (``SPLIT_SEEDS``) and split 1,565 / 200 / 200.
+    for, as in Kingma & Welling's original VAE code and the IOP authors' code.)
+    The split is the authors': the images in :func:`authors_order` (seed 42),
+    the first 1,565 for training, the next 200 for validation, the last 200
+    for the test.
     """
     n_train, n_valid, n_test = FREYFACES_SPLIT
     n = n_train + n_valid + n_test
@@ -548,7 +564,7 @@ def _load_freyfaces(root: Path, verify_checksums: bool) -> Dataset:
         raise DataError(
             f"{path}: array has shape {x.shape} and dtype {x.dtype}, expected ({n}, 560) uint8"
         )
-    order = np.random.default_rng(SPLIT_SEEDS["freyfaces"]).permutation(n)
+    order = authors_order(n, SPLIT_SEEDS["freyfaces"])
     x = x[order].astype(np.float32) / np.float32(256)
     return Dataset(
         "freyfaces",

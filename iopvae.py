@@ -10,8 +10,8 @@ This file is the paper, top to bottom in its order:
 5. Algorithm 1: ``Trainer.train``, one loop with the algorithm's line numbers;
 6. evaluation: the ELBO and the importance-sampled log-likelihood log p(x).
 
-Runs (configurations, checkpoints, the command line) are in ``runs.py``;
-``python iopvae.py train|evaluate|sample|table2`` hands over to it.  The
+Runs (configurations, checkpoints) are in ``runs.py`` and the command line in
+``cli.py``; ``python iopvae.py train|evaluate|sample|table2`` hands over to it.  The
 smallest complete example is ``examples/onehot_iop.py``.
 
 All array code asks ``autograd_lite`` for the array module, so it runs on NumPy
@@ -587,7 +587,8 @@ class TrainingDiverged(RuntimeError):
 
 
 class Trainer:
-    """Algorithm 1 with the paper's setup (Sec. 5.2): Adam, mini-batches of 100,
+    """Algorithm 1 alone (no files: runs.Trainer is the same with checkpoints), with
+    the paper's setup (Sec. 5.2): Adam, mini-batches of 100,
     KL warm-up over the first ``warmup`` epochs, early stopping on the validation
     ELBO after ``patience`` epochs without progress.
 
@@ -915,8 +916,8 @@ def prior_log_likelihood(model, x, prior_samples, rng, data=None, chunk=2000):
     return log_mean_exp(xp.concatenate(log_px, axis=0), axis=0)
 
 
-if __name__ == "__main__":  # the command line lives in runs.py
+if __name__ == "__main__":  # the command line lives in cli.py
     import sys
 
-    from runs import main
+    from cli import main
     sys.exit(main())

@@ -1,21 +1,15 @@
-"""Runs of iopvae.py's methods: configurations, checkpoints and the command line.
+"""Runs of iopvae.py's methods: configurations, checkpoints and the commands train,
+evaluate and sample.
 
-    python runs.py train --dataset onehot --method iop --out runs/onehot-iop [--resume]
-    python runs.py evaluate runs/onehot-iop --samples 5000
-    python runs.py sample runs/onehot-iop [--sir]
-    python runs.py table2 --datasets freyfaces --seeds 0 1 2 --jobs 2
-    python runs.py gradcheck --method all
-
-(``python iopvae.py ...`` is the same command line.)  The paper itself, with
-Algorithm 1, is in iopvae.py; this file adds what a run needs around it:
+The paper itself, with Algorithm 1, is in iopvae.py; this file adds what a run
+needs around it (the command line that calls it is cli.py; ``python runs.py ...``
+is the same as ``python iopvae.py ...``):
 
 1. ``Config``: every setting of a run, with its help text;
 2. ``Trainer``: iopvae's Trainer that writes a checkpoint after every round;
 3. checkpoints: save, read, resume, load a model, check the data split;
-4. the commands train, evaluate, sample and gradcheck, and the parser (table2, figure3
-   and run come from table2.py).
+4. the commands train, evaluate and sample, and the options of a Config.
 """
-import argparse
 import dataclasses
 import json
 import math
@@ -125,8 +119,9 @@ def build_model(config, dim, likelihood, rng):
 # =============================================================================
 class Trainer(iopvae.Trainer):
     """iopvae's Algorithm 1 for the run ``config``, with a checkpoint in ``out_dir``
-    (none if it is empty) after every round.  ``rng`` (default: seeded with the
-    configuration's seed) draws the weights and every random number of the run."""
+    (none if it is empty) after every round: iopvae.Trainer plus what a run needs
+    (the model built from a Config, checkpoints, resuming).  ``rng`` (default: seeded
+    with the configuration's seed) draws the weights and every random number of the run."""
 
     def __init__(self, config, data, out_dir, log=print, rng=None):
         self.config = c = config.resolved().validate()
@@ -425,79 +420,6 @@ def add_config_options(parser, skip=(), required=()):
                             required=required_here, help=field.metadata["help"] + shown)
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(description=iopvae.__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    train = sub.add_parser("train", help="train one method on one data set (Algorithm 1)")
-    add_config_options(train, required=("dataset", "method"))
-    train.add_argument("--out", default="",
-                       help="run folder for checkpoints (default: runs/DATASET-METHOD-seedSEED)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run in --out with its own configuration (--epochs "
-                            "sets a new end)")
-    train.add_argument("--samples", type=int, default=10,
-                       help="importance samples for the final test log-likelihood (default: 10)")
-    train.set_defaults(run=command_train)
-
-    evaluate = sub.add_parser("evaluate", help="test ELBO and importance-sampled log-likelihood")
-    evaluate.add_argument("checkpoint", help="a run folder or its checkpoint.npz")
-    evaluate.add_argument("--samples", type=int, default=10,
-                          help="importance samples per point (default: 10)")
-    evaluate.add_argument("--split", choices=["train", "valid", "test"], default="test",
-                          help="which split to score (default: test)")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
-    evaluate.add_argument("--data-dir", default="", help="data folder (default: the run's)")
-    evaluate.set_defaults(run=command_evaluate)
-
-    sample = sub.add_parser("sample", help="decode samples from the model's prior into a PNG")
-    sample.add_argument("checkpoint", help="a run folder or its checkpoint.npz")
-    sample.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
-    sample.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
-    sample.add_argument("--sir", action="store_true",
-                        help="IOP: sampling-importance-resampling from N(0, I) with exp(T(z))")
-    sample.add_argument("--out", default="", help="PNG file (default: RUN/samples.png)")
-    sample.add_argument("--data-dir", default="",
-                        help="data folder, for IOP's ancestral sampling (default: the run's)")
-    sample.set_defaults(run=command_sample)
-
-    import table2  # the Table 2 grid and Figure 3 (table2.py imports this module)
-    table2.add_commands(sub)
-
-    gradcheck = sub.add_parser("gradcheck", help="every gradient against finite differences "
-                               "and PyTorch, in float64 (check_gradients.py)")
-    gradcheck.add_argument("--method", choices=["vae", "vamp", "avb", "iop", "all"],
-                           default="all", help="which method's losses (default: all)")
-    gradcheck.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli",
-                           help="decoder of the small test model (default: bernoulli)")
-    gradcheck.add_argument("--seed", type=int, default=0, help="seed of the model's start")
-    gradcheck.add_argument("--coordinates", type=int, default=20,
-                           help="finite-difference coordinates sampled per parameter")
-    gradcheck.set_defaults(run=command_gradcheck)
-    return parser
-
-
-def command_gradcheck(args):
-    """Exit status 1 when a gradient fails its check."""
-    import check_gradients  # here, not at the top: check_gradients imports this module
-    return check_gradients.command(args)
-
-
-def main(argv=None):
-    return run_command_line(build_parser(), argv)
-
-
-def run_command_line(parser, argv=None):
-    """Parse ``argv`` and run its command: its exit status, or 2 with one line for an error."""
-    args = parser.parse_args(argv)
-    try:
-        status = args.run(args)
-    except (ValueError, OSError, CheckpointError, iopvae.TrainingDiverged, ag.BackendError,
-            datasets.DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return status if isinstance(status, int) else 0
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # the command line lives in cli.py
+    from cli import main
     sys.exit(main())

@@ -55,17 +55,42 @@ GRID_FIXED = ("dataset", "method", "seed", "components")  # set per run
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One cell entry of the grid; ``components`` 0 means the paper's K."""
+    """One cell entry of the grid; ``components`` 0 means the paper's K.  ``settings``:
+    Config values of this run that differ from the grid's common ones (a candidate
+    step size, a pseudo-input start), as sorted (name, value) pairs; they are part of
+    the run's name, so candidates never share a folder."""
 
     dataset: str
     method: str
     seed: int
     components: int = 0
+    settings: tuple = ()
 
     @property
     def name(self):
         k = f"-K{self.components}" if self.components else ""
-        return f"{self.dataset}-{self.method}{k}-seed{self.seed}"
+        tags = "".join(f"-{key}={value}" for key, value in self.settings)
+        return f"{self.dataset}-{self.method}{k}{tags}-seed{self.seed}"
+
+
+def as_settings(values):
+    """A dict of Config values as the sorted pairs of ``Run.settings``."""
+    return tuple(sorted((values or {}).items()))
+
+
+def parse_settings(words):
+    """``["lr=0.0001", "pseudo_init=constant"]`` -> ``{"lr": 0.0001, ...}``, each value
+    converted to its Config field's type."""
+    types = {f.name: f.type for f in dataclasses.fields(runs.Config)}
+    values = {}
+    for word in words or ():
+        key, sep, text = word.partition("=")
+        if not sep or key not in types:
+            raise ValueError(f"setting {word!r}: expected NAME=VALUE with NAME a Config field")
+        kind = {"int": int, "float": float, "str": str}[getattr(types[key], "__name__",
+                                                                types[key])]
+        values[key] = kind(text)
+    return values
 
 
 def paper_k(dataset):
@@ -73,11 +98,14 @@ def paper_k(dataset):
     return runs.Config(dataset=dataset).resolved().components
 
 
-def grid(data_sets, methods, seeds, components=(0,)):
-    """Every run of the grid; K varies only for VampPrior."""
-    return [Run(d, m, s, k if m == "vamp" else 0)
+def grid(data_sets, methods, seeds, components=(0,), settings=None):
+    """Every run of the grid; K varies only for VampPrior.  ``settings``: per method,
+    a list of candidate settings (dicts), one run per candidate and seed."""
+    settings = settings or {}
+    return [Run(d, m, s, k if m == "vamp" else 0, as_settings(c))
             for d in data_sets for m in methods
-            for k in (components if m == "vamp" else (0,)) for s in seeds]
+            for k in (components if m == "vamp" else (0,))
+            for c in settings.get(m, [{}]) for s in seeds]
 
 
 # --- one run: train (or resume), then evaluate ---------------------------------------
@@ -90,8 +118,8 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
     test = ag.as_array(data.test)
     rng = ag.default_rng(10_000 + config.seed)
 
-    def ll(s):
-        return float(iopvae.test_log_likelihood(model, test, s, rng).mean())
+    def ll(s, x=test):
+        return float(iopvae.test_log_likelihood(model, x, s, rng).mean())
 
     history = meta["history"]
     result = {
@@ -107,7 +135,13 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
         "elbo_is_estimate": bool(model.has_discriminator),
         "samples": samples, "tight_samples": tight_samples,
         "log_likelihood": ll(samples), "log_likelihood_tight": ll(tight_samples),
+        # the score settings are chosen by (``select``): never the test set
+        "valid_log_likelihood": ll(samples, ag.as_array(data.valid)),
+        "step_sizes": {"lr": config.lr, "lr_density_ratio": config.lr_density_ratio},
+        "history": history_columns(history),
     }
+    if config.method == "vamp":
+        result["pseudo_inputs_outside"] = pseudo_inputs_outside(model)
     if config.method == "iop":
         train = data.train
         if data.dynamic_binarization:  # q(z) over what the encoder saw: binary images
@@ -130,6 +164,22 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
     return result
 
 
+def history_columns(history):
+    """The per-epoch records as columns (``{"epoch": [...], "valid_elbo": [...], ...}``),
+    floats to 6 significant digits: a 1,000-epoch curve in a small JSON."""
+    def short(v):
+        return float(f"{v:.6g}") if isinstance(v, float) else v
+    keys = list(history[0]) if history else []
+    return {k: [short(r[k]) for r in history] for k in keys}
+
+
+def pseudo_inputs_outside(model):
+    """The fraction of VampPrior's pseudo-input coordinates outside [0, 1], where the
+    clip min(max(u, 0), 1) passes no gradient: those coordinates no longer learn."""
+    u = ag.to_numpy(model.pseudo_inputs.data)
+    return float(np.mean((u < 0) | (u > 1)))
+
+
 def run_finished(meta):
     """True when a checkpoint reached its epoch budget or stopped early."""
     c = meta["config"]
@@ -144,7 +194,8 @@ def run_one(run, config_values, out, results, samples, tight_samples, data_dir="
     if os.path.exists(os.path.join(path, "checkpoint.npz")):
         trainer = runs.resume_trainer(path, data, path, log)
     else:
-        config = runs.Config(**config_values, dataset=run.dataset, method=run.method,
+        values = {**config_values, **dict(run.settings)}
+        config = runs.Config(**values, dataset=run.dataset, method=run.method,
                                seed=run.seed, components=run.components, data_dir=data_dir)
         trainer = runs.Trainer(config, data, path, log)
     log(f"== {run.name}: epoch {trainer.epoch} of {trainer.config.epochs}")
@@ -157,18 +208,31 @@ def run_one(run, config_values, out, results, samples, tight_samples, data_dir="
     return result
 
 
-def read_result(run, results):
-    """The result JSON of ``run`` in the folder ``results``, or None."""
+def read_result(run, results, split_id=None):
+    """The result JSON of ``run`` in the folder ``results``, or None.  With
+    ``split_id`` (the data set's split now), a result made on another split is
+    refused: its test set is other images, and mixing it in would average two
+    experiments."""
     path = os.path.join(results, run.name + ".json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        result = json.load(f)
+    if split_id is not None and result.get("split_id") != split_id:
+        raise ValueError(f"{path} was evaluated on split {result.get('split_id')}, but "
+                         f"{run.dataset} is split {split_id} now; remove it (and its run "
+                         "folder) to run it again on this split")
+    return result
 
 
-def has_result(run, results, samples, tight_samples):
+def current_split_ids(todo, data_dir=""):
+    """The split id of each data set of the runs ``todo``, as the data load now."""
+    return {d: runs._load_data(d, data_dir).split_id for d in sorted({r.dataset for r in todo})}
+
+
+def has_result(run, results, samples, tight_samples, split_id=None):
     """A result for ``run`` evaluated with these S exists (then the run is done)."""
-    r = read_result(run, results)
+    r = read_result(run, results, split_id)
     return bool(r and r.get("finished")
                 and (r["samples"], r["tight_samples"]) == (samples, tight_samples))
 
@@ -186,6 +250,8 @@ def run_command(run, args, config_values, python=sys.executable):
              "--tight-samples", str(args.tight_samples)]
     if run.components:
         words += ["--components", str(run.components)]
+    if run.settings:
+        words += ["--settings"] + [f"{key}={value}" for key, value in run.settings]
     if args.data_dir:
         words += ["--data-dir", args.data_dir]
     for name, value in config_values.items():
@@ -203,7 +269,9 @@ SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_T
 def run_grid(todo, args, config_values):
     """Run the unfinished ``runs``: in this process (``--jobs 1``) or in worker
     processes with one BLAS thread each, logging to ``<run>/train.log``."""
-    pending = [r for r in todo if not has_result(r, args.results, args.samples, args.tight_samples)]
+    splits = current_split_ids(todo, args.data_dir)
+    pending = [r for r in todo if not has_result(r, args.results, args.samples,
+                                                 args.tight_samples, splits[r.dataset])]
     print(f"{len(todo) - len(pending)} of {len(todo)} runs already evaluated; "
           f"{len(pending)} to run with {args.jobs} worker(s)", flush=True)
     if args.jobs <= 1:
@@ -227,9 +295,10 @@ def run_grid(todo, args, config_values):
         raise RunFailed(f"{sum(c != 0 for c in codes)} run(s) failed; see their train.log")
 
 
-def load_results(todo, results):
-    """The results that exist for the runs ``todo``, by run."""
-    found = {run: read_result(run, results) for run in todo}
+def load_results(todo, results, data_dir=""):
+    """The results that exist for the runs ``todo``, by run (none of another split)."""
+    splits = current_split_ids(todo, data_dir)
+    found = {run: read_result(run, results, splits[run.dataset]) for run in todo}
     return {run: r for run, r in found.items() if r is not None}
 
 
@@ -383,6 +452,174 @@ def figure3(results, dataset, path):
     return numbers
 
 
+# --- settings chosen on validation, never on test ------------------------------------
+SCORE = ("mean over the seeds of the validation log-likelihood (importance sampling, "
+         "S = 10 as in the test column) of each run's kept weights; for IOP the estimate "
+         "with log N(z) + T(z) as the log prior")
+
+
+def candidates(method, lrs, pseudo_inits):
+    """The candidate settings of ``method``: each step size and, for VampPrior, each
+    start of the pseudo-inputs."""
+    inits = pseudo_inits if method == "vamp" else [None]
+    return [{"lr": lr, **({"pseudo_init": init} if init else {})}
+            for lr in lrs for init in inits]
+
+
+def selection_path(results, dataset):
+    return os.path.join(results, f"{dataset}-selection.json")
+
+
+def select(found, dataset, config_values, seeds, components, earlier=None):
+    """Per method, every candidate's validation scores and the pick: the candidate with
+    the best mean (``SCORE``).  The test set plays no part.  ``earlier``: a selection
+    made before with the same options, whose other methods are kept."""
+    if earlier and (earlier["config"], earlier["seeds"]) != (config_values, list(seeds)):
+        raise ValueError(f"the {dataset} selection on file was made with options "
+                         f"{earlier['config']} and seeds {earlier['seeds']}; select with the "
+                         "same ones, or move that file away to start a new selection")
+    by_candidate = {}
+    for run, r in found.items():
+        by_candidate.setdefault(run.method, {}).setdefault(run.settings, []).append(r)
+    methods = {}
+    for method, cands in by_candidate.items():
+        rows = []
+        for settings, rs in cands.items():
+            scores = [r["valid_log_likelihood"] for r in rs]
+            rows.append({"settings": dict(settings), "runs": [r["run"] for r in rs],
+                         "valid_log_likelihood": scores, "mean": float(np.mean(scores)),
+                         "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0})
+        best = max(rows, key=lambda row: row["mean"])
+        methods[method] = {"pick": best["settings"], "candidates": rows}
+        if method == "vamp":
+            methods[method]["components"] = components
+    kept = {m: e for m, e in (earlier or {}).get("methods", {}).items() if m not in methods}
+    return {"dataset": dataset, "score": SCORE, "seeds": list(seeds),
+            "config": config_values, "methods": {**kept, **methods}}
+
+
+def selection_table(doc):
+    """The candidates of a selection, best first per method, the pick marked."""
+    rows = [f"{doc['dataset']}: {doc['score']}", "",
+            "| method | settings | validation LL (mean ± std) | seeds | pick |",
+            "|---|---|---|---|---|"]
+    for method, entry in doc["methods"].items():
+        for row in sorted(entry["candidates"], key=lambda row: -row["mean"]):
+            tags = ", ".join(f"{k} = {v}" for k, v in row["settings"].items())
+            pick = "**pick**" if row["settings"] == entry["pick"] else ""
+            rows.append(f"| {method} | {tags} | {row['mean']:.2f} ± {row['std']:.2f} | "
+                        f"{len(row['runs'])} | {pick} |")
+    return "\n".join(rows)
+
+
+def selected_settings(results, dataset, given):
+    """(config values, settings per method) for ``--selected``: the options the
+    selection ran with, with ``given`` on top (a given option that differs is refused:
+    the picks hold for the options they were made with), and each method's pick."""
+    path = selection_path(results, dataset)
+    if not os.path.exists(path):
+        raise ValueError(f"{path} not found: run `select --dataset {dataset}` first")
+    with open(path) as f:
+        doc = json.load(f)
+    differ = {k: (v, doc["config"][k]) for k, v in given.items()
+              if k in doc["config"] and doc["config"][k] != v}
+    if differ:
+        said = ", ".join(f"--{k.replace('_', '-')} {v} (selected with {w})"
+                         for k, (v, w) in differ.items())
+        raise ValueError(f"{path} was made with other options: {said}")
+    return ({**doc["config"], **given},
+            {method: [entry["pick"]] for method, entry in doc["methods"].items()})
+
+
+def read_results_folder(results, dataset):
+    """Every result JSON of ``dataset`` in ``results`` that holds a history."""
+    found = []
+    for name in sorted(os.listdir(results)) if os.path.isdir(results) else []:
+        if name.startswith(dataset + "-") and name.endswith(".json"):
+            with open(os.path.join(results, name)) as f:
+                r = json.load(f)
+            if isinstance(r, dict) and "history" in r:
+                found.append(r)
+    return found
+
+
+def settings_label(result):
+    """The step size (and VampPrior's start and K) of a run, as a legend label."""
+    c = result["config"]
+    label = f"lr = {c['lr']:g}"
+    if result["method"] == "vamp":
+        label += f", {c['pseudo_init']}, K = {c['components']}"
+    return label
+
+
+def stopping_point(history, patience):
+    """Where early stopping with ``patience`` would have stopped a run that trained
+    on: (stop epoch, best epoch by then, its validation ELBO), from the recorded
+    curve; the stop epoch is None if the patience never ran out."""
+    best_epoch, best, bad = 0, -math.inf, 0
+    for epoch, beta, value in zip(history["epoch"], history["beta"], history["valid_elbo"]):
+        if beta < 1.0:
+            continue
+        if value > best:
+            best_epoch, best, bad = epoch, value, 0
+        else:
+            bad += 1
+            if bad >= patience:
+                return epoch, best_epoch, best
+    return None, best_epoch, best
+
+
+def stopping_table(found, patience):
+    """Per run: its best validation ELBO over the whole curve, and where a patience of
+    ``patience`` epochs would have stopped it, with the best it had by then."""
+    rows = [f"| run | epochs | best epoch | best valid ELBO | patience {patience} stops at | "
+            "its best (epoch) | lost |", "|---|---|---|---|---|---|---|"]
+    for r in found:
+        h = r["history"]
+        end, best_epoch, best = stopping_point(h, math.inf)
+        stop, early_epoch, early = stopping_point(h, patience)
+        stop_text = "-" if stop is None else str(stop)
+        rows.append(f"| {r['run']} | {len(h['epoch'])} | {best_epoch} | {best:.2f} | "
+                    f"{stop_text} | {early:.2f} ({early_epoch}) | {best - early:.2f} |")
+    return "\n".join(rows)
+
+
+def draw_curves(found, path):
+    """One panel per method, one line per run (colour: its settings): the validation
+    ELBO of every epoch after the warm-up."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in METHODS if any(r["method"] == m for r in found)]
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 4), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        runs_here = [r for r in found if r["method"] == method]
+        labels = sorted({settings_label(r) for r in runs_here})
+        colours = {label: f"C{i}" for i, label in enumerate(labels)}
+        values = []
+        for r in runs_here:
+            h = r["history"]
+            keep = [i for i, beta in enumerate(h["beta"]) if beta >= 1.0]
+            epochs = [h["epoch"][i] for i in keep]
+            valid = [h["valid_elbo"][i] for i in keep]
+            values += valid
+            label = settings_label(r)
+            ax.plot(epochs, valid, lw=0.6, alpha=0.75, color=colours[label],
+                    label=f"{label} (seed {r['seed']})")
+        if values:
+            low, high = np.percentile(values, [5, 100])
+            ax.set_ylim(low - 0.1 * (high - low), high + 0.05 * (high - low))
+        ax.set_title(f"{found[0]['dataset']}: {method}")
+        ax.set_xlabel("epoch (after the warm-up)")
+        ax.set_ylabel("validation ELBO (1 sample per point)")
+        ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # --- command line -----------------------------------------------------------------------
 def _common_options(parser):
     parser.add_argument("--out", default=os.path.join("runs", "table2"),
@@ -412,13 +649,18 @@ def _grid_options(parser):
     parser.add_argument("--print-commands", action="store_true",
                         help="print one shell command per unfinished run instead of running "
                              "them (for a cluster scheduler)")
+    parser.add_argument("--selected", action="store_true",
+                        help="train each method with the settings `select` picked "
+                             "(RESULTS/DATASET-selection.json) and the options it ran with")
 
 
-def _run_or_print(todo, args):
-    values = _config_values(args)
+def _run_or_print(todo, args, values=None):
+    values = _config_values(args) if values is None else values
     if args.print_commands:
+        splits = current_split_ids(todo, args.data_dir)
         for run in todo:
-            if not has_result(run, args.results, args.samples, args.tight_samples):
+            if not has_result(run, args.results, args.samples, args.tight_samples,
+                              splits[run.dataset]):
                 env = " ".join(f"{k}={v}" for k, v in SINGLE_THREAD.items())
                 print(env, shlex.join(run_command(run, args, values, python="python")))
         return False
@@ -427,10 +669,15 @@ def _run_or_print(todo, args):
 
 
 def command_table2(args):
-    grid_runs = grid(args.datasets, args.methods, args.seeds)
-    if not _run_or_print(grid_runs, args):
+    values, grid_runs = _config_values(args), []
+    for dataset in args.datasets:
+        settings = None
+        if args.selected:
+            values, settings = selected_settings(args.results, dataset, values)
+        grid_runs += grid([dataset], args.methods, args.seeds, settings=settings)
+    if not _run_or_print(grid_runs, args, values):
         return
-    text = table(load_results(grid_runs, args.results))
+    text = table(load_results(grid_runs, args.results, args.data_dir))
     print(f"\nTest log-likelihood (importance sampling; mean ± std over seeds; bold: best or "
           f"not different from it, Welch t-test at 5 %, on S = {args.samples})\n")
     print(text)
@@ -440,18 +687,53 @@ def command_table2(args):
 
 def command_figure3(args):
     ks = [0 if k == paper_k(args.dataset) else k for k in args.components]
-    grid_runs = (grid([args.dataset], ["vamp"], args.seeds, ks)
-                 + grid([args.dataset], ["iop"], args.seeds))
-    if not _run_or_print(grid_runs, args):
+    values, settings = _config_values(args), None
+    if args.selected:
+        values, settings = selected_settings(args.results, args.dataset, values)
+    grid_runs = (grid([args.dataset], ["vamp"], args.seeds, ks, settings)
+                 + grid([args.dataset], ["iop"], args.seeds, settings=settings))
+    if not _run_or_print(grid_runs, args, values):
         return
     path = args.figure or os.path.join(os.path.dirname(os.path.normpath(args.results)),
                                        f"figure3_{args.dataset}.png")
-    numbers = figure3(load_results(grid_runs, args.results), args.dataset, path)
+    numbers = figure3(load_results(grid_runs, args.results, args.data_dir), args.dataset, path)
     print(f"wrote {path}: VampPrior K = {numbers['K']}")
 
 
+def command_select(args):
+    cands = {m: candidates(m, args.lrs, args.pseudo_inits) for m in args.methods}
+    ks = (0 if args.components == paper_k(args.dataset) else args.components,)
+    todo = grid([args.dataset], args.methods, args.seeds, ks, cands)
+    values = _config_values(args)
+    if not _run_or_print(todo, args, values):
+        return
+    path = selection_path(args.results, args.dataset)
+    earlier = None
+    if os.path.exists(path):
+        with open(path) as f:
+            earlier = json.load(f)
+    doc = select(load_results(todo, args.results, args.data_dir), args.dataset, values,
+                 args.seeds, args.components or paper_k(args.dataset), earlier)
+    write_json(path, doc)
+    print(selection_table(doc))
+    print(f"\nwrote {path}; `table2 --selected` and `figure3 --selected` train with the picks")
+
+
+def command_curves(args):
+    found = [r for r in read_results_folder(args.results, args.dataset)
+             if not args.match or any(m in r["run"] for m in args.match)]
+    if not found:
+        raise ValueError(f"no {args.dataset} results with a history in {args.results}")
+    path = args.figure or os.path.join(os.path.dirname(os.path.normpath(args.results)),
+                                       f"{args.dataset}_curves.png")
+    draw_curves(found, path)
+    print(stopping_table(found, args.compare_patience))
+    print(f"\nwrote {path}")
+
+
 def command_run(args):
-    run = Run(args.dataset, args.method, args.seed, args.components)
+    run = Run(args.dataset, args.method, args.seed, args.components,
+              as_settings(parse_settings(args.settings)))
     run_one(run, _config_values(args), args.out, args.results, args.samples,
             args.tight_samples, args.data_dir)
 
@@ -466,6 +748,39 @@ def add_commands(sub):
     _grid_options(t)
     _common_options(t)
     t.set_defaults(run=command_table2)
+
+    c = sub.add_parser("select", help="train candidate settings on a few seeds and pick, "
+                                      "per method, the best mean validation log-likelihood")
+    c.add_argument("--dataset", default="freyfaces", choices=datasets.DATASETS,
+                   help="data set (default: freyfaces)")
+    c.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                   help="methods (default: vae vamp iop)")
+    c.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 1e-3],
+                   help="candidate step sizes of the VAE (default: 1e-4 1e-3, the paper's "
+                        "range)")
+    c.add_argument("--pseudo-inits", nargs="+", default=["uniform", "constant"],
+                   choices=iopvae.VampPrior.PSEUDO_INITS,
+                   help="candidate starts of VampPrior's pseudo-inputs (default: uniform "
+                        "constant)")
+    c.add_argument("--components", type=int, default=0,
+                   help="VampPrior's K in the screen (0: the paper's)")
+    _grid_options(c)
+    _common_options(c)
+    c.set_defaults(run=command_select)
+
+    v = sub.add_parser("curves", help="draw the validation curves of a data set's runs and "
+                                      "say where early stopping would have stopped them")
+    v.add_argument("--dataset", default="freyfaces", choices=datasets.DATASETS,
+                   help="data set (default: freyfaces)")
+    v.add_argument("--results", default=os.path.join("results", "table2"),
+                   help="folder of the per-run result JSON files")
+    v.add_argument("--match", nargs="+", default=[],
+                   help="only runs whose name contains one of these strings")
+    v.add_argument("--compare-patience", type=int, default=50,
+                   help="the patience whose stopping point is compared with the run's best "
+                        "(default: 50)")
+    v.add_argument("--figure", default="", help="PNG path (default: beside --results)")
+    v.set_defaults(run=command_curves)
 
     f = sub.add_parser("figure3", help="Figure 3: VampPrior's log-likelihood against K")
     f.add_argument("--dataset", default="histopathology", choices=datasets.DATASETS,
@@ -482,15 +797,20 @@ def add_commands(sub):
     r.add_argument("--method", required=True, choices=METHODS, help="method")
     r.add_argument("--seed", type=int, default=0, help="random seed of the run (default: 0)")
     r.add_argument("--components", type=int, default=0, help="VampPrior K (0: the paper's)")
+    r.add_argument("--settings", nargs="*", default=[],
+                   help="NAME=VALUE Config values of this run, part of its name "
+                        "(e.g. lr=0.0001)")
     _common_options(r)
     r.set_defaults(run=command_run)
 
 
-def main(argv=None):
+def build_parser():
+    """``python table2.py ...``: the table2, figure3 and run commands alone."""
     parser = argparse.ArgumentParser(prog="table2.py", description=__doc__.split("\n")[0])
     add_commands(parser.add_subparsers(dest="command", required=True))
-    return runs.run_command_line(parser, argv)
+    return parser
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # cli.py imports this module: the entry point alone looks up
+    from cli import run_command_line
+    sys.exit(run_command_line(build_parser()))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import check_gradients as cg
+import cli
 import iopvae
 import iopvae_torch
-import runs
 from autograd_lite import ops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,8 +85,8 @@ def test_gaussian_decoder_passes_too(capsys):
 
 
 def test_iopvae_subcommand_runs_the_same_check(capsys):
-    """``runs.main(["gradcheck", ...])`` runs this check and returns 0 when it passes."""
-    assert runs.main(["gradcheck", "--method", "vamp", "--coordinates", "2"]) == 0
+    """``cli.main(["gradcheck", ...])`` runs this check and returns 0 when it passes."""
+    assert cli.main(["gradcheck", "--method", "vamp", "--coordinates", "2"]) == 0
     assert set(table_rows(capsys.readouterr().out)) == expected_rows(["vamp"])
 
 
@@ -122,7 +122,7 @@ def test_wrong_tanh_backward_fails_and_names_the_rows(tanh_backward_off_by_half,
 
 def test_iopvae_subcommand_exits_1_on_a_bug(tanh_backward_off_by_half, capsys):
     """Through ``python iopvae.py gradcheck`` a failing check ends with exit status 1."""
-    assert runs.main(["gradcheck", "--method", "iop", "--coordinates", "3"]) == 1
+    assert cli.main(["gradcheck", "--method", "iop", "--coordinates", "3"]) == 1
     assert ("iop", "T", "density_ratio.body.layers.0.W") in failed_section(
         capsys.readouterr().out)
 

@@ -305,6 +305,12 @@ def test_omniglot(tmp_path):
     train_idx, valid_idx = omniglot_index(ds.train), omniglot_index(ds.valid)
     assert np.array_equal(np.sort(np.concatenate([train_idx, valid_idx])), np.arange(24_345))
     assert not np.array_equal(train_idx, np.sort(train_idx))
+    # The authors' recipe: the training rows shuffled by the legacy generator seeded 42,
+    # the first 1,345 as validation, the rest as training.
+    order = np.arange(24_345)
+    np.random.RandomState(42).shuffle(order)
+    assert np.array_equal(valid_idx, order[:1_345])
+    assert np.array_equal(train_idx, order[1_345:])
     again = datasets.load("omniglot", tmp_path, verify_checksums=False)
     assert np.array_equal(again.valid, ds.valid) and np.array_equal(again.train, ds.train)
     assert np.array_equal(again.test, ds.test)  # test set: fixed order, fixed binarization
@@ -337,9 +343,27 @@ def test_freyfaces_split_and_scaling(tmp_path):
     same = datasets.load("freyfaces", tmp_path, verify_checksums=False)
     assert np.array_equal(same.test, ds.test) and np.array_equal(same.train, ds.train)
     assert same.split_id == ds.split_id
-    # The split is the same fixed permutation (SPLIT_SEEDS) on every load.
-    expected = np.random.default_rng(datasets.SPLIT_SEEDS["freyfaces"]).permutation(1965)
-    assert np.array_equal(index, expected)
+    # The authors' recipe, rebuilt here: arange shuffled by the legacy generator seeded 42,
+    # then train = order[:1565], valid = order[1565:1765], test = order[1765:].
+    order = np.arange(1965)
+    np.random.RandomState(42).shuffle(order)
+    assert np.array_equal(index, order)
+    raw = np.full((1965, 560), 7, dtype=np.uint8)
+    raw[:, 0], raw[:, 1], raw[:, 2] = np.arange(1965) // 256, np.arange(1965) % 256, 255
+    for split, rows in ((ds.train, order[:1565]), (ds.valid, order[1565:1765]),
+                        (ds.test, order[1765:])):
+        assert np.array_equal(split, raw[rows].astype(np.float32) / 256)
+
+
+def test_authors_order_is_the_legacy_shuffle_of_rows():
+    """Shuffling an index and shuffling the rows themselves give the same order (the
+    authors' OMNIGLOT loader shuffles rows, their FreyFaces loader an index)."""
+    rows = np.arange(24_345 * 2).reshape(24_345, 2)
+    np.random.RandomState(42).shuffle(rows)
+    assert np.array_equal(rows[:, 0] // 2, datasets.authors_order(24_345, 42))
+    # NumPy's Generator draws another permutation: the old split, not the authors'
+    assert not np.array_equal(datasets.authors_order(1965, 42),
+                              np.random.default_rng(42).permutation(1965))
 
 
 def test_freyfaces_wrong_shape(tmp_path):

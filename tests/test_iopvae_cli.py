@@ -1,4 +1,4 @@
-"""The command line, through ``runs.main(argv)``: train, evaluate, sample, and
+"""The command line, through ``cli.main(argv)``: train, evaluate, sample, and
 the one-line errors for bad input (exit status 2, no traceback)."""
 import dataclasses
 import json
@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import cli  # noqa: E402
 import datasets  # noqa: E402
 import runs  # noqa: E402
 
@@ -30,7 +31,7 @@ def one_error_line(err):
 def iop_run(tmp_path_factory):
     """A tiny IOP run trained through the CLI (shared by the evaluate/sample tests)."""
     out = tmp_path_factory.mktemp("cli") / "iop"
-    code = runs.main(["train", "--dataset", "onehot", "--method", "iop", *TINY,
+    code = cli.main(["train", "--dataset", "onehot", "--method", "iop", *TINY,
                         "--samples", "5", "--out", str(out)])
     assert code == 0
     return out
@@ -52,7 +53,7 @@ def test_train_other_methods_print_results(method, tmp_path, capsys):
     """Every method trains from the CLI and prints its test ELBO; the explicit-posterior
     methods also print an importance-sampled log-likelihood, AVB says it has none."""
     out = tmp_path / method
-    assert runs.main(["train", "--dataset", "onehot", "--method", method, *TINY,
+    assert cli.main(["train", "--dataset", "onehot", "--method", method, *TINY,
                         "--components", "5", "--samples", "3", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "test ELBO" in text
@@ -68,7 +69,7 @@ def test_train_resume_continues(iop_run, tmp_path, capsys):
     import shutil
     out = tmp_path / "again"
     shutil.copytree(iop_run, out)
-    assert runs.main(["train", "--dataset", "onehot", "--method", "iop", "--epochs", "3",
+    assert cli.main(["train", "--dataset", "onehot", "--method", "iop", "--epochs", "3",
                         "--resume", "--samples", "3", "--out", str(out)]) == 0
     assert "resuming" in capsys.readouterr().out
     meta, _ = runs.read_checkpoint(str(out))
@@ -78,7 +79,7 @@ def test_train_resume_continues(iop_run, tmp_path, capsys):
 def test_evaluate_prints_elbo_and_log_likelihood(iop_run, capsys):
     """`evaluate CHECKPOINT` returns 0 and prints finite numbers for the chosen split."""
     capsys.readouterr()
-    assert runs.main(["evaluate", str(iop_run / "checkpoint.npz"), "--samples", "4",
+    assert cli.main(["evaluate", str(iop_run / "checkpoint.npz"), "--samples", "4",
                         "--split", "valid"]) == 0
     lines = capsys.readouterr().out.splitlines()
     elbo = [line for line in lines if line.startswith("valid ELBO")]
@@ -94,7 +95,7 @@ def test_sample_writes_png(iop_run, tmp_path, sir, capsys):
     and writes a PNG."""
     png = tmp_path / ("sir.png" if sir else "samples.png")
     argv = ["sample", str(iop_run / "checkpoint.npz"), "--n", "9", "--out", str(png)]
-    assert runs.main(argv + (["--sir"] if sir else [])) == 0
+    assert cli.main(argv + (["--sir"] if sir else [])) == 0
     assert png.read_bytes()[:8] == PNG_MAGIC
     assert "wrote 9 samples" in capsys.readouterr().out
 
@@ -126,19 +127,19 @@ def test_mnist_shaped_run_and_evaluate_on_every_backend(method, tiny_mnist, tmp_
     28 x 28 images), then `evaluate` and `sample` of its checkpoint, through the
     command line, on every backend (cupy-sim: the simulated GPU)."""
     out = tmp_path / "run"
-    assert runs.main(["train", "--dataset", "mnist", "--method", method, "--data-dir",
+    assert cli.main(["train", "--dataset", "mnist", "--method", method, "--data-dir",
                       str(tiny_mnist), "--epochs", "2", "--warmup", "1", "--hidden", "16",
                       "--latent", "4", "--batch-size", "40", "--j2", "2", "--components", "5",
                       "--pseudo-init", "data", "--samples", "3", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "training " + method + " on mnist (160 points" in text and "epoch    2/2" in text
-    assert runs.main(["evaluate", str(out), "--samples", "4", "--split", "test"]) == 0
+    assert cli.main(["evaluate", str(out), "--samples", "4", "--split", "test"]) == 0
     lines = capsys.readouterr().out.splitlines()
     for start in ("test ELBO", "test log-likelihood"):
         [line] = [x for x in lines if x.startswith(start)]
         assert np.isfinite(float(line.split(":")[1].split()[0])), line
     png = tmp_path / "samples.png"
-    assert runs.main(["sample", str(out), "--n", "4", "--out", str(png)]) == 0
+    assert cli.main(["sample", str(out), "--n", "4", "--out", str(png)]) == 0
     assert png.read_bytes()[:8] == PNG_MAGIC
     meta, _ = runs.read_checkpoint(str(out))
     assert meta["image_shape"] == [28, 28] and meta["split_id"].startswith("mnist:160/40/40:")
@@ -147,7 +148,7 @@ def test_mnist_shaped_run_and_evaluate_on_every_backend(method, tiny_mnist, tmp_
 def test_unknown_method_is_an_argparse_error(capsys):
     """An unknown --method is rejected by argparse (SystemExit 2) with its usage message."""
     with pytest.raises(SystemExit) as info:
-        runs.main(["train", "--dataset", "onehot", "--method", "gan"])
+        cli.main(["train", "--dataset", "onehot", "--method", "gan"])
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
 
@@ -158,7 +159,7 @@ def test_invalid_setting_is_one_error_line(option, value, word, tmp_path, capsys
     """A bad setting returns 2 with one line 'error: ...' naming it on stderr and
     writes no run folder."""
     out = tmp_path / "never"
-    code = runs.main(["train", "--dataset", "onehot", "--method", "vae", option, value,
+    code = cli.main(["train", "--dataset", "onehot", "--method", "vae", option, value,
                         "--out", str(out)])
     assert code == 2
     assert word in one_error_line(capsys.readouterr().err)
@@ -172,7 +173,7 @@ def test_unreadable_checkpoint_is_one_error_line(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     for argv in (["evaluate", str(bad)], ["sample", str(bad)],
                  ["evaluate", str(tmp_path / "missing.npz")]):
-        assert runs.main(argv) == 2
+        assert cli.main(argv) == 2
         line = one_error_line(capsys.readouterr().err)
         assert argv[1] in line
 
@@ -182,7 +183,7 @@ def test_missing_mnist_file_is_one_error_line(tmp_path, capsys):
     missing file (no download attempt, no traceback)."""
     empty = tmp_path / "data"
     empty.mkdir()
-    code = runs.main(["train", "--dataset", "mnist", "--method", "vae", "--data-dir",
+    code = cli.main(["train", "--dataset", "mnist", "--method", "vae", "--data-dir",
                         str(empty), "--out", str(tmp_path / "run"), *TINY])
     assert code == 2
     line = one_error_line(capsys.readouterr().err)
@@ -193,7 +194,7 @@ def test_train_refuses_to_overwrite_an_existing_run(iop_run, capsys):
     """`train` into a folder that already holds a checkpoint, without --resume, returns 2
     with one line pointing to --resume, and leaves the checkpoint untouched."""
     before = (iop_run / "checkpoint.npz").read_bytes()
-    code = runs.main(["train", "--dataset", "onehot", "--method", "iop", *TINY,
+    code = cli.main(["train", "--dataset", "onehot", "--method", "iop", *TINY,
                         "--out", str(iop_run)])
     assert code == 2
     assert "--resume" in one_error_line(capsys.readouterr().err)
@@ -201,7 +202,7 @@ def test_train_refuses_to_overwrite_an_existing_run(iop_run, capsys):
 
 
 def _subcommands():
-    parser = runs.build_parser()
+    parser = cli.build_parser()
     [sub] = [a for a in parser._actions if a.dest == "command"]
     return sub.choices
 
@@ -232,7 +233,7 @@ def test_resume_names_the_options_it_ignores(iop_run, tmp_path, capsys):
     import shutil
     out = tmp_path / "again"
     shutil.copytree(iop_run, out)
-    assert runs.main(["train", "--dataset", "onehot", "--method", "iop", "--epochs", "3",
+    assert cli.main(["train", "--dataset", "onehot", "--method", "iop", "--epochs", "3",
                       "--hidden", "32", "--lr", "0.01", "--j2", "1", "--resume",
                       "--samples", "3", "--out", str(out)]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "ignored" in line]
@@ -243,8 +244,8 @@ def test_resume_names_the_options_it_ignores(iop_run, tmp_path, capsys):
     assert meta["epoch"] == 3 and meta["config"].hidden == 16
 
 
-def test_iopvae_py_hands_its_command_line_to_runs(tmp_path):
-    """`python iopvae.py train ...` still works (it delegates to runs.main), and importing
+def test_iopvae_py_hands_its_command_line_to_cli(tmp_path):
+    """`python iopvae.py train ...` still works (it delegates to cli.main), and importing
     iopvae does not import runs (the paper does not depend on the run machinery)."""
     import subprocess
     out = tmp_path / "run"
@@ -257,3 +258,49 @@ def test_iopvae_py_hands_its_command_line_to_runs(tmp_path):
                             "sys.exit('runs' in sys.modules)"], cwd=ROOT, timeout=120)
     assert check.returncode == 0
 
+
+
+FLOORS = {"autograd_lite": 0, "datasets": 1, "iopvae_torch": 1, "iopvae": 2, "runs": 3,
+          "table2": 4, "check_gradients": 4, "reproduce_onehot": 4, "cli": 5}
+
+
+def _first_party_imports(path):
+    """The first-party modules ``path`` imports anywhere (in functions too), but in its
+    ``if __name__ == "__main__":`` block: a script's entry point may call the command line."""
+    import ast
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+                and getattr(node.test.left, "id", "") == "__name__"):
+            node.body = []  # the entry point: skipped
+    for node in ast.walk(tree):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+        found.update(n.split(".")[0] for n in names if n.split(".")[0] in FLOORS)
+    return found
+
+
+def test_imports_run_one_way_down_the_floors():
+    """No module imports one on its own floor or above it (no import circle, not even a
+    lazy one inside a function): cli -> table2, check_gradients -> runs -> iopvae ->
+    datasets -> autograd_lite."""
+    upward = []
+    for path in [*ROOT.glob("*.py"), *(ROOT / "autograd_lite").glob("*.py")]:
+        module = "autograd_lite" if path.parent.name == "autograd_lite" else path.stem
+        for imported in _first_party_imports(path) - {module}:
+            if FLOORS[imported] >= FLOORS[module]:
+                upward.append(f"{path.name} imports {imported}")
+    assert not upward, upward
+    assert set(FLOORS) == {p.stem for p in ROOT.glob("*.py")} | {"autograd_lite"}
+
+
+@pytest.mark.parametrize("script,argv", [("iopvae.py", ["--help"]), ("runs.py", ["--help"]),
+                                          ("cli.py", ["--help"]), ("table2.py", ["--help"]),
+                                          ("check_gradients.py", ["--help"])])
+def test_every_script_keeps_its_command_line(script, argv):
+    import subprocess
+    result = subprocess.run([sys.executable, str(ROOT / script), *argv], capture_output=True,
+                            text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage:" in result.stdout

@@ -15,6 +15,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import autograd_lite as ag  # noqa: E402
+import cli  # noqa: E402
 import datasets  # noqa: E402
 import runs  # noqa: E402
 import table2  # noqa: E402
@@ -49,10 +50,10 @@ def test_seed1_run_is_evaluated_on_test_points_it_never_trained_on(tmp_path, mon
     real_load = runs._load_data
     monkeypatch.setattr(runs, "_load_data", lambda *a: loads.append(real_load(*a)) or loads[-1])
     out = tmp_path / "run"
-    assert runs.main(["train", "--dataset", "freyfaces", "--method", "vae", *TINY, "--seed",
+    assert cli.main(["train", "--dataset", "freyfaces", "--method", "vae", *TINY, "--seed",
                         "1", "--samples", "2", "--out", str(out),
                         "--data-dir", str(data_dir)]) == 0
-    assert runs.main(["evaluate", str(out), "--samples", "2", "--data-dir", str(data_dir)]) == 0
+    assert cli.main(["evaluate", str(out), "--samples", "2", "--data-dir", str(data_dir)]) == 0
     trained_on, evaluated = loads[0], loads[-1]
     assert len(loads) == 2
     assert not _rows(trained_on.train) & _rows(evaluated.test)
@@ -65,14 +66,14 @@ def test_evaluate_and_resume_refuse_another_split(tmp_path, monkeypatch, capsys)
     """A checkpoint records its split; data split differently are refused in one line."""
     data_dir = fake_freyfaces(tmp_path / "data", monkeypatch)
     out = tmp_path / "run"
-    assert runs.main(["train", "--dataset", "freyfaces", "--method", "vae", *TINY,
+    assert cli.main(["train", "--dataset", "freyfaces", "--method", "vae", *TINY,
                         "--samples", "2", "--out", str(out), "--data-dir", str(data_dir)]) == 0
     capsys.readouterr()
     monkeypatch.setitem(datasets.SPLIT_SEEDS, "freyfaces", 7)  # another split
     for argv in (["evaluate", str(out), "--data-dir", str(data_dir)],
                  ["train", "--dataset", "freyfaces", "--method", "vae", "--resume",
                   "--out", str(out), "--data-dir", str(data_dir)]):
-        assert runs.main(argv) == 2
+        assert cli.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "was trained on split freyfaces:" in err
 
@@ -108,7 +109,7 @@ def test_separate_step_sizes_for_vae_and_density_ratio():
                            lr_density_ratio=1e-3)
     trainer = runs.Trainer(config, datasets.load("onehot"), out_dir=None)
     assert trainer.vae_opt.lr == 1e-4 and trainer.disc_opt.lr == 1e-3
-    parser = runs.build_parser()
+    parser = cli.build_parser()
     args = parser.parse_args(["train", "--dataset", "onehot", "--method", "iop",
                               "--lr-density-ratio", "0.002"])
     config = runs.Config(**runs.config_options_given(args))
@@ -122,7 +123,7 @@ def test_table2_headline_is_S10_with_a_tighter_column(tmp_path, monkeypatch, cap
     monkeypatch.setattr(runs, "_load_data", lambda name, data_dir: small_mnist())
     argv = ["table2", "--datasets", "mnist", "--seeds", "0", *TINY, "--tight-samples", "20",
             "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
-    assert runs.main(argv) == 0
+    assert cli.main(argv) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("| data set"))
     assert "S = 10 |" in header and "S = 20 |" in header and "IOP exact" in header
@@ -137,7 +138,7 @@ def test_table2_headline_is_S10_with_a_tighter_column(tmp_path, monkeypatch, cap
         assert result["finished"] and result["epochs_trained"] == 2
     iop = json.loads((tmp_path / "results" / "mnist-iop-seed0.json").read_text())
     assert np.isfinite(iop["log_likelihood_exact"]) and np.isfinite(iop["log_normalizer"])
-    assert runs.main(argv) == 0
+    assert cli.main(argv) == 0
     assert "3 of 3 runs already evaluated; 0 to run" in capsys.readouterr().out
 
 
@@ -148,7 +149,7 @@ def test_print_commands_and_run_one_command(tmp_path, capsys):
     argv = ["table2", "--datasets", "onehot", "--methods", "iop", "vae", "--seeds", "3", *TINY,
             "--tight-samples", "12", "--out", str(tmp_path / "runs"),
             "--results", str(tmp_path / "results"), "--print-commands"]
-    assert runs.main(argv) == 0
+    assert cli.main(argv) == 0
     commands = capsys.readouterr().out.strip().splitlines()
     assert len(commands) == 2 and all(" run --dataset onehot " in c for c in commands)
     iop = next(c for c in commands if "--method iop" in c)
@@ -158,7 +159,7 @@ def test_print_commands_and_run_one_command(tmp_path, capsys):
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "results" / "onehot-iop-seed3.json").read_text())
     assert result["tight_samples"] == 12 and result["seed"] == 3
-    assert runs.main(argv) == 0
+    assert cli.main(argv) == 0
     again = capsys.readouterr().out.strip().splitlines()
     assert len(again) == 1 and "--method vae" in again[0]
 
@@ -191,3 +192,97 @@ def test_figure3_plots_vamp_against_k_with_iop_lines(tmp_path):
     assert numbers["K"] == [50, 500] and numbers["vampprior"]["500"] == [12.0, 13.0]
     assert (tmp_path / "f3.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "f3.json").read_text())["log_likelihood_exact"] == [11.0, 12.0]
+
+
+# --- settings chosen on validation, curves, split refusal -------------------------------
+def test_select_picks_on_validation_and_table2_reuses_the_picked_runs(tmp_path, monkeypatch,
+                                                                      capsys):
+    """`select` trains every candidate on the seeds, picks per method the best mean
+    validation log-likelihood (never a test number), records the pick; `table2
+    --selected` then trains with the pick and reuses the candidate's runs."""
+    data_dir = fake_freyfaces(tmp_path / "data", monkeypatch)
+    out, res = tmp_path / "runs", tmp_path / "results"
+    common = ["--dataset", "freyfaces", "--seeds", "0", "1", "--out", str(out), "--results",
+              str(res), "--samples", "2", "--tight-samples", "3", "--data-dir", str(data_dir),
+              *TINY, "--patience", "0"]
+    assert table2.main(["select", "--methods", "vae", "vamp", "--lrs", "1e-4", "1e-3",
+                        "--pseudo-inits", "uniform", "constant", "--components", "5",
+                        *common]) == 0
+    doc = json.loads((res / "freyfaces-selection.json").read_text())
+    assert doc["config"]["patience"] == 0 and doc["methods"]["vamp"]["components"] == 5
+    assert len(doc["methods"]["vae"]["candidates"]) == 2
+    assert len(doc["methods"]["vamp"]["candidates"]) == 4
+    for method, entry in doc["methods"].items():
+        best = max(entry["candidates"], key=lambda row: row["mean"])
+        assert entry["pick"] == best["settings"]
+        for row in entry["candidates"]:
+            # the score is the validation log-likelihood stored in each run's result
+            scores = [json.loads((res / f"{name}.json").read_text())["valid_log_likelihood"]
+                      for name in row["runs"]]
+            assert row["valid_log_likelihood"] == scores and len(scores) == 2
+    name = doc["methods"]["vamp"]["candidates"][0]["runs"][0]
+    result = json.loads((res / f"{name}.json").read_text())
+    assert 0.0 <= result["pseudo_inputs_outside"] <= 1.0
+    assert result["history"]["epoch"] == [1, 2] and len(result["history"]["valid_elbo"]) == 2
+    assert result["step_sizes"]["lr"] == result["config"]["lr"]
+    capsys.readouterr()
+
+    # table2 --selected: the vae pick's runs exist already, so nothing is trained again
+    pick = doc["methods"]["vae"]["pick"]
+    assert table2.main(["table2", "--methods", "vae", "--selected", *common[2:]]) == 0
+    printed = capsys.readouterr().out
+    assert "2 of 2 runs already evaluated" in printed
+    tag = f"lr={pick['lr']}"
+    assert (res / f"freyfaces-vae-{tag}-seed0.json").exists()
+    # an option that differs from the selection's is refused
+    assert table2.main(["table2", "--methods", "vae", "--selected", *common[2:],
+                        "--warmup", "5"]) == 2
+    assert "was made with other options: --warmup 5" in capsys.readouterr().err
+
+    # a later selection of another method with the same options keeps the earlier picks;
+    # one with other options is refused
+    assert table2.main(["select", "--methods", "iop", "--lrs", "1e-3", *common]) == 0
+    later = json.loads((res / "freyfaces-selection.json").read_text())
+    assert later["methods"]["vae"] == doc["methods"]["vae"] and "iop" in later["methods"]
+    capsys.readouterr()
+    assert table2.main(["select", "--methods", "iop", "--lrs", "1e-3", *common,
+                        "--warmup", "2"]) == 2
+    assert "selection on file was made with options" in capsys.readouterr().err
+
+    # curves: one figure, and where a patience would have stopped each run
+    assert table2.main(["curves", "--dataset", "freyfaces", "--results", str(res),
+                        "--figure", str(tmp_path / "curves.png"),
+                        "--compare-patience", "1"]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert "patience 1 stops at" in capsys.readouterr().out
+
+
+def test_stopping_point_from_a_curve():
+    history = {"epoch": [1, 2, 3, 4, 5, 6, 7], "beta": [0.5, 1, 1, 1, 1, 1, 1],
+               "valid_elbo": [9.0, 1.0, 3.0, 2.0, 2.5, 4.0, 1.0]}
+    # epoch 1 is warm-up; best 3.0 at epoch 3; two bad epochs (4, 5) end a patience of 2
+    assert table2.stopping_point(history, 2) == (5, 3, 3.0)
+    assert table2.stopping_point(history, 3) == (None, 6, 4.0)  # never ran out
+
+
+def test_results_of_another_split_are_refused(tmp_path, monkeypatch):
+    """A result file made on another split is not mixed into the table: refused, named."""
+    data_dir = fake_freyfaces(tmp_path / "data", monkeypatch)
+    res = tmp_path / "results"
+    res.mkdir()
+    run = table2.Run("freyfaces", "vae", 0)
+    (res / f"{run.name}.json").write_text(json.dumps({"run": run.name,
+                                                      "split_id": "freyfaces:old"}))
+    with pytest.raises(ValueError, match=f"{run.name}.json was evaluated on split "
+                                         "freyfaces:old"):
+        table2.load_results([run], str(res), str(data_dir))
+
+
+def test_run_names_carry_their_settings():
+    run = table2.Run("freyfaces", "vamp", 3, 100,
+                     table2.as_settings({"pseudo_init": "constant", "lr": 1e-4}))
+    assert run.name == "freyfaces-vamp-K100-lr=0.0001-pseudo_init=constant-seed3"
+    assert table2.parse_settings(["lr=0.0001", "pseudo_init=constant"]) == {
+        "lr": 1e-4, "pseudo_init": "constant"}
+    with pytest.raises(ValueError, match="expected NAME=VALUE"):
+        table2.parse_settings(["nonsense=1"])

@@ -1,0 +1,88 @@
+"""The command line of iopvae: one parser for every command.
+
+    python iopvae.py train --dataset onehot --method iop --out runs/onehot-iop [--resume]
+    python iopvae.py evaluate runs/onehot-iop --samples 5000
+    python iopvae.py sample runs/onehot-iop [--sir]
+    python iopvae.py table2 --datasets freyfaces --seeds 0 1 2 --jobs 2
+    python iopvae.py gradcheck --method all
+
+(``python cli.py ...`` and ``python runs.py ...`` are the same command line.)
+This is the top floor: it imports the modules below it and none imports it, so
+imports run one way, cli -> table2, check_gradients -> runs -> iopvae, datasets,
+autograd_lite.  The commands themselves live where their work is: train,
+evaluate and sample in runs.py, table2, figure3 and run in table2.py, gradcheck
+in check_gradients.py.
+"""
+import argparse
+import sys
+
+import autograd_lite as ag
+import check_gradients
+import datasets
+import iopvae
+import runs
+import table2
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=iopvae.__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one method on one data set (Algorithm 1)")
+    runs.add_config_options(train, required=("dataset", "method"))
+    train.add_argument("--out", default="",
+                       help="run folder for checkpoints (default: runs/DATASET-METHOD-seedSEED)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out with its own configuration (--epochs "
+                            "sets a new end)")
+    train.add_argument("--samples", type=int, default=10,
+                       help="importance samples for the final test log-likelihood (default: 10)")
+    train.set_defaults(run=runs.command_train)
+
+    evaluate = sub.add_parser("evaluate", help="test ELBO and importance-sampled log-likelihood")
+    evaluate.add_argument("checkpoint", help="a run folder or its checkpoint.npz")
+    evaluate.add_argument("--samples", type=int, default=10,
+                          help="importance samples per point (default: 10)")
+    evaluate.add_argument("--split", choices=["train", "valid", "test"], default="test",
+                          help="which split to score (default: test)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    evaluate.add_argument("--data-dir", default="", help="data folder (default: the run's)")
+    evaluate.set_defaults(run=runs.command_evaluate)
+
+    sample = sub.add_parser("sample", help="decode samples from the model's prior into a PNG")
+    sample.add_argument("checkpoint", help="a run folder or its checkpoint.npz")
+    sample.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    sample.add_argument("--sir", action="store_true",
+                        help="IOP: sampling-importance-resampling from N(0, I) with exp(T(z))")
+    sample.add_argument("--out", default="", help="PNG file (default: RUN/samples.png)")
+    sample.add_argument("--data-dir", default="",
+                        help="data folder, for IOP's ancestral sampling (default: the run's)")
+    sample.set_defaults(run=runs.command_sample)
+
+    table2.add_commands(sub)
+
+    gradcheck = sub.add_parser("gradcheck", help="every gradient against finite differences "
+                               "and PyTorch, in float64 (check_gradients.py)")
+    check_gradients.add_options(gradcheck)
+    return parser
+
+
+def main(argv=None):
+    return run_command_line(build_parser(), argv)
+
+
+def run_command_line(parser, argv=None):
+    """Parse ``argv`` and run its command: its exit status, or 2 with one line for an error."""
+    args = parser.parse_args(argv)
+    try:
+        status = args.run(args)
+    except (ValueError, OSError, runs.CheckpointError, iopvae.TrainingDiverged,
+            ag.BackendError, datasets.DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return status if isinstance(status, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
