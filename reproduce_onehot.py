@@ -16,6 +16,9 @@ setup (Sec. 5.2), then writes into ``--out``:
   optimum -ln 4 dashed (Figure 2).  AVB's and IOP's ELBOs are estimates; for
   IOP the exact ELBO under its true prior, the aggregated posterior of the
   training set, is drawn beside the estimate (OneHot makes it cheap);
+- ``figure_density_ratio.png`` and ``density_ratio.json`` (beyond the paper): IOP's
+  learned T(z) beside the true log q(z)/N(z) of the training set's aggregated
+  posterior, and their difference, on a grid of the 2-D latent space;
 - ``summary.json`` and a printed table: per method, the final (estimated)
   validation ELBO, E_q[log p(x|z)], log p(x) by Monte Carlo over 20,000
   samples of the model's own prior (for IOP the aggregated posterior, sampled
