@@ -205,7 +205,7 @@ def test_select_picks_on_validation_and_table2_reuses_the_picked_runs(tmp_path, 
     common = ["--dataset", "freyfaces", "--seeds", "0", "1", "--out", str(out), "--results",
               str(res), "--samples", "2", "--tight-samples", "3", "--data-dir", str(data_dir),
               *TINY, "--patience", "0"]
-    assert table2.main(["select", "--methods", "vae", "vamp", "--lrs", "1e-4", "1e-3",
+    assert cli.main(["select", "--methods", "vae", "vamp", "--lrs", "1e-4", "1e-3",
                         "--pseudo-inits", "uniform", "constant", "--components", "5",
                         *common]) == 0
     doc = json.loads((res / "freyfaces-selection.json").read_text())
@@ -229,28 +229,28 @@ def test_select_picks_on_validation_and_table2_reuses_the_picked_runs(tmp_path, 
 
     # table2 --selected: the vae pick's runs exist already, so nothing is trained again
     pick = doc["methods"]["vae"]["pick"]
-    assert table2.main(["table2", "--methods", "vae", "--selected", *common[2:]]) == 0
+    assert cli.main(["table2", "--methods", "vae", "--selected", *common[2:]]) == 0
     printed = capsys.readouterr().out
     assert "2 of 2 runs already evaluated" in printed
     tag = f"lr={pick['lr']}"
     assert (res / f"freyfaces-vae-{tag}-seed0.json").exists()
     # an option that differs from the selection's is refused
-    assert table2.main(["table2", "--methods", "vae", "--selected", *common[2:],
+    assert cli.main(["table2", "--methods", "vae", "--selected", *common[2:],
                         "--warmup", "5"]) == 2
     assert "was made with other options: --warmup 5" in capsys.readouterr().err
 
     # a later selection of another method with the same options keeps the earlier picks;
     # one with other options is refused
-    assert table2.main(["select", "--methods", "iop", "--lrs", "1e-3", *common]) == 0
+    assert cli.main(["select", "--methods", "iop", "--lrs", "1e-3", *common]) == 0
     later = json.loads((res / "freyfaces-selection.json").read_text())
     assert later["methods"]["vae"] == doc["methods"]["vae"] and "iop" in later["methods"]
     capsys.readouterr()
-    assert table2.main(["select", "--methods", "iop", "--lrs", "1e-3", *common,
+    assert cli.main(["select", "--methods", "iop", "--lrs", "1e-3", *common,
                         "--warmup", "2"]) == 2
     assert "selection on file was made with options" in capsys.readouterr().err
 
     # curves: one figure, and where a patience would have stopped each run
-    assert table2.main(["curves", "--dataset", "freyfaces", "--results", str(res),
+    assert cli.main(["curves", "--dataset", "freyfaces", "--results", str(res),
                         "--figure", str(tmp_path / "curves.png"),
                         "--compare-patience", "1"]) == 0
     assert (tmp_path / "curves.png").stat().st_size > 0
