@@ -207,7 +207,8 @@ class VAEMethod(nn.Module):
     A method is an encoder q_phi(z|x), a decoder p_theta(x|z) and a prior
     p_lambda(z) (here N(0, I); VampPrior and IOP override it).  The trainer calls
 
-    - ``loss(x, rng, beta)``: minus the objective of Eq. (19) on a batch (Alg. 1, line 4);
+    - ``loss(x, rng, beta)``: minus the training objective on a batch, the ELBO of
+      Eq. (3) or (9), or Eq. (19) for IOP (Alg. 1, line 4);
     - ``vae_parameters()``: theta and phi, updated on that loss (line 5);
 
     and, for the methods with a density ratio estimator (``density_ratio`` is T_psi):
