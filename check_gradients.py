@@ -285,18 +285,36 @@ def format_rows(rows):
     return "\n".join(lines)
 
 
+def format_summary(rows):
+    """One line per method: its losses, how many parameters were checked, and the worst
+    error in each column."""
+    lines = [f"{'method':<7}{'losses':<8}{'parameters':>10}{'worst vs FD':>13}"
+             f"{'worst vs torch':>16}"]
+    for method in dict.fromkeys(r.method for r in rows):
+        mine = [r for r in rows if r.method == method]
+        losses = "+".join(dict.fromkeys(r.loss for r in mine))
+        worst_torch = max((r.torch_error for r in mine if r.torch_error is not None),
+                          default=None)
+        lines.append(f"{method:<7}{losses:<8}{len(mine):>10}"
+                     f"{_number(max(r.fd_error for r in mine)):>13}{_number(worst_torch):>16}")
+    return "\n".join(lines)
+
+
 def command(args):
-    """Print the table for ``args.method``; 1 (naming the offending rows) if any error
-    passes its tolerance, else 0."""
-    if args.coordinates < 1:
-        raise ValueError(f"--coordinates must be at least 1 (got {args.coordinates})")
+    """Print one summary line per method of ``args.method`` (every row with
+    ``args.verbose``); 1 (naming the offending rows) if any error passes its
+    tolerance, else 0."""
+    runs.positive("--coordinates", args.coordinates)
+    runs.non_negative("--seed", args.seed)
     start = time.time()
     methods = METHODS if args.method == "all" else (args.method,)
     use_torch = torch_available()
     print(f"gradient check in float64: batch {BATCH}, dim {DIM}, latent {LATENT}, hidden "
           f"{HIDDEN}, {args.likelihood} decoder, seed {args.seed}")
-    print(f"losses: vae = -(log p(x|z) - {BETA} KL estimate) with T frozen "
-          f"(Eqs. 3, 9, 19; AVB), T = Eq. (20)")
+    print(f"losses, with beta = {BETA} the warm-up weight of the KL estimate:\n"
+          f"  vae = the VAE step's loss, T frozen: -(log p(x|z) - beta KL) for vae, vamp and "
+          f"avb (Eqs. 3, 9; AVB's ELBO), minus Eq. (19) for iop (beta on -KL + T)\n"
+          f"  T   = the density ratio estimator's loss, minus Eq. (20)")
     print(f"error = max |g - g_ref| / max |g_ref| per parameter; tolerances: finite "
           f"differences {FD_TOLERANCE:.0e} (central, h = {FD_STEP:.0e}, up to "
           f"{args.coordinates} coordinates), PyTorch {TORCH_TOLERANCE:.0e} (all coordinates)")
@@ -307,7 +325,14 @@ def command(args):
     rows = []
     for method in methods:
         rows += check(method, args.likelihood, args.seed, args.coordinates, use_torch)
-    print(format_rows(rows))
+    if args.verbose:
+        print("parameter names are attribute paths: body.layers.i is layer i of a network "
+              "(T's layers: Linear, tanh, Dropout, Linear, tanh, Dropout, so its weights are "
+              "layers.0 and layers.3); a gated layer stores [W1 | W2] side by side, so its W "
+              f"is (inputs) x (2 hidden) = (inputs) x {2 * HIDDEN}")
+        print(format_rows(rows))
+    else:
+        print(format_summary(rows))
     failed = [r for r in rows if r.failed()]
     elapsed = f"{time.time() - start:.1f}s"
     if failed:
@@ -331,6 +356,8 @@ def add_options(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed of the model's start")
     parser.add_argument("--coordinates", type=int, default=20,
                         help="finite-difference coordinates sampled per parameter")
+    parser.add_argument("--verbose", action="store_true",
+                        help="one row per parameter (default: one summary line per method)")
     parser.set_defaults(run=command)
 
 

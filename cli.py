@@ -81,6 +81,14 @@ def run_command_line(parser, argv=None):
             ag.BackendError, datasets.DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError as exc:
+        print(f"error: not enough memory ({exc or 'an array too large'}); the sizes come from "
+              "--hidden, --latent, --components, --noise-dim, --batch-size, --samples and --n",
+              file=sys.stderr)
+        return 2
+    except (runs.Interrupted, KeyboardInterrupt) as exc:
+        print(str(exc) or "interrupted", file=sys.stderr)
+        return 130
     return status if isinstance(status, int) else 0
 
 

@@ -279,8 +279,9 @@ def _verify_git_blob(path: Path, blob_id: str, hint: str) -> None:
 
 def _bypass_hint(name: str) -> str:
     return (
-        f" (a different or damaged copy; if you knowingly use another copy of {name}, "
-        "pass verify_checksums=False to load(), or --no-verify on the command line)"
+        f" (a different or damaged copy: delete it and download it again; a copy of {name} "
+        "you knowingly changed can be loaded with load(..., verify_checksums=False) from "
+        f"Python, or checked with `python datasets.py info {name} --no-verify`)"
     )
 
 
@@ -333,15 +334,22 @@ def _binarize_eval_splits(valid: np.ndarray, test: np.ndarray):
 # File formats
 
 
-def _gunzip(path: Path) -> bytes:
-    raw = path.read_bytes()
+def _gunzip(path: Path, size: int) -> bytes:
+    """The content of a gzip file that should hold ``size`` bytes: reading stops one
+    byte after them, so that a file that inflates to far more (a gzip bomb) is refused
+    without being inflated whole into memory."""
     try:
-        return gzip.decompress(raw)
+        with gzip.open(path, "rb") as f:
+            raw = f.read(size + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(
             f"{path}: not a complete gzip file ({e}); expected a gzip'd IDX file, "
             "delete it and download it again"
         ) from None
+    if len(raw) > size:
+        raise DataError(f"{path}: inflates to more than the {size} bytes expected "
+                        "(a different or damaged file); delete it and download it again")
+    return raw
 
 
 def read_idx_images(path, count: int, rows: int = 28, cols: int = 28) -> np.ndarray:
@@ -352,7 +360,7 @@ def read_idx_images(path, count: int, rows: int = 28, cols: int = 28) -> np.ndar
     integers, then the pixels in row-major order.
     """
     path = Path(path)
-    raw = _gunzip(path)
+    raw = _gunzip(path, 16 + count * rows * cols)
     if len(raw) < 16:
         raise DataError(
             f"{path}: {len(raw)} bytes after gunzip, expected a 16-byte IDX header and pixel data"

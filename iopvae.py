@@ -70,22 +70,34 @@ def log_bernoulli(x, logits):
 def log_normal_mixture(z, mu, logvar, block_elements=1 << 22):
     """log (1/K) sum_k N(z | mu_k, diag exp(logvar_k)) for z (B, d), mu, logvar (K, d) -> (B,).
 
-    The VampPrior of Eq. (9): every z against every component, then a
-    max-shifted logsumexp over the K components.  The pairwise terms form a
-    (rows, K, d) array, so many rows (evaluation) are taken in blocks of about
-    ``block_elements`` elements; a training batch is one block.  Differentiable
-    (the pseudo-inputs learn through it); ``log_mixture_density`` is the same
-    density for evaluation only, faster for many components.
+    The one Gaussian-mixture density of this file: the VampPrior of Eq. (9) (K
+    pseudo-inputs; differentiable, the pseudo-inputs learn through it) and the
+    empirical aggregated posterior of Eq. (8) (one component per training point,
+    ``log_aggregated_posterior``).  With s = exp(logvar), the quadratic of every
+    pair (z_b, component k), sum_d (z_bd - mu_kd)^2 / s_kd, is expanded into one
+    matrix product,
+
+        [z^2, z, 1] @ [1/s, -2 mu/s, sum_d (mu^2/s + log s) + d log 2 pi]^T,
+
+    so B points against K components cost a (B, 2d+1) x (2d+1, K) product (taken
+    in row blocks of about ``block_elements`` entries), then a max-shifted
+    logsumexp over k.  The expansion subtracts large numbers: in float32
+    (VampPrior's training) it is off by about 1e-3 nats at MNIST's sizes;
+    evaluation works in float64, where the error is about 1e-11.
     """
+    xp = ag.xp()
     B, d = z.shape
     K = mu.shape[0]
-    rows = max(1, block_elements // (K * d))
-    mu, logvar = ag.reshape(mu, (1, K, d)), ag.reshape(logvar, (1, K, d))
+    precision = ag.exp(-logvar)
+    constant = (mu * mu * precision + logvar).sum(axis=1, keepdims=True) + d * LOG_2PI
+    components = ag.concatenate([precision, -2.0 * mu * precision, constant], axis=1).T
+    rows = max(1, block_elements // K)
     blocks = []
     for start in range(0, B, rows):
         zb = z[start:start + rows]
-        pairwise = log_normal_diag(ag.reshape(zb, (zb.shape[0], 1, d)), mu, logvar)
-        blocks.append(ag.logsumexp(pairwise, axis=1))
+        ones = ag.Tensor(xp.ones((zb.shape[0], 1), dtype=zb.dtype))
+        quadratic = ag.matmul(ag.concatenate([zb * zb, zb, ones], axis=1), components)
+        blocks.append(ag.logsumexp(-0.5 * quadratic, axis=1))            # (rows, K) -> rows
     log_sum = blocks[0] if len(blocks) == 1 else ag.concatenate(blocks, axis=0)
     return log_sum - math.log(K)
 
@@ -195,7 +207,8 @@ class VAEMethod(nn.Module):
     A method is an encoder q_phi(z|x), a decoder p_theta(x|z) and a prior
     p_lambda(z) (here N(0, I); VampPrior and IOP override it).  The trainer calls
 
-    - ``loss(x, rng, beta)``: minus the objective of Eq. (19) on a batch (Alg. 1, line 4);
+    - ``loss(x, rng, beta)``: minus the training objective on a batch, the ELBO of
+      Eq. (3) or (9), or Eq. (19) for IOP (Alg. 1, line 4);
     - ``vae_parameters()``: theta and phi, updated on that loss (line 5);
 
     and, for the methods with a density ratio estimator (``density_ratio`` is T_psi):
@@ -349,10 +362,6 @@ class ImplicitOptimalPrior(StandardVAE):
     and ln q(z)/p(z) is estimated by the density ratio estimator T_psi(z)
     (Eqs. 12-15).  The VAE maximises Eq. (19) with psi fixed; psi maximises
     Eq. (20) with theta, phi fixed (Algorithm 1).
-
-    Eq. (21) says T's own dependence on phi can be ignored.  The gradient
-    through the reparameterised z = mu + sigma * eps into T(z) must still reach
-    the encoder: z is never detached here.
     """
 
     name = "iop"
@@ -362,9 +371,32 @@ class ImplicitOptimalPrior(StandardVAE):
         super().__init__(dim, likelihood, latent, hidden, rng, decoder_logvar_bounds)
         self.density_ratio = DensityRatio(latent, hidden, rng, keep)
 
-    def kl(self, z, mu, logvar):
-        """Eq. (15): KL(q(z|x) || q(z)) ~ KL(q(z|x) || N(0, I)) - T_psi(z)."""
-        return kl_standard_normal(mu, logvar) - self.density_ratio(z)
+    # --- Eq. (19): training theta and phi -------------------------------------------
+    def objective_terms(self, x, rng):
+        """The three terms of Eq. (19) per data point, at one z ~ q(z|x) (L = 1):
+        KL(q(z|x) || N(0, I)) in closed form, ln p(x|z) and T_psi(z), with
+        z = mu(x) + sigma(x) * eps (Eq. 18).  z is not detached: the gradient through
+        z into T reaches the encoder (docs/derivation.md, Section 6)."""
+        mu, logvar = self.encoder(x)
+        z = reparameterize(mu, logvar, standard_normal(rng, mu.shape))
+        return kl_standard_normal(mu, logvar), self.decoder.log_likelihood(x, z), \
+            self.density_ratio(z)
+
+    def loss(self, x, rng, beta=1.0):
+        """Minus Eq. (19) on a mini-batch x_1..x_K:
+
+            -(1/K) sum_i [ -KL(q(z|x_i) || N(0, I)) + ln p(x_i | z_i) + T_psi(z_i) ].
+
+        During the warm-up, ``beta`` < 1 weighs the KL estimate, -KL + T (Eq. 15).
+        Called inside ``frozen(model.density_ratio)``: psi is fixed (Algorithm 1)."""
+        kl_normal, log_likelihood, t = self.objective_terms(x, rng)
+        return -(-beta * kl_normal + log_likelihood + beta * t).mean()
+
+    def elbo_terms(self, x, rng):
+        """(ln p(x|z), estimated KL(q(z|x) || q(z))) per row: Eq. (15) at one z ~ q(z|x),
+        the two parts of the estimated ELBO."""
+        kl_normal, log_likelihood, t = self.objective_terms(x, rng)
+        return log_likelihood, kl_normal - t
 
     def log_prior(self, z):
         """log q(z) ~ log N(z) + T_psi(z) (Eq. 14): an estimate, not a normalised density."""
@@ -470,22 +502,26 @@ METHODS = {cls.name: cls for cls in (StandardVAE, VampPrior, ImplicitOptimalPrio
 def frozen(*modules):
     """Inside this block the parameters of ``modules`` get no gradient and the modules
     run in eval mode (no dropout): psi while theta and phi are updated, and theta, phi
-    while psi is (Algorithm 1).  Both are restored on leaving.  ``None`` entries are
-    skipped, so ``frozen(model.density_ratio)`` does nothing for methods without T."""
+    while psi is (Algorithm 1, "update theta, phi with psi fixed" and the reverse).
+    On leaving, each parameter's ``requires_grad`` and each module's mode are set
+    back to what they were on entering, so a parameter frozen before stays frozen
+    and a nested ``frozen`` of the same module leaves the outer one in force.
+    ``None`` entries are skipped: ``frozen(model.density_ratio)`` does nothing for
+    methods without T."""
     modules = [m for m in modules if m is not None]
-    params = [p for m in modules for p in m.parameters()]
-    modes = [m.training for m in modules]
-    for p in params:
+    flags = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    modes = [(sub, sub.training) for m in modules for sub in m.modules()]
+    for p, _ in flags:
         p.requires_grad = False
     for m in modules:
         m.eval()
     try:
         yield
     finally:
-        for p in params:
-            p.requires_grad = True
-        for m, mode in zip(modules, modes):
-            m.train(mode)
+        for p, flag in flags:
+            p.requires_grad = flag
+        for sub, mode in modes:
+            sub.training = mode
 
 
 @contextlib.contextmanager
@@ -557,7 +593,13 @@ def _hms(seconds):
 
 
 class TrainingDiverged(RuntimeError):
-    """A loss or the validation ELBO became NaN or infinite."""
+    """A loss or the validation ELBO became NaN or infinite, or beyond ``Trainer.check_diverged``'s
+    bounds."""
+
+
+# The divergence rule (Trainer.check_diverged): numbers no working run reaches.
+DIVERGED_NATS_PER_DIMENSION = 1e4   # |VAE loss| or |validation ELBO| per point and data dimension
+DIVERGED_DENSITY_RATIO_LOSS = 10 * 2 * math.log(2)  # T's loss: ten times a coin flip's (1.39)
 
 
 class Trainer:
@@ -627,7 +669,7 @@ class Trainer:
                 valid_elbo)
             record = {"epoch": epoch, "beta": beta, "loss": loss, "disc_loss": disc_loss,
                       "valid_elbo": valid_elbo, "seconds": time.time() - started}
-            self.check_finite(record)           # NaN: stop before anything is saved
+            self.check_diverged(record)         # NaN or huge: stop before saving
             self.epoch = epoch
             self.history.append(record)
             self.early_stopping(record)         # keep the best weights, count bad epochs
@@ -673,12 +715,29 @@ class Trainer:
         validation ELBO (never, with patience 0)."""
         return self.patience > 0 and self.bad_epochs >= self.patience
 
-    def check_finite(self, record):
-        for key in ("loss", "disc_loss", "valid_elbo"):
+    def check_diverged(self, record):
+        """Stop a round whose numbers show divergence, even finite ones (a huge step size
+        gives finite garbage: losses of 1e9 to 1e23 on OneHot).  The rule: a loss or the
+        validation ELBO is NaN or infinite; or the VAE loss or validation ELBO (per point)
+        exceeds ``DIVERGED_NATS_PER_DIMENSION`` = 1e4 nats times the data dimension in
+        size (a working run stays below about 10 per dimension, Gaussian decoders at
+        their tightest variance below about 4e3); or T's loss (Eq. 20) exceeds
+        ``DIVERGED_DENSITY_RATIO_LOSS`` = 10 x 2 log 2, ten times that of T = 0, a
+        classifier that guesses (a working T stays below 2 log 2)."""
+        bound = DIVERGED_NATS_PER_DIMENSION * self.train_x.shape[1]
+        for key, name, limit in (("loss", "the VAE loss", bound),
+                                 ("disc_loss", "T's loss", DIVERGED_DENSITY_RATIO_LOSS),
+                                 ("valid_elbo", "the validation ELBO", bound)):
             value = record[key]
-            if value is not None and not math.isfinite(value):
-                raise TrainingDiverged(f"training diverged at epoch {record['epoch']}: {key} "
+            if value is None:
+                continue
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"training diverged at epoch {record['epoch']}: {name} "
                                        f"is {value}")
+            if abs(value) > limit:
+                raise TrainingDiverged(f"training diverged at epoch {record['epoch']}: {name} "
+                                       f"is {value:.4g}, beyond {limit:.4g} (the divergence "
+                                       "rule); try a smaller step size")
 
     def early_stopping(self, record):
         """Keep the best weights by validation ELBO and count epochs without progress,
@@ -795,33 +854,6 @@ def test_log_likelihood(model, x, samples, rng, batch_size=100):
                                                  model.log_prior, samples, rng, batch_size)
 
 
-def log_mixture_density(z, mu, logvar, block_elements=1 << 22):
-    """log (1/N) sum_n N(z | mu_n, diag exp(logvar_n)) for many z, in float64.
-
-    The empirical aggregated posterior of Eq. (8) when (mu_n, logvar_n) are the
-    encoder's outputs on all N training points: IOP's true prior.  The quadratic
-    sum_d (z_d - mu_nd)^2 / s_nd is expanded into one matrix product,
-    [z^2, z, 1] @ [1/s, -2 mu/s, sum(mu^2/s) + sum(log s) + d log 2 pi]^T, so
-    M points against N components cost an (M, 2d+1) x (2d+1, N) product,
-    taken in row blocks of about ``block_elements`` entries; float64 keeps the
-    expansion's cancellation harmless.  Plain arrays in, a (M,) array out.
-    """
-    xp = ag.xp()
-    z = z.astype(np.float64)
-    mu, logvar = mu.astype(np.float64), logvar.astype(np.float64)
-    n, d = mu.shape
-    precision = xp.exp(-logvar)
-    constant = (mu * mu * precision + logvar).sum(axis=1) + d * LOG_2PI
-    components = xp.concatenate([precision, -2.0 * mu * precision, constant[:, None]], axis=1)
-    rows = max(1, block_elements // n)
-    out = []
-    for start in range(0, z.shape[0], rows):
-        zb = z[start:start + rows]
-        features = xp.concatenate([zb * zb, zb, xp.ones((zb.shape[0], 1))], axis=1)
-        out.append(log_mean_exp(-0.5 * (features @ components.T), axis=1))  # (rows, N) -> rows
-    return xp.concatenate(out)
-
-
 def aggregated_posterior_components(model, train_x, batch_size=1000):
     """(mu_n, logvar_n) of q(z | x_n) for every training point: the N components of
     the aggregated posterior q(z) (Eqs. 6 and 8), IOP's true prior.  ``train_x``
@@ -837,19 +869,27 @@ def aggregated_posterior_components(model, train_x, batch_size=1000):
     return xp.concatenate(mus), xp.concatenate(logvars)
 
 
+def log_aggregated_posterior(z, components):
+    """log q(z) = log (1/N) sum_n q(z | x_n), the empirical aggregated posterior of
+    Eq. (8) given by its ``components`` (``aggregated_posterior_components``): the
+    mixture density ``log_normal_mixture`` in float64, for a plain array of points
+    z; a plain (M,) float64 array out."""
+    mu_n, logvar_n = (ag.Tensor(a.astype(np.float64)) for a in components)
+    with ag.no_grad():
+        return log_normal_mixture(ag.Tensor(z.astype(np.float64)), mu_n, logvar_n).data
+
+
 def exact_aggregated_log_likelihood(model, x, components, samples, rng, batch_size=100):
     """IOP's log p(x) with its true prior, not the learned estimate.
 
     The prior IOP trains towards is the aggregated posterior q(z) = (1/N) sum_n
     q(z | x_n) over the training set (Eqs. 6, 8); T only estimates log q(z)/N(z).
-    Here log q(z) is computed exactly (``log_mixture_density`` of ``components``,
-    from ``aggregated_posterior_components``) and used as the prior of the
-    importance-sampled log-likelihood, with the same proposal.
+    Here log q(z) is computed exactly (``log_aggregated_posterior`` of
+    ``components``, from ``aggregated_posterior_components``) and used as the prior
+    of the importance-sampled log-likelihood, with the same proposal.
     """
-    mu_n, logvar_n = components
-
     def log_prior(z):
-        return ag.Tensor(log_mixture_density(z.data, mu_n, logvar_n))
+        return ag.Tensor(log_aggregated_posterior(z.data, components))
 
     with evaluation(model):
         return importance_sampled_log_likelihood(x, model.encoder, model.decoder.log_likelihood,
@@ -862,13 +902,12 @@ def exact_aggregated_elbo(model, x, components, samples, rng, batch_size=100):
     given by its ``components`` (Eqs. 2, 6, 8).  What IOP's estimated ELBO (Eq. 15,
     via T) approximates; cheap when the training set is small (OneHot)."""
     xp = ag.xp()
-    mu_n, logvar_n = components
     total = 0.0
     with evaluation(model):
         for batch in _batches(xp.concatenate([x] * samples), batch_size):
             mu, logvar = model.encoder(ag.Tensor(batch))
             z = reparameterize(mu, logvar, standard_normal(rng, mu.shape))
-            log_ratio = (log_mixture_density(z.data, mu_n, logvar_n)
+            log_ratio = (log_aggregated_posterior(z.data, components)
                          - log_normal_diag(z, mu, logvar).data)
             total = total + (model.decoder.log_likelihood(ag.Tensor(batch), z).data
                              + log_ratio).sum()
@@ -880,7 +919,12 @@ def density_ratio_log_normalizer(model, rng, samples=100_000, batch_size=10_000,
     """log Z = log integral N(z) exp T(z) dz: how far log N(z) + T(z) is from a density.
 
     With the Bayes-optimal T* = ln q(z)/p(z) (Eq. 14), Z = 1 exactly; a learned T
-    gives Z != 1, and IOP's estimated log-likelihood is off by up to log Z.
+    gives Z != 1.  IOP's estimated log-likelihood uses the prior N(z) exp T(z) =
+    Z p_T(z), with p_T the normalised learned prior, so it is exactly log Z plus
+    the same importance-sampled estimate under p_T.  log Z bounds nothing about the
+    distance to the aggregated posterior itself: the estimate and the exact value
+    (``exact_aggregated_log_likelihood``) can differ by far more than |log Z| (on
+    FreyFaces by hundreds of nats, docs/results.md).
     Without ``components``: a plain Monte Carlo average of exp T(z) over N(0, I)
     draws, which in many dimensions rarely reaches where q(z) has its mass (so it
     tends to come out low).  With ``components`` = (mu_n, logvar_n) of the training
@@ -901,7 +945,8 @@ def density_ratio_log_normalizer(model, rng, samples=100_000, batch_size=10_000,
             log_n = log_standard_normal(z).data.astype(np.float64)
             log_r = log_n                                            # r = N(0, I)
             if components is not None:                               # r = (N(0, I) + q(z)) / 2
-                log_r = xp.logaddexp(log_n, log_mixture_density(z.data, *components)) - math.log(2)
+                log_q = log_aggregated_posterior(z.data, components)
+                log_r = xp.logaddexp(log_n, log_q) - math.log(2)
             log_w.append(log_n + model.density_ratio(z).data.astype(np.float64) - log_r)
     return log_mean_exp(xp.concatenate(log_w), axis=0)
 

@@ -16,6 +16,9 @@ setup (Sec. 5.2), then writes into ``--out``:
   optimum -ln 4 dashed (Figure 2).  AVB's and IOP's ELBOs are estimates; for
   IOP the exact ELBO under its true prior, the aggregated posterior of the
   training set, is drawn beside the estimate (OneHot makes it cheap);
+- ``figure_density_ratio.png`` and ``density_ratio.json`` (beyond the paper): IOP's
+  learned T(z) beside the true log q(z)/N(z) of the training set's aggregated
+  posterior, and their difference, on a grid of the 2-D latent space;
 - ``summary.json`` and a printed table: per method, the final (estimated)
   validation ELBO, E_q[log p(x|z)], log p(x) by Monte Carlo over 20,000
   samples of the model's own prior (for IOP the aggregated posterior, sampled
@@ -160,10 +163,44 @@ def final_scores(model, data, rng, prior_samples, is_samples, posterior_samples)
             model, test, components, is_samples, rng).mean())
         scores["log_normalizer"] = float(iopvae.density_ratio_log_normalizer(
             model, rng, components=components))
+        scores["density_ratio"] = density_ratio_grid(model, components, rng)
     return {"z": ag.to_numpy(z.data).tolist(),
             "valid_elbo": float(valid_reconstruction - valid_kl),
             "valid_reconstruction": float(valid_reconstruction),
             "test_log_px": float(log_px.mean()), **scores}
+
+
+def density_ratio_grid(model, components, rng, extent=4.0, points=121, samples=20_000):
+    """The density ratio trick seen at work, for the trained IOP model: on a square grid
+    of OneHot's 2-D latent space, the learned T_psi(z) and the true log q(z)/N(z), with
+    q(z) the exact aggregated posterior of the training set (Eq. 8, a mixture of the
+    ``components``), and log q(z) itself to show where the data mass is.  At the
+    optimum the two ratios agree (Eq. 14).  Also the means of both under z ~ q(z):
+    E_q[T] is what IOP's ELBO uses (Eq. 15), E_q[log q/N] = KL(q(z) || N(0, I))."""
+    import numpy as np
+
+    import autograd_lite as ag
+    import iopvae
+
+    axis = np.linspace(-extent, extent, points)
+    grid = np.stack([g.ravel() for g in np.meshgrid(axis, axis)], axis=1)  # row: (z1, z2)
+    mu_n, logvar_n = components
+    idx = rng.integers(0, mu_n.shape[0], samples)
+    z_q = iopvae.reparameterize(ag.Tensor(mu_n[idx]), ag.Tensor(logvar_n[idx]),
+                                iopvae.standard_normal(rng, (samples, 2)))
+    values = {}
+    for name, z in (("grid", ag.Tensor(ag.as_array(grid.astype(np.float32)))), ("q", z_q)):
+        with iopvae.evaluation(model):
+            t = model.density_ratio(z).data.astype(np.float64)
+            log_n = iopvae.log_standard_normal(z).data.astype(np.float64)
+        log_q = iopvae.log_aggregated_posterior(z.data, components)
+        values[name] = ag.to_numpy_all({"T": t, "log_ratio": log_q - log_n, "log_q": log_q})
+    shape, on_q = (points, points), values["q"]
+    return {"axis": axis.tolist(),
+            **{key: v.reshape(shape).tolist() for key, v in values["grid"].items()},
+            "mean_T_under_q": float(on_q["T"].mean()),
+            "kl_q_n": float(on_q["log_ratio"].mean()),
+            "mean_abs_error_under_q": float(abs(on_q["T"] - on_q["log_ratio"]).mean())}
 
 
 def _train_star(args):
@@ -216,6 +253,44 @@ def plot_figures(results, out, warmup):
     fig.tight_layout()
     fig.savefig(os.path.join(out, "figure2_elbo.png"), dpi=110)
     plt.close(fig)
+
+
+def plot_density_ratio(result, out, settings):
+    """The density ratio figure, from IOP's ``density_ratio_grid``: the learned T(z), the
+    true log q(z)/N(z) and their difference, with the regions holding 50% and 95% of
+    q(z)'s mass outlined; and ``density_ratio.json``, the numbers under z ~ q(z)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grid = result["density_ratio"]
+    axis = np.asarray(grid["axis"])
+    t, log_ratio, log_q = (np.asarray(grid[k]) for k in ("T", "log_ratio", "log_q"))
+    # the density levels whose upper sets hold 50% and 95% of the mass on the grid
+    q = np.sort(np.exp(log_q).ravel())[::-1]
+    mass = np.cumsum(q) * (axis[1] - axis[0]) ** 2
+    levels = sorted(np.log(q[np.searchsorted(mass, p)]) for p in (0.5, 0.95))
+    top = max(t.max(), log_ratio.max())
+    panels = [(t, "learned T(z)", dict(cmap="viridis", vmin=top - 8, vmax=top)),
+              (log_ratio, "true log q(z) / N(z)", dict(cmap="viridis", vmin=top - 8, vmax=top)),
+              (t - log_ratio, "T(z) - log q(z) / N(z)", dict(cmap="RdBu_r", vmin=-3, vmax=3))]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    for ax, (values, title, style) in zip(axes, panels):
+        image = ax.pcolormesh(axis, axis, values, shading="auto", **style)
+        ax.contour(axis, axis, log_q, levels=levels, colors="k", linewidths=0.8,
+                   linestyles=["--", "-"])
+        fig.colorbar(image, ax=ax, extend="both")
+        ax.set(title=title, xlabel="z1", ylabel="z2", aspect="equal")
+    fig.suptitle("The density ratio trick on OneHot (IOP, "
+                 f"{settings['epochs']} epochs): lines enclose 95% (dashed) and 50% of q(z)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "figure_density_ratio.png"), dpi=110)
+    plt.close(fig)
+    numbers = {"epochs": settings["epochs"], "seed": settings["seed"],
+               **{k: v for k, v in grid.items() if not isinstance(v, list)}}
+    atomic_write(os.path.join(out, "density_ratio.json"),
+                 lambda f: json.dump(numbers, f, indent=2), mode="w")
 
 
 def summarise(results, out, settings):
@@ -271,9 +346,15 @@ def parse_args(argv):
     if args.quick:
         args.epochs, args.warmup, args.prior_samples, args.is_samples = (
             QUICK["epochs"], QUICK["warmup"], QUICK["prior_samples"], QUICK["is_samples"])
-    if min(args.epochs, args.jobs, args.prior_samples, args.is_samples) < 1 or args.warmup < 0:
+    if min(args.epochs, args.jobs, args.prior_samples, args.is_samples) < 1 or min(
+            args.warmup, args.seed) < 0:
         parser.error("--epochs, --jobs, --prior-samples and --is-samples must be positive, "
-                     "--warmup >= 0")
+                     "--warmup and --seed >= 0")
+    given = [word.split("=")[0] for word in (sys.argv[1:] if argv is None else argv)]
+    overridden = [o for o in ("--epochs", "--warmup", "--prior-samples", "--is-samples")
+                  if o in given]
+    if args.quick and overridden:
+        print(f"warning: --quick overrides {', '.join(overridden)}", file=sys.stderr)
     args.warmup = min(args.warmup, args.epochs)
     return args
 
@@ -297,19 +378,31 @@ def run_all(args):
     return sorted(results, key=lambda r: order[r["method"]])
 
 
+def check_backend():
+    """One error line, before any work, for a bad ``AUTOGRAD_LITE_BACKEND``."""
+    import autograd_lite as ag
+    try:
+        ag.backend_name()
+    except ag.BackendError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 def main(argv=None):
     args = parse_args(argv)
+    check_backend()
     os.makedirs(args.out, exist_ok=True)
     print(f"OneHot: {', '.join(args.methods)} for {args.epochs} epochs "
           f"(warm-up {args.warmup}), {args.jobs} worker(s); output in {args.out}", flush=True)
     started = time.time()
     results = run_all(args)
-    plotting = Stopwatch()
-    with plotting:
-        plot_figures(results, args.out, args.warmup)
     settings = {"epochs": args.epochs, "warmup": args.warmup, "seed": args.seed,
                 "prior_samples": args.prior_samples, "is_samples": args.is_samples,
                 "quick": args.quick}
+    plotting = Stopwatch()
+    with plotting:
+        plot_figures(results, args.out, args.warmup)
+        for result in (r for r in results if "density_ratio" in r):  # IOP's T against the truth
+            plot_density_ratio(result, args.out, settings)
     summarise(results, args.out, settings)
     print_timing(results, plotting, time.time() - started)
     print(f"wrote figure1_posteriors.png, figure2_elbo.png, summary.json to {args.out}")

@@ -11,6 +11,8 @@ is the same as ``python iopvae.py ...``):
 4. the commands train, evaluate and sample, and the options of a Config.
 """
 import dataclasses
+import fcntl
+import glob
 import json
 import math
 import os
@@ -87,17 +89,41 @@ class Config:
         for name in ("hidden", "batch_size", "epochs", "j1", "valid_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("warmup", "j2", "patience"):
+        for name in ("warmup", "j2", "patience", "seed", "latent", "components", "noise_dim"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be non-negative (got {getattr(self, name)})")
+        if self.method == "avb" and self.noise_dim < 1:
+            raise ValueError(f"noise_dim must be at least 1 for avb (got {self.noise_dim})")
         if not 0 < self.keep <= 1:
             raise ValueError(f"keep must be in (0, 1] (got {self.keep})")
         for name in ("lr", "lr_density_ratio"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive (got {getattr(self, name)})")
-        if self.decoder_logvar_min >= self.decoder_logvar_max:
-            raise ValueError("decoder_logvar_min must be below decoder_logvar_max")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be positive and finite (got "
+                                 f"{getattr(self, name)})")
+        low, high = self.decoder_logvar_min, self.decoder_logvar_max
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ValueError(f"decoder_logvar_min must be below decoder_logvar_max, both finite "
+                             f"(got {low} and {high})")
         return self
+
+    def checked_types(self):
+        """Refuse fields of the wrong type (a damaged config.json or checkpoint)."""
+        for field in dataclasses.fields(self):
+            value, kind = getattr(self, field.name), type(field.default)
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  if kind is float else type(value) is kind)
+            if not ok:
+                raise ValueError(f"{field.name} is {value!r}, not a {kind.__name__}")
+        return self
+
+
+APPLIES_TO = {"components": ("vamp",), "pseudo_init": ("vamp",), "noise_dim": ("avb",),
+              "lr_density_ratio": ("iop", "avb"), "j2": ("iop", "avb"), "keep": ("iop", "avb")}
+
+
+def not_applying(given, method):
+    """The options in ``given`` that ``method`` does not use."""
+    return [name for name in given if method not in APPLIES_TO.get(name, (method,))]
 
 
 def build_model(config, dim, likelihood, rng):
@@ -133,9 +159,13 @@ class Trainer(iopvae.Trainer):
                          patience=c.patience, j1=c.j1, j2=c.j2,
                          valid_samples=c.valid_samples, log=log)
 
+    resume_hint = "continue with --resume"
+    saved_epoch = 0  # the epoch of the last checkpoint written (or resumed from)
+
     def save(self):
         if self.out_dir:
             save_checkpoint(self, os.path.join(self.out_dir, "checkpoint.npz"))
+            self.saved_epoch = self.epoch
 
     def train(self, epochs=None):
         try:
@@ -144,11 +174,53 @@ class Trainer(iopvae.Trainer):
             kept = (f"the last good checkpoint (epoch {self.epoch}) is kept in {self.out_dir}"
                     if self.out_dir and self.epoch else "no checkpoint was written")
             raise iopvae.TrainingDiverged(f"{exc}; {kept}") from None
+        except KeyboardInterrupt:  # the checkpoint of the last saved epoch is kept
+            raise Interrupted(f"interrupted at epoch {self.saved_epoch}; {self.resume_hint}") \
+                from None
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training; the checkpoint of the last finished epoch is kept (it is
+    written whole or not at all)."""
 
 
 # =============================================================================
-# 3. Checkpoints.
+# 3. Run folders and checkpoints.
 # =============================================================================
+_HELD_LOCKS = {}  # run folder -> its open lock file, held until this process ends
+
+
+def lock_run_folder(folder):
+    """Take the run folder for this process: an exclusive lock on ``folder/.lock``
+    (``flock``, released by the system when the process ends, however it ends), so
+    that a second training of the same run, fresh or resumed, is refused instead of
+    writing the same checkpoint.  Then remove the temporary files that killed writes
+    left behind (no one else can be writing them now)."""
+    folder = os.path.abspath(folder)
+    if folder in _HELD_LOCKS:
+        return
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"run folder {folder} is a file, not a folder")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, ".lock")
+    lock = open(path, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise ValueError(f"run folder {folder} is in use by process {holder} (lock {path}); "
+                         "wait for it to end or stop it") from None
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    _HELD_LOCKS[folder] = lock
+    for name in ("checkpoint.npz", "config.json", "result.json"):
+        for stale in glob.glob(os.path.join(glob.escape(folder), f".{name}.*.tmp")):
+            os.remove(stale)
+
+
 def save_checkpoint(trainer, path):
     """Weights, optimizer moments, best weights, RNG state and history in one ``.npz``,
     written atomically, plus ``config.json`` beside it.
@@ -210,7 +282,9 @@ class CheckpointError(ValueError):
 
 
 def read_checkpoint(path):
-    """(meta, arrays) of a checkpoint, or CheckpointError with one clear line."""
+    """(meta, arrays) of a checkpoint, or CheckpointError with one clear line: also for
+    meta fields of the wrong type and for weights that are not finite floats (a
+    checkpoint of NaN weights would evaluate to NaN and sample blank images)."""
     if os.path.isdir(path):
         path = os.path.join(path, "checkpoint.npz")
     if not os.path.exists(path):
@@ -219,11 +293,40 @@ def read_checkpoint(path):
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
         meta = json.loads(str(arrays.pop("meta")))
-        meta["config"] = Config(**meta["config"])
+        meta["config"] = Config(**meta["config"]).checked_types().validate()
+        check_meta(meta)
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} is not a readable iopvae checkpoint (.npz "
                               f"with a 'meta' entry): {type(exc).__name__}: {exc}"[:300]) from None
+    for name, value in arrays.items():
+        if not np.issubdtype(value.dtype, np.floating):
+            raise CheckpointError(f"checkpoint {path}: {name} holds {value.dtype}, not floats")
+        if not np.isfinite(value).all():
+            raise CheckpointError(f"checkpoint {path}: {name} holds "
+                                  f"{np.size(value) - np.isfinite(value).sum()} non-finite "
+                                  "values (NaN or infinite weights): not usable")
     return meta, arrays
+
+
+META_TYPES = {"epoch": int, "bad_epochs": int, "best_epoch": int, "dim": int,
+              "best_valid_elbo": (int, float), "history": list, "likelihood": str,
+              "rng_state": (dict, type(None)), "split_id": (str, type(None)),
+              "image_shape": (list, type(None))}
+
+
+def check_meta(meta):
+    """ValueError naming the first meta field that is missing or of the wrong type."""
+    for key, kind in META_TYPES.items():
+        if key not in meta:
+            raise ValueError(f"no {key!r}")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise ValueError(f"{key} is {meta[key]!r}")
+    if meta["likelihood"] not in ("bernoulli", "gaussian") or meta["dim"] < 1:
+        raise ValueError(f"likelihood {meta['likelihood']!r}, dim {meta['dim']}")
+    shape = meta["image_shape"]
+    if shape is not None and (len(shape) != 2 or not all(isinstance(n, int) for n in shape)
+                              or shape[0] * shape[1] != meta["dim"]):
+        raise ValueError(f"image_shape {shape} does not hold dim {meta['dim']} pixels")
 
 
 def _sub_state(arrays, prefix):
@@ -258,9 +361,14 @@ def resume_trainer(path, data, out_dir, log=print):
     trainer.best = {"epoch": meta["best_epoch"], "valid_elbo": meta["best_valid_elbo"],
                     "state": best or None}
     trainer.epoch, trainer.history = meta["epoch"], meta["history"]
+    trainer.saved_epoch = meta["epoch"]
     trainer.bad_epochs = meta["bad_epochs"]
     if exact:  # the weights were drawn from the generator: only now is its stream restored
-        trainer.rng.bit_generator.state = meta["rng_state"]
+        try:
+            trainer.rng.bit_generator.state = meta["rng_state"]
+        except (TypeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint {path}: its random generator state does not fit "
+                                  f"this generator ({exc})") from None
     return trainer
 
 
@@ -311,10 +419,25 @@ def ignored_on_resume(given, stored):
             and getattr(wanted, name) != getattr(stored, name)]
 
 
+def positive(name, value):
+    """``value``, refused in one line naming the option unless it is at least 1."""
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1 (got {value})")
+    return value
+
+
+def non_negative(name, value):
+    if value < 0:
+        raise ValueError(f"{name} must be non-negative (got {value})")
+    return value
+
+
 def command_train(args):
     given = config_options_given(args)
     config = Config(**given).resolved().validate()
+    positive("--samples", args.samples)
     out = args.out or os.path.join("runs", f"{config.dataset}-{config.method}-seed{config.seed}")
+    lock_run_folder(out)
     if args.resume:
         meta, _ = read_checkpoint(out)
         config = meta["config"]
@@ -330,40 +453,101 @@ def command_train(args):
         if os.path.exists(os.path.join(out, "checkpoint.npz")):
             raise ValueError(f"{out} already holds a checkpoint: continue it with --resume, "
                              "or choose another --out")
+        for name in not_applying(given, config.method):
+            print(f"warning: --{name.replace('_', '-')} does not apply to --method "
+                  f"{config.method}; ignored")
         data = _load_data(config.dataset, config.data_dir)
         trainer = Trainer(config, data, out)
     print(f"training {config.method} on {config.dataset} ({data.train.shape[0]} points, "
           f"latent {config.latent}); checkpoints in {out}")
     trainer.train(args.epochs if args.resume else None)
-    report_evaluation(trainer.best_model(), data, args.samples, trainer.rng)
+    report_evaluation(trainer.best_model(), data, args.samples, trainer.rng, source=out)
 
 
-def report_evaluation(model, data, samples, rng, split="test"):
+def impossible(value, likelihood):
+    """True for a log-likelihood (or ELBO) estimate above 0 on binary data, where
+    log p(x) <= 0: a probability is at most 1.  (IOP's prior N(z) exp T(z) is not
+    normalised, so its estimates can go there; see ``density_ratio_log_normalizer``.)"""
+    return likelihood == "bernoulli" and value > 0
+
+
+IMPOSSIBLE = "  <- IMPOSSIBLE on binary data (log p(x) <= 0): not a valid result"
+
+
+def aggregated_posterior_components(model, data):
+    """q(z|x_n)'s (mu_n, logvar_n) over the training points the encoder saw (freshly
+    binarised ones for dynamically binarised data)."""
+    train = data.train
+    if data.dynamic_binarization:
+        train = datasets.binarize(train, np.random.default_rng(2024))
+    return iopvae.aggregated_posterior_components(model, ag.as_array(train))
+
+
+def report_evaluation(model, data, samples, rng, split="test", source="the model"):
+    """Print the ELBO and log-likelihood of ``split``; refuse non-finite numbers (naming
+    ``source``), flag impossible ones, and for IOP print log Z beside its estimate."""
     x = ag.as_array(getattr(data, split))
-    e = float(iopvae.elbo(model, x, rng))
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite numbers: refused below
+        numbers = {"elbo": float(iopvae.elbo(model, x, rng))}
+        if model.explicit_posterior:
+            numbers["log_likelihood"] = float(iopvae.test_log_likelihood(model, x, samples,
+                                                                         rng).mean())
+    bad = [f"{split} {key} is {value}" for key, value in numbers.items()
+           if not math.isfinite(value)]
+    if bad:
+        raise ValueError(f"{source}: {', '.join(bad)}: its weights give no finite numbers")
+    flagged = [key for key, value in numbers.items() if impossible(value, data.likelihood)]
+
+    def mark(key):
+        return IMPOSSIBLE if key in flagged else ""
+
     estimated = " (estimated)" if model.has_discriminator else ""
-    print(f"{split} ELBO{estimated}: {e:.4f}")
-    if model.explicit_posterior:
-        ll = float(iopvae.test_log_likelihood(model, x, samples, rng).mean())
+    print(f"{split} ELBO{estimated}: {numbers['elbo']:.4f}{mark('elbo')}")
+    if "log_likelihood" in numbers:
+        iop = isinstance(model, iopvae.ImplicitOptimalPrior)
         note = (" (an estimate: log p(z) = log N(z) + T(z) uses the learned density ratio)"
-                if isinstance(model, iopvae.ImplicitOptimalPrior) else "")
-        print(f"{split} log-likelihood, importance sampling with S={samples}: {ll:.4f}{note}")
-        return {"elbo": e, "log_likelihood": ll}
-    print(f"{split} log-likelihood: not available for {model.name} (implicit posterior)")
-    return {"elbo": e}
+                if iop else "")
+        print(f"{split} log-likelihood, importance sampling with S={samples}: "
+              f"{numbers['log_likelihood']:.4f}{note}{mark('log_likelihood')}")
+        if iop:
+            numbers["log_normalizer"] = float(iopvae.density_ratio_log_normalizer(
+                model, rng, components=aggregated_posterior_components(model, data)))
+            print(f"log Z of the learned prior N(z) exp T(z): {numbers['log_normalizer']:.4f} "
+                  "(0 for a normalised prior; the estimate above is off by up to this)")
+    else:
+        print(f"{split} log-likelihood: not available for {model.name} (implicit posterior)")
+    if flagged:
+        print(f"warning: {source}: {' and '.join(flagged)} above 0 on binary data, which is "
+              "impossible: the model (for IOP and AVB, its density ratio T) is not valid",
+              file=sys.stderr)
+    return numbers
 
 
 def command_evaluate(args):
+    positive("--samples", args.samples)
+    non_negative("--seed", args.seed)
     model, config = load_model(args.checkpoint)
     data = load_run_data(args.checkpoint, model, config, args.data_dir)
-    report_evaluation(model, data, args.samples, ag.default_rng(args.seed), args.split)
+    report_evaluation(model, data, args.samples, ag.default_rng(args.seed), args.split,
+                      source=f"checkpoint {args.checkpoint}")
 
 
 def command_sample(args):
+    positive("--n", args.n)
+    non_negative("--seed", args.seed)
+    run_dir = (args.checkpoint if os.path.isdir(args.checkpoint)
+               else os.path.dirname(os.path.abspath(args.checkpoint)))
+    out = args.out or os.path.join(run_dir, "samples.png")
+    if not os.path.splitext(out)[1]:
+        out += ".png"
+    elif os.path.splitext(out)[1].lower() != ".png":
+        raise ValueError(f"--out {out}: the samples are written as a PNG; name it NAME.png")
     model, config = load_model(args.checkpoint)
-    rng = ag.default_rng(args.seed)
     iop = isinstance(model, iopvae.ImplicitOptimalPrior)
-    with ag.no_grad():
+    if args.sir and not iop:
+        print(f"warning: --sir applies to IOP only; {model.name} samples its own prior")
+    rng = ag.default_rng(args.seed)
+    with ag.no_grad(), np.errstate(over="ignore", invalid="ignore"):  # refused below
         if iop and args.sir:
             z = model.sir_prior_sample(args.n, rng)
         else:
@@ -372,16 +556,19 @@ def command_sample(args):
                 data = ag.as_array(
                     load_run_data(args.checkpoint, model, config, args.data_dir).train)
             z = model.prior_sample(args.n, rng, data)
+        decoded = model.decoder(z)  # logits, or (mean, log-variance): must be finite
+        if not all(np.isfinite(ag.to_numpy(t.data)).all()
+                   for t in (decoded if isinstance(decoded, tuple) else (decoded,))):
+            raise ValueError(f"checkpoint {args.checkpoint}: its decoder gives numbers that "
+                             "are not finite: its weights are not usable")
         images = ag.to_numpy(model.decoder.mean(z))
-    run_dir = (args.checkpoint if os.path.isdir(args.checkpoint)
-               else os.path.dirname(os.path.abspath(args.checkpoint)))
-    out = args.out or os.path.join(run_dir, "samples.png")
     save_image_grid(images, model.image_shape, out)
     print(f"wrote {args.n} samples to {out}")
 
 
 def save_image_grid(images, image_shape, path):
-    """Decoder means as a grid of images (or, for OneHot, a table) in a PNG."""
+    """Decoder means as a grid of images (or, for OneHot, a table) in a PNG, written
+    whole or not at all (``atomic_write``)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -397,8 +584,10 @@ def save_image_grid(images, image_shape, path):
     fig, ax = plt.subplots(figsize=(cols * 0.6 * shape[1] / shape[0] + 1, rows * 0.6 + 1))
     ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
     ax.axis("off")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 # =============================================================================

@@ -29,8 +29,10 @@ import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -140,13 +142,11 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
         "step_sizes": {"lr": config.lr, "lr_density_ratio": config.lr_density_ratio},
         "history": history_columns(history),
     }
+    result["likelihood"] = data.likelihood  # "bernoulli": log p(x) <= 0, else invalid
     if config.method == "vamp":
         result["pseudo_inputs_outside"] = pseudo_inputs_outside(model)
     if config.method == "iop":
-        train = data.train
-        if data.dynamic_binarization:  # q(z) over what the encoder saw: binary images
-            train = datasets.binarize(train, np.random.default_rng(2024))
-        components = iopvae.aggregated_posterior_components(model, ag.as_array(train))
+        components = runs.aggregated_posterior_components(model, data)
 
         def exact(s):
             return float(iopvae.exact_aggregated_log_likelihood(model, test, components, s,
@@ -186,43 +186,117 @@ def run_finished(meta):
     return meta["epoch"] >= c.epochs or (c.patience > 0 and meta["bad_epochs"] >= c.patience)
 
 
+def asked_config(run, config_values, data_dir=""):
+    """The Config that the command line asks of ``run`` (the grid's values and the
+    run's own settings)."""
+    values = {**config_values, **dict(run.settings)}
+    return runs.Config(**values, dataset=run.dataset, method=run.method, seed=run.seed,
+                       components=run.components, data_dir=data_dir).resolved().validate()
+
+
+def differences(stored, asked):
+    """The settings (but ``epochs`` and ``data_dir``) in which a run's stored
+    configuration differs from the asked one, as "--name asked (stored: x)"."""
+    stored = runs.Config(**stored) if isinstance(stored, dict) else stored
+    return [f"--{f.name.replace('_', '-')} {getattr(asked, f.name)} "
+            f"(stored: {getattr(stored.resolved(), f.name)})"
+            for f in dataclasses.fields(runs.Config) if f.name not in ("epochs", "data_dir")
+            and getattr(stored.resolved(), f.name) != getattr(asked, f.name)]
+
+
+def refuse_other_settings(name, where, stored, asked):
+    """Refuse a run made with other settings than asked: reusing it would put its
+    numbers in the table under these settings.  ``--epochs`` may differ: it sets
+    the run's new end, as with ``train --resume``."""
+    differ = differences(stored, asked)
+    if differ:
+        raise ValueError(f"run {name} in {where} was made with other settings than asked: "
+                         f"{', '.join(differ)}; use another --out and --results, or ask "
+                         "for its settings")
+
+
 def run_one(run, config_values, out, results, samples, tight_samples, data_dir="", log=print):
     """Train ``run`` to the end (resuming its checkpoint if any), evaluate it and write
     ``result.json`` in its folder and ``<name>.json`` in ``results``; returns the result."""
     path = os.path.join(out, run.name)
+    asked = asked_config(run, config_values, data_dir)
+    runs.lock_run_folder(path)
     data = runs._load_data(run.dataset, data_dir)
     if os.path.exists(os.path.join(path, "checkpoint.npz")):
+        meta, _ = runs.read_checkpoint(path)
+        refuse_other_settings(run.name, path, meta["config"], asked)
+        if meta["epoch"] > asked.epochs:
+            raise ValueError(f"run {run.name} in {path} has trained {meta['epoch']} epochs, "
+                             f"more than --epochs {asked.epochs}")
         trainer = runs.resume_trainer(path, data, path, log)
+        trainer.config = dataclasses.replace(trainer.config, epochs=asked.epochs)
+        trainer.epochs = asked.epochs  # a new end, as with train --resume --epochs
     else:
-        values = {**config_values, **dict(run.settings)}
-        config = runs.Config(**values, dataset=run.dataset, method=run.method,
-                               seed=run.seed, components=run.components, data_dir=data_dir)
-        trainer = runs.Trainer(config, data, path, log)
+        trainer = runs.Trainer(asked, data, path, log)
+    trainer.resume_hint = "run the same command again to continue"
     log(f"== {run.name}: epoch {trainer.epoch} of {trainer.config.epochs}")
     trainer.train()
     result = evaluate_run(path, samples, tight_samples, data_dir)
     for target in (os.path.join(path, "result.json"), os.path.join(results, run.name + ".json")):
         os.makedirs(os.path.dirname(target), exist_ok=True)
         write_json(target, result)
-    log(f"== {run.name}: test log-likelihood (S={samples}) {result['log_likelihood']:.2f}")
+    log(f"== {run.name}: test log-likelihood (S={samples}) {result['log_likelihood']:.2f}"
+        + (" INVALID: above 0 on binary data" if invalid(result) else ""))
     return result
 
 
+RESULT_KEYS = ("run", "dataset", "method", "seed", "components", "config", "epochs_trained",
+               "best_epoch", "finished", "samples", "tight_samples", "test_elbo",
+               "log_likelihood", "log_likelihood_tight")
+IOP_KEYS = ("log_likelihood_exact", "log_likelihood_exact_tight", "log_normalizer")
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} (a number that is not finite)")
+
+
 def read_result(run, results, split_id=None):
-    """The result JSON of ``run`` in the folder ``results``, or None.  With
-    ``split_id`` (the data set's split now), a result made on another split is
-    refused: its test set is other images, and mixing it in would average two
-    experiments."""
+    """The result JSON of ``run`` in the folder ``results``, or None; a file that is not
+    a complete result of this run (truncated, a key missing, NaN, another run's
+    content) is refused with one line naming it.  With ``split_id`` (the data set's
+    split now), a result made on another split is refused: its test set is other
+    images, and mixing it in would average two experiments."""
     path = os.path.join(results, run.name + ".json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        result = json.load(f)
+    try:
+        with open(path) as f:
+            result = json.load(f, parse_constant=_no_constant)
+        if not isinstance(result, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"result file {path} is not usable ({exc}); delete it to evaluate "
+                         "the run again") from None
     if split_id is not None and result.get("split_id") != split_id:
         raise ValueError(f"{path} was evaluated on split {result.get('split_id')}, but "
                          f"{run.dataset} is split {split_id} now; remove it (and its run "
                          "folder) to run it again on this split")
+    try:
+        check_result(result, run)
+    except ValueError as exc:
+        raise ValueError(f"result file {path} is not usable ({exc}); delete it to evaluate "
+                         "the run again") from None
     return result
+
+
+def check_result(result, run):
+    """ValueError unless ``result`` is a complete result of ``run``."""
+    try:
+        runs.Config(**result.get("config", {})).checked_types()
+    except TypeError as exc:
+        raise ValueError(f"its config: {exc}") from None
+    missing = [k for k in RESULT_KEYS + (IOP_KEYS if result.get("method") == "iop" else ())
+               if k not in result]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}")
+    if (result["run"], result["dataset"], result["method"], result["seed"]) != (
+            run.name, run.dataset, run.method, run.seed):
+        raise ValueError(f"it holds the result of run {result['run']}, not of {run.name}")
 
 
 def current_split_ids(todo, data_dir=""):
@@ -230,15 +304,28 @@ def current_split_ids(todo, data_dir=""):
     return {d: runs._load_data(d, data_dir).split_id for d in sorted({r.dataset for r in todo})}
 
 
-def has_result(run, results, samples, tight_samples, split_id=None):
-    """A result for ``run`` evaluated with these S exists (then the run is done)."""
+def has_result(run, results, samples, tight_samples, split_id=None, asked=None):
+    """A result for ``run`` evaluated with these S (on ``split_id`` and made with the
+    ``asked`` Config, if given) exists: then the run is done.  A result made with
+    other settings is refused, unless only ``epochs`` differs (then the run goes on
+    to the new end)."""
     r = read_result(run, results, split_id)
+    if r and asked is not None:
+        refuse_other_settings(run.name, results, r["config"], asked)
+        if r["config"]["epochs"] != asked.epochs:
+            return False
     return bool(r and r.get("finished")
                 and (r["samples"], r["tight_samples"]) == (samples, tight_samples))
 
 
 def write_json(path, obj):
-    atomic_write(path, lambda f: json.dump(obj, f, indent=2), mode="w")
+    """``obj`` as JSON, written whole or not at all; NaN or infinite numbers refused."""
+    try:
+        text = json.dumps(obj, indent=2, allow_nan=False)
+    except ValueError:
+        raise ValueError(f"{path} not written: it would hold numbers that are not finite "
+                         f"({obj})"[:400]) from None
+    atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 # --- the grid: in worker processes, or as commands -------------------------------------
@@ -266,12 +353,20 @@ class RunFailed(ValueError):
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def pending_runs(todo, args, config_values):
+    """The runs of ``todo`` without a result for these settings on the data's split now."""
+    splits = current_split_ids(todo, args.data_dir)
+    return [r for r in todo if not has_result(r, args.results, args.samples, args.tight_samples,
+                                              splits[r.dataset],
+                                              asked_config(r, config_values, args.data_dir))]
+
+
 def run_grid(todo, args, config_values):
     """Run the unfinished ``runs``: in this process (``--jobs 1``) or in worker
-    processes with one BLAS thread each, logging to ``<run>/train.log``."""
-    splits = current_split_ids(todo, args.data_dir)
-    pending = [r for r in todo if not has_result(r, args.results, args.samples,
-                                                 args.tight_samples, splits[r.dataset])]
+    processes with one BLAS thread each, logging to ``<run>/train.log``.  A SIGTERM
+    to this process is passed on to the workers (each run's lock keeps a second grid
+    from training a run a worker still trains)."""
+    pending = pending_runs(todo, args, config_values)
     print(f"{len(todo) - len(pending)} of {len(todo)} runs already evaluated; "
           f"{len(pending)} to run with {args.jobs} worker(s)", flush=True)
     if args.jobs <= 1:
@@ -279,18 +374,36 @@ def run_grid(todo, args, config_values):
             run_one(run, config_values, args.out, args.results, args.samples,
                     args.tight_samples, args.data_dir)
         return
+    workers, starting, stopped = [], threading.Lock(), []
 
     def work(run):
         os.makedirs(os.path.join(args.out, run.name), exist_ok=True)
         with open(os.path.join(args.out, run.name, "train.log"), "a") as log:
-            done = subprocess.run(run_command(run, args, config_values), stdout=log,
-                                  stderr=subprocess.STDOUT, env={**os.environ, **SINGLE_THREAD})
-        print(f"{run.name}: {'done' if done.returncode == 0 else 'FAILED'}"
+            with starting:  # no new worker once stop_workers has begun
+                if stopped:
+                    return 128 + stopped[0]
+                worker = subprocess.Popen(run_command(run, args, config_values), stdout=log,
+                                          stderr=subprocess.STDOUT,
+                                          env={**os.environ, **SINGLE_THREAD})
+                workers.append(worker)
+            code = worker.wait()
+        print(f"{run.name}: {'done' if code == 0 else 'FAILED'}"
               f" (log: {os.path.join(args.out, run.name, 'train.log')})", flush=True)
-        return done.returncode
+        return code
 
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        codes = list(pool.map(work, pending))
+    def stop_workers(signum, frame):
+        with starting:
+            stopped.append(signum)
+            for worker in workers:
+                worker.terminate()
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop_workers)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            codes = list(pool.map(work, pending))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if any(codes):
         raise RunFailed(f"{sum(c != 0 for c in codes)} run(s) failed; see their train.log")
 
@@ -351,6 +464,15 @@ def not_worse_than_best(scores, level=0.05):
 
 
 # --- the table --------------------------------------------------------------------------
+def invalid(result):
+    """A result with an estimate above 0 on binary data (impossible: log p(x) <= 0);
+    shown as INVALID and never ranked."""
+    return any(runs.impossible(result[key], result.get("likelihood"))
+               for key in ("test_elbo", "log_likelihood", "log_likelihood_tight",
+                           "valid_log_likelihood")
+               if result.get(key) is not None)
+
+
 def _mean_std(values):
     if any(v is None for v in values):
         return "-"  # not computed (IOP's exact value at the tighter S beyond EXACT_BUDGET)
@@ -374,8 +496,9 @@ def table(results):
                 f"IOP log Z | paper (S = 10) |")
     rows.append("|" + "---|" * 10)
     for dataset, methods in cells.items():
-        bold = not_worse_than_best({m: [r["log_likelihood"] for r in rs]
-                                    for m, rs in methods.items()})
+        ranked = {m: [r["log_likelihood"] for r in rs] for m, rs in methods.items()
+                  if not any(map(invalid, rs))}
+        bold = not_worse_than_best(ranked) if ranked else set()
         for method in METHODS:
             rs = methods.get(method)
             if not rs:
@@ -385,7 +508,9 @@ def table(results):
                 return [r[key] for r in rs]
 
             ours = _mean_std(pick("log_likelihood"))
-            ours = f"**{ours}**" if method in bold and len(methods) > 1 else ours
+            ours = f"**{ours}**" if method in bold and len(ranked) > 1 else ours
+            bad = sum(map(invalid, rs))
+            ours += f" INVALID ({bad} of {len(rs)} above 0 on binary data)" if bad else ""
             approx = "≈ " if method == "iop" else ""
             exact = ((_mean_std(pick("log_likelihood_exact")),
                       _mean_std(pick("log_likelihood_exact_tight")),
@@ -474,10 +599,7 @@ def select(found, dataset, config_values, seeds, components, earlier=None):
     """Per method, every candidate's validation scores and the pick: the candidate with
     the best mean (``SCORE``).  The test set plays no part.  ``earlier``: a selection
     made before with the same options, whose other methods are kept."""
-    if earlier and (earlier["config"], earlier["seeds"]) != (config_values, list(seeds)):
-        raise ValueError(f"the {dataset} selection on file was made with options "
-                         f"{earlier['config']} and seeds {earlier['seeds']}; select with the "
-                         "same ones, or move that file away to start a new selection")
+    refuse_other_selection(earlier, dataset, config_values, seeds)
     by_candidate = {}
     for run, r in found.items():
         by_candidate.setdefault(run.method, {}).setdefault(run.settings, []).append(r)
@@ -488,14 +610,26 @@ def select(found, dataset, config_values, seeds, components, earlier=None):
             scores = [r["valid_log_likelihood"] for r in rs]
             rows.append({"settings": dict(settings), "runs": [r["run"] for r in rs],
                          "valid_log_likelihood": scores, "mean": float(np.mean(scores)),
-                         "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0})
-        best = max(rows, key=lambda row: row["mean"])
+                         "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
+                         "invalid": any(map(invalid, rs))})
+        valid = [row for row in rows if not row["invalid"]]
+        if not valid:
+            raise ValueError(f"every {method} candidate has an impossible result (above 0 "
+                             "on binary data): none can be picked")
+        best = max(valid, key=lambda row: row["mean"])
         methods[method] = {"pick": best["settings"], "candidates": rows}
         if method == "vamp":
             methods[method]["components"] = components
     kept = {m: e for m, e in (earlier or {}).get("methods", {}).items() if m not in methods}
     return {"dataset": dataset, "score": SCORE, "seeds": list(seeds),
             "config": config_values, "methods": {**kept, **methods}}
+
+
+def refuse_other_selection(earlier, dataset, config_values, seeds):
+    if earlier and (earlier["config"], earlier["seeds"]) != (config_values, list(seeds)):
+        raise ValueError(f"the {dataset} selection on file was made with options "
+                         f"{earlier['config']} and seeds {earlier['seeds']}; select with the "
+                         "same ones, or move that file away to start a new selection")
 
 
 def selection_table(doc):
@@ -506,7 +640,8 @@ def selection_table(doc):
     for method, entry in doc["methods"].items():
         for row in sorted(entry["candidates"], key=lambda row: -row["mean"]):
             tags = ", ".join(f"{k} = {v}" for k, v in row["settings"].items())
-            pick = "**pick**" if row["settings"] == entry["pick"] else ""
+            pick = ("INVALID (above 0 on binary data)" if row.get("invalid") else
+                    "**pick**" if row["settings"] == entry["pick"] else "")
             rows.append(f"| {method} | {tags} | {row['mean']:.2f} ± {row['std']:.2f} | "
                         f"{len(row['runs'])} | {pick} |")
     return "\n".join(rows)
@@ -536,8 +671,12 @@ def read_results_folder(results, dataset):
     found = []
     for name in sorted(os.listdir(results)) if os.path.isdir(results) else []:
         if name.startswith(dataset + "-") and name.endswith(".json"):
-            with open(os.path.join(results, name)) as f:
-                r = json.load(f)
+            path = os.path.join(results, name)
+            try:
+                with open(path) as f:
+                    r = json.load(f, parse_constant=_no_constant)
+            except ValueError as exc:
+                raise ValueError(f"result file {path} is not usable ({exc})") from None
             if isinstance(r, dict) and "history" in r:
                 found.append(r)
     return found
@@ -634,8 +773,29 @@ def _common_options(parser):
     runs.add_config_options(parser, skip=GRID_FIXED)
 
 
+def check_options(args):
+    """Refuse bad values of the grid's own options before anything is trained."""
+    runs.positive("--samples", args.samples)
+    runs.positive("--tight-samples", args.tight_samples)
+    runs.positive("--jobs", getattr(args, "jobs", 1))
+    seeds = getattr(args, "seeds", [args.seed] if hasattr(args, "seed") else [])
+    for seed in seeds:
+        runs.non_negative("--seed", seed)
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: a seed given twice would train "
+                         "one run twice at once")
+    components = getattr(args, "components", None)
+    for k in components if isinstance(components, list) else [components or 0]:
+        runs.non_negative("--components", k)
+    for option, folder in (("--out", args.out), ("--results", args.results)):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise ValueError(f"{option} {folder} is a file, not a folder")
+
+
 def _config_values(args):
-    """The training options given on the command line (the rest keep Config's defaults)."""
+    """The training options given on the command line (the rest keep Config's defaults),
+    after ``check_options``."""
+    check_options(args)
     args.data_dir = args.data_dir or ""
     return {k: v for k, v in runs.config_options_given(args).items()
             if k not in GRID_FIXED + ("data_dir",)}
@@ -657,12 +817,9 @@ def _grid_options(parser):
 def _run_or_print(todo, args, values=None):
     values = _config_values(args) if values is None else values
     if args.print_commands:
-        splits = current_split_ids(todo, args.data_dir)
-        for run in todo:
-            if not has_result(run, args.results, args.samples, args.tight_samples,
-                              splits[run.dataset]):
-                env = " ".join(f"{k}={v}" for k, v in SINGLE_THREAD.items())
-                print(env, shlex.join(run_command(run, args, values, python="python")))
+        for run in pending_runs(todo, args, values):
+            env = " ".join(f"{k}={v}" for k, v in SINGLE_THREAD.items())
+            print(env, shlex.join(run_command(run, args, values, python="python")))
         return False
     run_grid(todo, args, values)
     return True
@@ -705,13 +862,14 @@ def command_select(args):
     ks = (0 if args.components == paper_k(args.dataset) else args.components,)
     todo = grid([args.dataset], args.methods, args.seeds, ks, cands)
     values = _config_values(args)
-    if not _run_or_print(todo, args, values):
-        return
     path = selection_path(args.results, args.dataset)
     earlier = None
     if os.path.exists(path):
         with open(path) as f:
             earlier = json.load(f)
+    refuse_other_selection(earlier, args.dataset, values, args.seeds)  # before any training
+    if not _run_or_print(todo, args, values):
+        return
     doc = select(load_results(todo, args.results, args.data_dir), args.dataset, values,
                  args.seeds, args.components or paper_k(args.dataset), earlier)
     write_json(path, doc)

@@ -56,7 +56,13 @@ def set_backend(name):
 def backend_name():
     """The active backend's name; the first call reads ``AUTOGRAD_LITE_BACKEND``."""
     if _state["name"] is None:
-        set_backend(os.environ.get("AUTOGRAD_LITE_BACKEND", "numpy"))
+        name = os.environ.get("AUTOGRAD_LITE_BACKEND", "numpy")
+        try:
+            set_backend(name)
+        except BackendError as exc:
+            raise BackendError(f"AUTOGRAD_LITE_BACKEND={name}: {exc}; unset the variable "
+                               f"(for NumPy) or set it to one of {', '.join(_BACKENDS)}") \
+                from None
     return _state["name"]
 
 

@@ -5,7 +5,7 @@
 
 For MNIST the aggregated posterior has N = 50,000 components in d = 40
 dimensions, and the test set with S importance samples gives 10,000 S points z.
-``iopvae.log_mixture_density`` evaluates all of them against all components as
+``iopvae.log_aggregated_posterior`` evaluates all of them against all components as
 row blocks of one (rows, 2d+1) x (2d+1, N) matrix product plus a logsumexp.
 Printed: seconds for ``--rows`` points and the extrapolation to the whole test
 set at S = 10 and S = 100 (the cost is linear in the number of points).
@@ -36,7 +36,7 @@ def main(argv=None):
     logvar = ag.as_array(g.uniform(-6, 0, size=(args.components, args.latent)).astype(np.float32))
     z = ag.as_array(g.normal(size=(args.rows, args.latent)).astype(np.float32))
     t0 = time.perf_counter()
-    out = iopvae.log_mixture_density(z, mu, logvar)
+    out = iopvae.log_aggregated_posterior(z, (mu, logvar))
     float(out.sum())  # wait for the device, if any
     seconds = time.perf_counter() - t0
     per_point = seconds / args.rows

@@ -60,7 +60,7 @@ def test_all_methods_pass_with_a_row_per_parameter(capsys):
     """On the code as it is, every method's check exits 0 and the table has exactly one
     row per parameter of each loss (VAE step; T's loss for IOP and AVB), each with
     both errors printed within the stated tolerances."""
-    assert cg.main(["--method", "all", "--coordinates", "4"]) == 0
+    assert cg.main(["--method", "all", "--coordinates", "4", "--verbose"]) == 0
     text = capsys.readouterr().out
     rows = table_rows(text)
     assert set(rows) == expected_rows(cg.METHODS)
@@ -78,6 +78,25 @@ def test_all_methods_pass_with_a_row_per_parameter(capsys):
             assert torch_error == "-"
 
 
+def test_default_output_is_one_summary_line_per_method(capsys):
+    """Without --verbose: no parameter rows, one line per method with its losses, the
+    number of parameters checked and the worst error of each column; the header says
+    what 0.7 is and what "vae" means for IOP."""
+    assert cg.main(["--method", "all", "--coordinates", "2"]) == 0
+    text = capsys.readouterr().out
+    assert table_rows(text) == {}
+    summary = {line.split()[0]: line.split() for line in text.splitlines()
+               if line.split() and line.split()[0] in cg.METHODS}
+    assert list(summary) == list(cg.METHODS)
+    for method, parts in summary.items():
+        names = expected_rows([method])
+        assert parts[1] == ("vae+T" if method in ("iop", "avb") else "vae")
+        assert int(parts[2]) == len(names)
+        assert float(parts[3]) <= cg.FD_TOLERANCE
+    assert f"beta = {cg.BETA} the warm-up weight" in text
+    assert "minus Eq. (19) for iop" in text
+
+
 def test_gaussian_decoder_passes_too(capsys):
     """The Gaussian decoder (sigmoid mean, clipped log-variance) checks out as well."""
     assert cg.main(["--method", "vae", "--likelihood", "gaussian", "--coordinates", "3"]) == 0
@@ -86,15 +105,15 @@ def test_gaussian_decoder_passes_too(capsys):
 
 def test_iopvae_subcommand_runs_the_same_check(capsys):
     """``cli.main(["gradcheck", ...])`` runs this check and returns 0 when it passes."""
-    assert cli.main(["gradcheck", "--method", "vamp", "--coordinates", "2"]) == 0
+    assert cli.main(["gradcheck", "--method", "vamp", "--coordinates", "2", "--verbose"]) == 0
     assert set(table_rows(capsys.readouterr().out)) == expected_rows(["vamp"])
 
 
 def test_command_line_exit_status_zero():
     """``python iopvae.py gradcheck`` as a user runs it: exit status 0 and a table."""
     done = subprocess.run([sys.executable, "iopvae.py", "gradcheck", "--method", "vae",
-                           "--coordinates", "2"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, check=False)
+                           "--coordinates", "2", "--verbose"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert set(table_rows(done.stdout)) == expected_rows(["vae"])
 
@@ -147,7 +166,7 @@ def test_without_torch_the_fd_column_still_runs(no_torch, capsys):
     """With torch unimportable the check still runs, prints how to install the extra,
     leaves the torch column empty, and exits 0 on correct code."""
     assert not cg.torch_available()
-    assert cg.main(["--method", "iop", "--coordinates", "3"]) == 0
+    assert cg.main(["--method", "iop", "--coordinates", "3", "--verbose"]) == 0
     text = capsys.readouterr().out
     assert "pip install 'iopvae[torch]'" in text
     rows = table_rows(text)

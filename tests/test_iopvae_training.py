@@ -525,3 +525,38 @@ def test_no_cached_posteriors_for_binarized_data_or_avb(method, dynamic, monkeyp
     assert trainer.round_posteriors() is None
     x, posterior = trainer.discriminator_batch(ag.as_array(np.arange(3)), None)
     assert posterior is None and x.shape == (3, 8)
+
+
+# =============================================================================
+# frozen: Algorithm 1's "with psi fixed" / "with theta, phi fixed"
+# =============================================================================
+def _density_ratio():
+    return iopvae.DensityRatio(2, 4, ag.default_rng(0))
+
+
+def test_frozen_restores_a_parameter_frozen_before_entering():
+    """A parameter that was already frozen when ``frozen`` began must still be frozen
+    after it; the others come back trainable, and the modes come back too."""
+    T = _density_ratio()
+    before = T.head.W
+    before.requires_grad = False
+    T.eval()
+    T.body.train()                      # a submodule in another mode than its parent
+    with iopvae.frozen(T):
+        assert not any(p.requires_grad for p in T.parameters())
+        assert not any(m.training for m in T.modules())
+    assert before.requires_grad is False
+    assert all(p.requires_grad for p in T.parameters() if p is not before)
+    assert T.training is False and T.body.training is True
+
+
+def test_nested_frozen_of_the_same_module_leaves_the_outer_one_in_force():
+    """The inner block's exit must not unfreeze what the outer block froze."""
+    T = _density_ratio()
+    T.train()
+    with iopvae.frozen(T):
+        with iopvae.frozen(T, None):
+            pass
+        assert not any(p.requires_grad for p in T.parameters())
+        assert not T.training
+    assert all(p.requires_grad for p in T.parameters()) and T.training

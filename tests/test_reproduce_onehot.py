@@ -67,6 +67,14 @@ def test_quick_run_writes_figures_and_a_finite_summary(quick_runs, backend):
     assert -5 < rows["iop"]["test_log_px_is_exact"] <= 1e-6
     assert math.isfinite(rows["iop"]["log_normalizer"])
     assert summary["test_is_samples"] == 20 and summary["valid_samples"] == 50
+    # the density-ratio figure of the IOP model, and its numbers
+    path = out / "figure_density_ratio.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    numbers = json.loads((out / "density_ratio.json").read_text())
+    assert numbers["epochs"] == summary["settings"]["epochs"]
+    assert all(math.isfinite(numbers[k]) for k in ("mean_T_under_q", "kl_q_n",
+                                                   "mean_abs_error_under_q"))
+    assert numbers["kl_q_n"] >= 0       # a KL divergence, estimated on 20,000 samples
 
 
 def test_figure2_records_iop_exact_elbo_per_epoch(tmp_path):
@@ -85,6 +93,33 @@ def test_figure2_records_iop_exact_elbo_per_epoch(tmp_path):
     # the estimate and the exact value are different numbers (T is not the exact ratio)
     assert all(h["figure2_elbo"] != h["figure2_elbo_exact"] for h in points)
     assert set(result["timing"]) == {"training", "figure2", "final"}
+
+
+def test_density_ratio_grid_of_an_exact_T_has_no_error():
+    """Given T = the exact log q(z)/N(z) of the aggregated posterior it is compared with,
+    the grid's two panels agree and the difference under q(z) is zero, while E_q[T] is
+    KL(q || N) > 0; a grid or sample that mixed up points, or a sign error, fails."""
+    sys.path.insert(0, ROOT)
+    import numpy as np
+
+    import autograd_lite as ag
+    import datasets
+    import iopvae
+    import reproduce_onehot
+    model = iopvae.ImplicitOptimalPrior(4, "bernoulli", latent=2, hidden=8,
+                                        rng=ag.default_rng(0))
+    components = iopvae.aggregated_posterior_components(model, datasets.load("onehot").train)
+
+    def exact_t(z):
+        log_q = iopvae.log_aggregated_posterior(z.data, components)
+        return ag.Tensor(log_q - iopvae.log_standard_normal(z).data.astype(np.float64))
+    model.density_ratio = exact_t
+    grid = reproduce_onehot.density_ratio_grid(model, components, ag.default_rng(1),
+                                               points=21, samples=2000)
+    np.testing.assert_allclose(grid["T"], grid["log_ratio"], rtol=0, atol=1e-9)
+    assert np.asarray(grid["T"]).shape == (21, 21) and len(grid["axis"]) == 21
+    assert grid["mean_abs_error_under_q"] < 1e-9
+    assert grid["mean_T_under_q"] == grid["kl_q_n"] > 0
 
 
 def test_quick_runs_give_the_same_numbers_on_numpy_and_cupy_sim(quick_runs):
