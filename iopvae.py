@@ -197,6 +197,17 @@ def density_ratio_loss(t_positive, t_negative):
             + ag.binary_cross_entropy_with_logits(t_negative, zeros).mean())
 
 
+def density_ratio_loss_on(density_ratio, z1, z0):
+    """-Eq. (20) of the classifier ``density_ratio`` on z1 (label 1) and z0 (label 0).
+
+    T runs once over the stacked batch [z1; z0]: T acts row by row (its dropout too),
+    so this is the same as T(z1) and T(z0) apart, with half the per-operation work.
+    """
+    t = density_ratio(ag.concatenate([z1, z0]))
+    n = z1.shape[0]
+    return density_ratio_loss(t[:n], t[n:])
+
+
 # =============================================================================
 # 4. The four methods.  Each gives, per data point, the reconstruction term
 #    E_q[log p(x|z)] and its (estimated) KL term; the ELBO is their difference.
@@ -423,7 +434,7 @@ class ImplicitOptimalPrior(StandardVAE):
         """
         z1 = self.aggregated_posterior_sample(x, rng, posterior)  # Algorithm 1, line 9
         z0 = standard_normal(rng, z1.shape)              # line 8
-        return density_ratio_loss(self.density_ratio(z1), self.density_ratio(z0))
+        return density_ratio_loss_on(self.density_ratio, z1, z0)
 
     def prior_sample(self, n, rng, data=None):
         """The paper's way: ancestral sampling from the aggregated posterior (needs data)."""
@@ -488,8 +499,8 @@ class AVB(VAEMethod):
         with ag.no_grad():
             z_q = self.posterior_sample(x, rng)
         z_p = standard_normal(rng, z_q.shape)
-        return density_ratio_loss(self.density_ratio(ag.concatenate([x, z_q], axis=1)),
-                                  self.density_ratio(ag.concatenate([x, z_p], axis=1)))
+        return density_ratio_loss_on(self.density_ratio, ag.concatenate([x, z_q], axis=1),
+                                     ag.concatenate([x, z_p], axis=1))
 
 
 METHODS = {cls.name: cls for cls in (StandardVAE, VampPrior, ImplicitOptimalPrior, AVB)}

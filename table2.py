@@ -463,6 +463,20 @@ def not_worse_than_best(scores, level=0.05):
                              and welch_t_test(s, scores[best]) >= level)}
 
 
+PAPER_RUNS = 8
+
+
+def against_paper(values, paper):
+    """ours - paper and twice its standard error, sqrt(s^2/n + s_paper^2/8) (the paper's
+    8 runs), as a table cell: the goal is |ours - paper| <= 2 SE ("within" or "outside")."""
+    values = np.asarray(values, dtype=float)
+    ours_var = values.var(ddof=1) / len(values) if len(values) > 1 else 0.0
+    difference = values.mean() - paper[0]
+    two_se = 2 * math.sqrt(ours_var + paper[1] ** 2 / PAPER_RUNS)
+    verdict = "within" if abs(difference) <= two_se else "outside"
+    return f"{difference:+.2f} (2 SE {two_se:.2f}): {verdict}"
+
+
 # --- the table --------------------------------------------------------------------------
 def invalid(result):
     """A result with an estimate above 0 on binary data (impossible: log p(x) <= 0);
@@ -493,8 +507,8 @@ def table(results):
     S, tight = any_r["samples"], any_r["tight_samples"]
     rows.append(f"| data set | method | runs | epochs (best) | test LL, S = {S} | "
                 f"test LL, S = {tight} | IOP exact, S = {S} | IOP exact, S = {tight} | "
-                f"IOP log Z | paper (S = 10) |")
-    rows.append("|" + "---|" * 10)
+                f"IOP log Z | paper (S = 10) | ours − paper, S = {S} |")
+    rows.append("|" + "---|" * 11)
     for dataset, methods in cells.items():
         ranked = {m: [r["log_likelihood"] for r in rs] for m, rs in methods.items()
                   if not any(map(invalid, rs))}
@@ -516,11 +530,12 @@ def table(results):
                       _mean_std(pick("log_likelihood_exact_tight")),
                       _mean_std(pick("log_normalizer"))) if method == "iop" else ("", "", ""))
             paper = PAPER_TABLE2.get(dataset, {}).get(method)
+            gap = against_paper(pick("log_likelihood"), paper) if paper and not bad else ""
             paper = f"{approx}{paper[0]:.2f} ± {paper[1]:.2f}" if paper else ""
             epochs = "/".join(f"{r['epochs_trained']}({r['best_epoch']})" for r in rs)
             rows.append(f"| {dataset} | {method} | {len(rs)} | {epochs} | {approx}{ours} | "
                         f"{approx}{_mean_std(pick('log_likelihood_tight'))} | "
-                        f"{' | '.join(exact)} | {paper} |")
+                        f"{' | '.join(exact)} | {paper} | {gap} |")
     return "\n".join(rows)
 
 

@@ -205,6 +205,32 @@ def test_density_ratio_loss_formula():
     np.testing.assert_allclose(zero, math.log(4), rtol=1e-14)
 
 
+def test_density_ratio_loss_on_stacked_batch_equals_two_passes():
+    """density_ratio_loss_on runs T once over [z1; z0]; without dropout (keep 1) that is
+    T(z1) and T(z0) apart: the same loss and the same gradient of every weight of T.
+    A swapped label or a wrong cut of the stacked batch would change both."""
+    g = np.random.default_rng(3)
+    z1, z0 = T(g.normal(size=(6, 2)) + 1.0), T(g.normal(size=(6, 2)))
+    ratio = iopvae.DensityRatio(2, 8, ag.default_rng(0), keep=1.0)
+    for p in ratio.parameters():
+        p.data = p.data.astype(np.float64)
+
+    def loss_and_grads(loss_of):
+        for p in ratio.parameters():
+            p.grad = None
+        loss = loss_of()
+        loss.backward()
+        return loss.data, [p.grad.copy() for p in ratio.parameters()]
+
+    stacked = loss_and_grads(lambda: iopvae.density_ratio_loss_on(ratio, z1, z0))
+    apart = loss_and_grads(lambda: iopvae.density_ratio_loss(ratio(z1), ratio(z0)))
+    swapped = loss_and_grads(lambda: iopvae.density_ratio_loss(ratio(z0), ratio(z1)))
+    np.testing.assert_allclose(stacked[0], apart[0], rtol=1e-12)
+    for a, b in zip(stacked[1], apart[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    assert abs(stacked[0] - swapped[0]) > 1e-3
+
+
 def test_density_ratio_estimator_reaches_bayes_optimal_log_ratio():
     """Eq. (14): trained with Eq. (20) on samples of q = N((0.5, -0.3), diag(0.7^2, 0.9^2))
     and p = N(0, I), DensityRatio (hidden 32, keep 1.0, Adam) must approximate the

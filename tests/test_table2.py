@@ -3,6 +3,7 @@ headline, early stopping after the warm-up, fresh binarizations for T, separate 
 sizes, the grid in worker processes or as commands, and the t-test."""
 import hashlib
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -163,6 +164,17 @@ def test_print_commands_and_run_one_command(tmp_path, capsys):
     assert cli.main(argv) == 0
     again = capsys.readouterr().out.strip().splitlines()
     assert len(again) == 1 and "--method vae" in again[0]
+
+
+def test_against_paper_is_the_goal_of_two_combined_standard_errors():
+    """The table's last column: ours - paper against 2 sqrt(s^2/n + s_paper^2/8)."""
+    cell = table2.against_paper([1380.0, 1384.0, 1382.0], (1382.53, 3.57))
+    two_se = 2 * math.sqrt(np.var([1380.0, 1384.0, 1382.0], ddof=1) / 3 + 3.57 ** 2 / 8)
+    assert cell == f"-0.53 (2 SE {two_se:.2f}): within"
+    assert table2.against_paper([1358.0, 1359.0, 1360.0], (1382.53, 3.57)).endswith("outside")
+    # one run: the paper's spread alone
+    assert table2.against_paper([1381.0], (1382.53, 3.57)) == (
+        f"-1.53 (2 SE {2 * 3.57 / math.sqrt(8):.2f}): within")
 
 
 def test_welch_t_test_matches_scipy():
