@@ -639,6 +639,7 @@ class Trainer:
         self.epoch, self.history, self.bad_epochs = 0, [], 0
         self.best = {"epoch": 0, "valid_elbo": -math.inf, "state": None}
 
+    @ag.denormals_flushed()  # numbers below about 1e-38 are 0: autograd_lite/denormals.py
     def train(self, epochs=None):
         """Algorithm 1 until ``epochs`` rounds (default: all) or early stopping; returns
         the history, one record per round."""

@@ -190,8 +190,9 @@ def discriminator_loss(spec, P, x, noise, masks):
 
     IOP: z1 = mu(x) + sigma(x) * noise[0], an ancestral sample of the aggregated
     posterior q(z) (Eq. 6), and T sees z.  AVB: z1 = f(x, noise[0]) and T sees
-    [x, z].  The encoder is fixed (no gradient).  ``masks`` are the four dropout
-    masks in the order drawn: T(z1)'s two layers, then T(z0)'s.
+    [x, z].  The encoder is fixed (no gradient).  T runs once over the stacked batch
+    [z1; z0], as ``iopvae.density_ratio_loss_on`` does, so ``masks`` are its two
+    dropout masks, each with a row per row of the stacked batch.
     """
     require_torch()
     x = torch.as_tensor(np.asarray(x, dtype=np.float64))
@@ -208,5 +209,5 @@ def discriminator_loss(spec, P, x, noise, masks):
         prefix, t_in1, t_in0 = "density_ratio.", z1, z0
     else:
         prefix, t_in1, t_in0 = "density_ratio.", torch.cat([x, z1], 1), torch.cat([x, z0], 1)
-    return eq20_loss(density_ratio(P, prefix, t_in1, masks[:2]),
-                     density_ratio(P, prefix, t_in0, masks[2:]))
+    t = density_ratio(P, prefix, torch.cat([t_in1, t_in0]), masks)
+    return eq20_loss(t[:len(t_in1)], t[len(t_in1):])

@@ -1,5 +1,5 @@
 """autograd_lite: a small reverse-mode autograd over a NumPy / CuPy backend."""
-from . import nn, optim
+from . import denormals, nn, optim
 from .backend import (
     BackendError,
     array_backend,
@@ -15,6 +15,7 @@ from .backend import (
     upload_count,
     xp,
 )
+from .denormals import denormals_flushed
 from .gradcheck import gradcheck, numerical_grad
 from .ops import (
     add,

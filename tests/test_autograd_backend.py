@@ -156,3 +156,53 @@ def test_real_numpy_and_cupy_arrays_do_not_mix():
     ag.set_backend("numpy")
     with pytest.raises(ag.BackendError):
         ag.add(ag.Tensor(np.ones(2)), ag.Tensor(cupy.ones(2)))
+
+
+# --- denormal floats flushed to zero (autograd_lite/denormals.py) ------------------------
+needs_mxcsr = pytest.mark.skipif(
+    not ag.denormals.supported(),
+    reason="denormals are flushed only on Linux x86-64 (the SSE control register MXCSR)")
+TINY32 = np.finfo(np.float32).tiny                     # the smallest normal float32
+
+
+def survives(value):
+    """Whether a float32 ``value`` times 1 stays non-zero on this thread now."""
+    return bool((np.array([value], np.float32) * np.float32(1.0))[0] != 0)
+
+
+@needs_mxcsr
+def test_denormals_are_zero_inside_the_block_and_back_after():
+    denormal = TINY32 / 8
+    assert survives(denormal)
+    with ag.denormals_flushed():
+        assert not survives(denormal)                                  # read as zero
+        assert (np.array([TINY32], np.float32) * np.float32(0.5))[0] == 0  # made as zero
+        assert survives(TINY32)                                        # normals untouched
+        with ag.denormals_flushed():
+            pass
+        assert not survives(denormal)                  # an inner block leaves the outer's
+    assert survives(denormal)
+
+
+@needs_mxcsr
+def test_training_runs_with_denormals_flushed():
+    """Trainer.train (Algorithm 1) runs inside the block; after it, they are back."""
+    import datasets
+    import runs
+
+    seen = []
+
+    class Recording(runs.Trainer):
+        def after_round(self, record):
+            seen.append(survives(TINY32 / 8))
+
+    config = runs.Config(dataset="onehot", method="vae", hidden=8, epochs=2, warmup=1)
+    Recording(config, datasets.load("onehot"), out_dir=None, log=lambda line: None).train()
+    assert seen == [False, False] and survives(TINY32 / 8)
+
+
+def test_without_the_register_the_block_changes_nothing(monkeypatch):
+    """Where MXCSR cannot be reached (another OS or CPU), the block is a no-op."""
+    monkeypatch.setattr(ag.denormals, "_LIBM", None)
+    with ag.denormals_flushed():
+        assert survives(TINY32 / 8)
