@@ -627,6 +627,8 @@ def select(found, dataset, config_values, seeds, components, earlier=None):
                          "valid_log_likelihood": scores, "mean": float(np.mean(scores)),
                          "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
                          "invalid": any(map(invalid, rs))})
+            if method == "vamp":  # VampPrior's pseudo-inputs stuck outside [0, 1] at the end
+                rows[-1]["pseudo_inputs_outside"] = [r["pseudo_inputs_outside"] for r in rs]
         valid = [row for row in rows if not row["invalid"]]
         if not valid:
             raise ValueError(f"every {method} candidate has an impossible result (above 0 "
@@ -650,15 +652,18 @@ def refuse_other_selection(earlier, dataset, config_values, seeds):
 def selection_table(doc):
     """The candidates of a selection, best first per method, the pick marked."""
     rows = [f"{doc['dataset']}: {doc['score']}", "",
-            "| method | settings | validation LL (mean ± std) | seeds | pick |",
-            "|---|---|---|---|---|"]
+            "| method | settings | validation LL (mean ± std) | seeds | pick | "
+            "pseudo-inputs outside [0, 1] |",
+            "|---|---|---|---|---|---|"]
     for method, entry in doc["methods"].items():
         for row in sorted(entry["candidates"], key=lambda row: -row["mean"]):
             tags = ", ".join(f"{k} = {v}" for k, v in row["settings"].items())
             pick = ("INVALID (above 0 on binary data)" if row.get("invalid") else
                     "**pick**" if row["settings"] == entry["pick"] else "")
+            outside = row.get("pseudo_inputs_outside")
+            outside = f"{100 * np.mean(outside):.1f}%" if outside else ""
             rows.append(f"| {method} | {tags} | {row['mean']:.2f} ± {row['std']:.2f} | "
-                        f"{len(row['runs'])} | {pick} |")
+                        f"{len(row['runs'])} | {pick} | {outside} |")
     return "\n".join(rows)
 
 

@@ -236,6 +236,12 @@ def test_select_picks_on_validation_and_table2_reuses_the_picked_runs(tmp_path, 
     name = doc["methods"]["vamp"]["candidates"][0]["runs"][0]
     result = json.loads((res / f"{name}.json").read_text())
     assert 0.0 <= result["pseudo_inputs_outside"] <= 1.0
+    row = doc["methods"]["vamp"]["candidates"][0]
+    assert row["pseudo_inputs_outside"][0] == result["pseudo_inputs_outside"]
+    assert "pseudo_inputs_outside" not in doc["methods"]["vae"]["candidates"][0]
+    printed = capsys.readouterr().out
+    vamp_rows = [line for line in printed.splitlines() if line.startswith("| vamp |")]
+    assert len(vamp_rows) == 4 and all(line.endswith("% |") for line in vamp_rows)
     assert result["history"]["epoch"] == [1, 2] and len(result["history"]["valid_elbo"]) == 2
     assert result["step_sizes"]["lr"] == result["config"]["lr"]
     capsys.readouterr()
