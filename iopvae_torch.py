@@ -206,8 +206,8 @@ def discriminator_loss(spec, P, x, noise, masks):
         else:
             raise ValueError(f"{spec.method} has no density ratio estimator")
     if spec.method == "iop":
-        prefix, t_in1, t_in0 = "density_ratio.", z1, z0
+        t_in1, t_in0 = z1, z0
     else:
-        prefix, t_in1, t_in0 = "density_ratio.", torch.cat([x, z1], 1), torch.cat([x, z0], 1)
-    t = density_ratio(P, prefix, torch.cat([t_in1, t_in0]), masks)
+        t_in1, t_in0 = torch.cat([x, z1], 1), torch.cat([x, z0], 1)
+    t = density_ratio(P, "density_ratio.", torch.cat([t_in1, t_in0]), masks)
     return eq20_loss(t[:len(t_in1)], t[len(t_in1):])

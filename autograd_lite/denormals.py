@@ -55,11 +55,8 @@ def supported():
 def denormals_flushed():
     """Inside this block, on this thread, denormal floats are read and made as zero;
     on leaving, the control register is as it was (so blocks nest)."""
-    if _LIBM is None:
-        yield
-        return
     env = _FloatEnvironment()
-    if _LIBM.fegetenv(ctypes.byref(env)) != 0:
+    if _LIBM is None or _LIBM.fegetenv(ctypes.byref(env)) != 0:
         yield
         return
     before = env.mxcsr
