@@ -667,10 +667,11 @@ def selection_table(doc):
     return "\n".join(rows)
 
 
-def selected_settings(results, dataset, given):
+def selected_settings(results, dataset, given, methods):
     """(config values, settings per method) for ``--selected``: the options the
     selection ran with, with ``given`` on top (a given option that differs is refused:
-    the picks hold for the options they were made with), and each method's pick."""
+    the picks hold for the options they were made with), and each method's pick.
+    A method in ``methods`` without a pick is refused, never trained with defaults."""
     path = selection_path(results, dataset)
     if not os.path.exists(path):
         raise ValueError(f"{path} not found: run `select --dataset {dataset}` first")
@@ -682,6 +683,10 @@ def selected_settings(results, dataset, given):
         said = ", ".join(f"--{k.replace('_', '-')} {v} (selected with {w})"
                          for k, (v, w) in differ.items())
         raise ValueError(f"{path} was made with other options: {said}")
+    unpicked = [m for m in methods if m not in doc["methods"]]
+    if unpicked:
+        raise ValueError(f"{path} has no pick for {', '.join(unpicked)}: run `select "
+                         f"--dataset {dataset} --methods {' '.join(unpicked)}` first")
     return ({**doc["config"], **given},
             {method: [entry["pick"]] for method, entry in doc["methods"].items()})
 
@@ -850,7 +855,8 @@ def command_table2(args):
     for dataset in args.datasets:
         settings = None
         if args.selected:
-            values, settings = selected_settings(args.results, dataset, values)
+            values, settings = selected_settings(args.results, dataset, values,
+                                                 args.methods)
         grid_runs += grid([dataset], args.methods, args.seeds, settings=settings)
     if not _run_or_print(grid_runs, args, values):
         return
@@ -866,7 +872,8 @@ def command_figure3(args):
     ks = [0 if k == paper_k(args.dataset) else k for k in args.components]
     values, settings = _config_values(args), None
     if args.selected:
-        values, settings = selected_settings(args.results, args.dataset, values)
+        values, settings = selected_settings(args.results, args.dataset, values,
+                                             ["vamp", "iop"])
     grid_runs = (grid([args.dataset], ["vamp"], args.seeds, ks, settings)
                  + grid([args.dataset], ["iop"], args.seeds, settings=settings))
     if not _run_or_print(grid_runs, args, values):

@@ -257,6 +257,9 @@ def test_select_picks_on_validation_and_table2_reuses_the_picked_runs(tmp_path, 
     assert cli.main(["table2", "--methods", "vae", "--selected", *common[2:],
                         "--warmup", "5"]) == 2
     assert "was made with other options: --warmup 5" in capsys.readouterr().err
+    # a method the selection has no pick for is refused, not trained with the defaults
+    assert cli.main(["table2", "--methods", "vae", "iop", "--selected", *common[2:]]) == 2
+    assert "has no pick for iop" in capsys.readouterr().err
 
     # a later selection of another method with the same options keeps the earlier picks;
     # one with other options is refused
