@@ -32,6 +32,9 @@ from datasets import binarize  # dynamic binarisation of training batches
 
 LOG_2PI = math.log(2 * math.pi)
 ENCODER_LOGVAR_BOUNDS = (-6.0, 2.0)
+# A Gaussian decoder's ln sigma^2: the paper bounds only the mean. The lower bound is a
+# guard that should never decide a pixel: e^-12 is below a 1/256 grey level squared.
+DECODER_LOGVAR_BOUNDS = (-12.0, 0.0)
 
 
 # =============================================================================
@@ -137,7 +140,8 @@ class Decoder(nn.Module):
     whose mean is squashed into [0, 1] by a sigmoid and whose log-variance is
     bounded to ``logvar_bounds`` (Sec. 5.2)."""
 
-    def __init__(self, dim, latent, hidden, likelihood, rng, logvar_bounds=(-9.0, 0.0)):
+    def __init__(self, dim, latent, hidden, likelihood, rng,
+                 logvar_bounds=DECODER_LOGVAR_BOUNDS):
         if likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"unknown likelihood {likelihood!r}: bernoulli or gaussian")
         self.likelihood, self.dim, self.logvar_bounds = likelihood, dim, tuple(logvar_bounds)
@@ -289,7 +293,8 @@ class StandardVAE(VAEMethod):
 
     name = "vae"
 
-    def __init__(self, dim, likelihood, latent, hidden, rng, decoder_logvar_bounds=(-9.0, 0.0)):
+    def __init__(self, dim, likelihood, latent, hidden, rng,
+                 decoder_logvar_bounds=DECODER_LOGVAR_BOUNDS):
         super().__init__(Encoder(dim, latent, hidden, rng),
                          Decoder(dim, latent, hidden, likelihood, rng, decoder_logvar_bounds),
                          latent)
@@ -323,7 +328,8 @@ class VampPrior(StandardVAE):
     name = "vamp"
     PSEUDO_INITS = ("uniform", "data", "constant")
 
-    def __init__(self, dim, likelihood, latent, hidden, rng, decoder_logvar_bounds=(-9.0, 0.0),
+    def __init__(self, dim, likelihood, latent, hidden, rng,
+                 decoder_logvar_bounds=DECODER_LOGVAR_BOUNDS,
                  components=500, pseudo_init="uniform"):
         super().__init__(dim, likelihood, latent, hidden, rng, decoder_logvar_bounds)
         if pseudo_init == "uniform" or pseudo_init == "data":
@@ -377,7 +383,8 @@ class ImplicitOptimalPrior(StandardVAE):
 
     name = "iop"
 
-    def __init__(self, dim, likelihood, latent, hidden, rng, decoder_logvar_bounds=(-9.0, 0.0),
+    def __init__(self, dim, likelihood, latent, hidden, rng,
+                 decoder_logvar_bounds=DECODER_LOGVAR_BOUNDS,
                  keep=0.5):
         super().__init__(dim, likelihood, latent, hidden, rng, decoder_logvar_bounds)
         self.density_ratio = DensityRatio(latent, hidden, rng, keep)
@@ -475,7 +482,8 @@ class AVB(VAEMethod):
     name = "avb"
     explicit_posterior = False
 
-    def __init__(self, dim, likelihood, latent, hidden, rng, decoder_logvar_bounds=(-9.0, 0.0),
+    def __init__(self, dim, likelihood, latent, hidden, rng,
+                 decoder_logvar_bounds=DECODER_LOGVAR_BOUNDS,
                  noise_dim=10, keep=0.5):
         super().__init__(ImplicitEncoder(dim, latent, hidden, noise_dim, rng),
                          Decoder(dim, latent, hidden, likelihood, rng, decoder_logvar_bounds),

@@ -65,10 +65,10 @@ class Config:
     pseudo_init: str = option("uniform", "start of VampPrior's pseudo-inputs: U[0, 1], "
                                          "training points, or 0.5 + noise (the failure case)")
     noise_dim: int = option(10, "AVB's eps dimension")
-    decoder_logvar_min: float = option(-9.0, "lower bound of the Gaussian decoder's "
-                                             "log-variance")
-    decoder_logvar_max: float = option(0.0, "upper bound of the Gaussian decoder's "
-                                            "log-variance")
+    decoder_logvar_min: float = option(iopvae.DECODER_LOGVAR_BOUNDS[0],
+                                       "lower bound of the Gaussian decoder's log-variance")
+    decoder_logvar_max: float = option(iopvae.DECODER_LOGVAR_BOUNDS[1],
+                                       "upper bound of the Gaussian decoder's log-variance")
     seed: int = option(0, "random seed of the weights, mini-batches and noise")
     data_dir: str = option("", "data folder (else $IOPVAE_DATA, else ~/.cache/iopvae)")
 

@@ -145,6 +145,8 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
     result["likelihood"] = data.likelihood  # "bernoulli": log p(x) <= 0, else invalid
     if config.method == "vamp":
         result["pseudo_inputs_outside"] = pseudo_inputs_outside(model)
+    if data.likelihood == "gaussian":
+        result["decoder_logvar_at_bound"] = decoder_logvar_at_bound(model, test)
     if config.method == "iop":
         components = runs.aggregated_posterior_components(model, data)
 
@@ -178,6 +180,17 @@ def pseudo_inputs_outside(model):
     clip min(max(u, 0), 1) passes no gradient: those coordinates no longer learn."""
     u = ag.to_numpy(model.pseudo_inputs.data)
     return float(np.mean((u < 0) | (u > 1)))
+
+
+def decoder_logvar_at_bound(model, x):
+    """The fraction of a Gaussian decoder's log-variances, at one z ~ q(z|x) for each
+    row of ``x``, held at their lower bound by the hardtanh. A bound that holds caps
+    ln p(x|z) (such a pixel gives at most -0.5 ln(2 pi e^bound)) and passes no
+    gradient, so the bound, not the data, decides those pixels' likelihood."""
+    with ag.no_grad():
+        _, logvar = model.decoder(model.posterior_sample(ag.Tensor(x), ag.default_rng(0)))
+    low = model.decoder.logvar_bounds[0]
+    return float(ag.to_numpy((logvar.data <= low).mean()))
 
 
 def run_finished(meta):

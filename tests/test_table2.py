@@ -239,6 +239,7 @@ def test_select_picks_on_validation_and_table2_reuses_the_picked_runs(tmp_path, 
     row = doc["methods"]["vamp"]["candidates"][0]
     assert row["pseudo_inputs_outside"][0] == result["pseudo_inputs_outside"]
     assert "pseudo_inputs_outside" not in doc["methods"]["vae"]["candidates"][0]
+    assert 0.0 <= result["decoder_logvar_at_bound"] <= 1.0   # FreyFaces: Gaussian decoder
     printed = capsys.readouterr().out
     vamp_rows = [line for line in printed.splitlines() if line.startswith("| vamp |")]
     assert len(vamp_rows) == 4 and all(line.endswith("% |") for line in vamp_rows)
@@ -308,3 +309,18 @@ def test_run_names_carry_their_settings():
         "lr": 1e-4, "pseudo_init": "constant"}
     with pytest.raises(ValueError, match="expected NAME=VALUE"):
         table2.parse_settings(["nonsense=1"])
+
+
+def test_decoder_logvar_at_bound_counts_the_log_variances_the_hardtanh_holds():
+    """The fraction of a Gaussian decoder's log-variances at the lower bound: all of
+    them when the head's log-variance half sits far below it, none when inside."""
+    import iopvae
+    model = iopvae.StandardVAE(6, "gaussian", 2, 8, ag.default_rng(0),
+                               decoder_logvar_bounds=(-5.0, 0.0))
+    head, x = model.decoder.head, np.full((4, 6), 0.5, dtype=np.float32)
+    head.W.data[:, 6:] = 0.0
+    for bias, expected in ((-50.0, 1.0), (-2.0, 0.0)):
+        head.b.data[6:] = bias
+        assert table2.decoder_logvar_at_bound(model, x) == expected
+    head.b.data[6:9] = -50.0   # three of the six pixels held
+    assert table2.decoder_logvar_at_bound(model, x) == 0.5
