@@ -25,9 +25,11 @@ the tighter S is skipped (shown as "-") when it would take more than
 import argparse
 import concurrent.futures
 import dataclasses
+import glob
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -936,6 +938,108 @@ def command_run(args):
             args.tight_samples, args.data_dir)
 
 
+# --- the README's tables, generated from the committed results ------------------------
+README_COLUMNS = ("method", "runs", "test LL, S = 10", "test LL, S = 1000", "IOP log Z",
+                  "paper (S = 10)", "ours − paper, S = 10")
+_FIXED = "lr 10⁻³, patience 50, ln σ² ≥ −9"  # the first protocol, before the causes
+CAUSES = (  # (cause, method, what is held fixed, before, after): globs under results/
+    ("1: the authors' split (before: another permutation)", "vae", _FIXED,
+     "freyfaces-causes/old-split/*-vae-*", "freyfaces-causes/*-vae-*"),
+    ("1: the authors' split (before: another permutation)", "iop", _FIXED,
+     "freyfaces-causes/old-split/*-iop-*", "freyfaces-causes/*-iop-*"),
+    ("2: step size 10⁻⁴ (before: 10⁻³)", "vae", "authors' split, 1,000 epochs, ln σ² ≥ −9",
+     "freyfaces-causes/decoder-logvar-min-9-screen/*-vae-lr=0.001-*",
+     "freyfaces-causes/decoder-logvar-min-9-screen/*-vae-lr=0.0001-*"),
+    ("3: pseudo-inputs start at 0.5 + noise (before: U[0, 1])", "vamp",
+     "K = 100, authors' split, lr 10⁻³, 1,000 epochs, ln σ² ≥ −9",
+     "freyfaces-causes/decoder-logvar-min-9-screen/*-lr=0.001-pseudo_init=uniform-*",
+     "freyfaces-causes/decoder-logvar-min-9-screen/*-lr=0.001-pseudo_init=constant-*"),
+    ("4: train 1,000 epochs, keep the best (before: patience 50)", "vae",
+     "authors' split, lr 10⁻³, ln σ² ≥ −9",
+     "freyfaces-causes/*-vae-*", "freyfaces-causes/decoder-logvar-min-9-screen/*-vae-lr=0.001-*"),
+    ("5: decoder's ln σ² ≥ −12 (before: ≥ −9)", "vae", "authors' split, lr 10⁻³, patience 50",
+     "freyfaces-causes/*-vae-*", "freyfaces-causes/decoder-logvar-min-12/*-vae-*"),
+) + tuple(("all: the protocol, eight runs (before: the first row)", method, "",
+           f"freyfaces-causes/old-split/*-{method}-*", "table2/table2.json") for method in METHODS)
+
+
+def columns(markdown, names):
+    """The columns of a markdown table whose header is in ``names``, in the table's order."""
+    rows = [[c.strip() for c in line.strip()[1:-1].split("|")] for line in markdown.splitlines()]
+    keep = [i for i, name in enumerate(rows[0]) if name in names]
+    return "\n".join("|" + "---|" * len(keep) if j == 1 else
+                     "| " + " | ".join(row[i] for i in keep) + " |"
+                     for j, row in enumerate(rows))
+
+
+def _test_values(results, pattern, method):
+    """The S = 10 test log-likelihoods of ``method`` in the result files ``pattern``."""
+    if pattern.endswith("table2.json"):  # the runs of that table
+        listed = os.path.join(results, pattern)
+        if not os.path.exists(listed):
+            return []
+        with open(listed) as f:
+            paths = [os.path.join(os.path.dirname(listed), name + ".json")
+                     for name in json.load(f)["runs"]]
+    else:
+        paths = sorted(glob.glob(os.path.join(results, pattern + ".json")))
+    values = []
+    for path in paths:
+        with open(path) as f:
+            r = json.load(f, parse_constant=_no_constant)
+        if r.get("method") == method and "log_likelihood" in r:
+            values.append(r["log_likelihood"])
+    return values
+
+
+def causes_table(results):
+    """What moved the FreyFaces numbers: each cause of ``CAUSES`` measured with the rest
+    held fixed, test log-likelihood (S = 10), mean ± std (runs); the change and twice
+    its standard error."""
+    rows = ["| cause | method | held fixed | before | after | change (2 SE) |",
+            "|---|---|---|---|---|---|"]
+    for cause, method, fixed, before, after in CAUSES:
+        b, a = (_test_values(results, p, method) for p in (before, after))
+        if len(b) < 2 or len(a) < 2:
+            continue  # not measured (yet)
+        change = np.mean(a) - np.mean(b)
+        two_se = 2 * math.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))
+        rows.append(f"| {cause} | {method} | {fixed} | {_mean_std(b)} ({len(b)}) | "
+                    f"{_mean_std(a)} ({len(a)}) | {change:+.2f} ({two_se:.2f}) |")
+    return "\n".join(rows)
+
+
+def readme_tables(results):
+    """The README's generated tables by name: FreyFaces's Table 2 row at the selected
+    settings (from ``table2/table2.json``) and the causes table."""
+    tables = {"freyfaces-causes": causes_table(results)}
+    path = os.path.join(results, "table2", "table2.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            tables["freyfaces-table2"] = columns(json.load(f)["markdown"], README_COLUMNS)
+    return tables
+
+
+README_BLOCK = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(\n<!-- end -->)", re.S)
+
+
+def fill_readme(text, tables):
+    """``text`` with every ``<!-- generated: NAME -->`` block holding ``tables[NAME]``."""
+    def fill(m):
+        if m.group(2) not in tables:
+            raise ValueError(f"the README asks for table {m.group(2)!r}, which has no results")
+        return m.group(1) + tables[m.group(2)] + m.group(4)
+    return README_BLOCK.sub(fill, text)
+
+
+def command_readme(args):
+    with open(args.readme) as f:
+        text = f.read()
+    filled = fill_readme(text, readme_tables(args.results))
+    atomic_write(args.readme, lambda f: f.write(filled), mode="w")
+    print(f"{args.readme}: {'updated' if filled != text else 'already up to date'}")
+
+
 def add_commands(sub):
     """The ``table2``, ``figure3`` and ``run`` sub-commands (also used by iopvae.py)."""
     t = sub.add_parser("table2", help="Table 2: train, evaluate and tabulate the grid")
@@ -989,6 +1093,12 @@ def add_commands(sub):
     _grid_options(f)
     _common_options(f)
     f.set_defaults(run=command_figure3)
+
+    m = sub.add_parser("readme", help="rewrite the README's generated tables from the "
+                                      "committed results")
+    m.add_argument("--readme", default="README.md", help="the file (default: README.md)")
+    m.add_argument("--results", default="results", help="the results folder (default: results)")
+    m.set_defaults(run=command_readme)
 
     r = sub.add_parser("run", help="one run of the grid: train or resume, then evaluate")
     r.add_argument("--dataset", required=True, choices=datasets.DATASETS, help="data set")

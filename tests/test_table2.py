@@ -324,3 +324,60 @@ def test_decoder_logvar_at_bound_counts_the_log_variances_the_hardtanh_holds():
         assert table2.decoder_logvar_at_bound(model, x) == expected
     head.b.data[6:9] = -50.0   # three of the six pixels held
     assert table2.decoder_logvar_at_bound(model, x) == 0.5
+
+
+# --- the README's generated tables ------------------------------------------------------
+def _result(folder, name, method, value):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(
+        {"method": method, "log_likelihood": value}))
+
+
+def test_columns_keeps_the_named_columns_in_the_tables_order():
+    markdown = "| a | b | c |\n|---|---|---|\n| 1 | 2 |  |\n| 4 | 5 | 6 |"
+    assert table2.columns(markdown, ("c", "a")) == "| a | c |\n|---|---|\n| 1 |  |\n| 4 | 6 |"
+
+
+def test_causes_table_measures_each_cause_from_its_result_files(tmp_path, monkeypatch):
+    """Each row: the S = 10 test log-likelihoods of one method before and after, the
+    change of the means and twice its standard error; a cause not measured is left out;
+    "table2.json" stands for the runs that table lists."""
+    for seed, (b, a) in enumerate([(10.0, 13.0), (12.0, 17.0)]):
+        _result(tmp_path / "before", f"freyfaces-vae-seed{seed}", "vae", b)
+        _result(tmp_path / "before", f"freyfaces-iop-seed{seed}", "iop", 99.0)  # other method
+        _result(tmp_path / "after", f"freyfaces-vae-x-seed{seed}", "vae", a)
+    (tmp_path / "after" / "table2.json").write_text(json.dumps(
+        {"markdown": "", "runs": ["freyfaces-vae-x-seed0", "freyfaces-vae-x-seed1"]}))
+    monkeypatch.setattr(table2, "CAUSES", (
+        ("c", "vae", "all else", "before/*", "after/*"),
+        ("t", "vae", "", "before/*", "after/table2.json"),
+        ("not yet", "vae", "", "before/*", "missing/*")))
+    rows = table2.causes_table(str(tmp_path)).splitlines()
+    two_se = 2 * math.sqrt(2.0 / 2 + 8.0 / 2)   # sample variances 2 and 8, two runs each
+    assert rows[2] == (f"| c | vae | all else | 11.00 ± 1.41 (2) | 15.00 ± 2.83 (2) | "
+                       f"+4.00 ({two_se:.2f}) |")
+    assert rows[3].startswith("| t | vae |") and len(rows) == 4
+
+
+def test_fill_readme_puts_each_named_table_in_its_block():
+    text = "intro\n<!-- generated: t -->\nold\nrows\n<!-- end -->\nafter\n"
+    assert table2.fill_readme(text, {"t": "| new |"}) == (
+        "intro\n<!-- generated: t -->\n| new |\n<!-- end -->\nafter\n")
+    with pytest.raises(ValueError, match="'t', which has no results"):
+        table2.fill_readme(text, {})
+
+
+def test_the_readmes_tables_are_generated_from_the_committed_results():
+    """The README's numbers come from results/: regenerate with `python iopvae.py readme`."""
+    text = (ROOT / "README.md").read_text()
+    assert table2.fill_readme(text, table2.readme_tables(str(ROOT / "results"))) == text, \
+        "README.md's tables differ from results/: run `python iopvae.py readme`"
+
+
+def test_readme_command_rewrites_the_blocks(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- generated: freyfaces-causes -->\n\n<!-- end -->\n")
+    assert cli.main(["readme", "--readme", str(readme), "--results", str(ROOT / "results")]) == 0
+    assert "| cause | method |" in readme.read_text() and "updated" in capsys.readouterr().out
+    assert cli.main(["readme", "--readme", str(readme), "--results", str(ROOT / "results")]) == 0
+    assert "already up to date" in capsys.readouterr().out
