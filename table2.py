@@ -1020,7 +1020,7 @@ def readme_tables(results):
     return tables
 
 
-README_BLOCK = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(\n<!-- end -->)", re.S)
+README_BLOCK = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(<!-- end -->)", re.S)
 
 
 def fill_readme(text, tables):
@@ -1028,7 +1028,7 @@ def fill_readme(text, tables):
     def fill(m):
         if m.group(2) not in tables:
             raise ValueError(f"the README asks for table {m.group(2)!r}, which has no results")
-        return m.group(1) + tables[m.group(2)] + m.group(4)
+        return m.group(1) + tables[m.group(2)] + "\n" + m.group(4)
     return README_BLOCK.sub(fill, text)
 
 

@@ -363,6 +363,8 @@ def test_fill_readme_puts_each_named_table_in_its_block():
     text = "intro\n<!-- generated: t -->\nold\nrows\n<!-- end -->\nafter\n"
     assert table2.fill_readme(text, {"t": "| new |"}) == (
         "intro\n<!-- generated: t -->\n| new |\n<!-- end -->\nafter\n")
+    empty = "<!-- generated: t -->\n<!-- end -->"
+    assert table2.fill_readme(empty, {"t": "| x |"}) == "<!-- generated: t -->\n| x |\n<!-- end -->"
     with pytest.raises(ValueError, match="'t', which has no results"):
         table2.fill_readme(text, {})
 
