@@ -53,7 +53,7 @@ class Spec:
     likelihood: str                   # "bernoulli" or "gaussian"
     dim: int                          # data dimension
     latent: int
-    decoder_logvar_bounds: tuple = (-12.0, 0.0)
+    decoder_logvar_bounds: tuple = (-12.0, 0.0)  # iopvae.DECODER_LOGVAR_BOUNDS (a test checks)
     keep: float = 0.5                 # T's dropout keep probability
 
 

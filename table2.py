@@ -270,6 +270,19 @@ def _no_constant(name):
     raise ValueError(f"{name} (a number that is not finite)")
 
 
+def read_json(path, hint=""):
+    """The JSON object in the result file ``path``; one line naming the file (and
+    ``hint``) when it is not one (truncated, NaN, not an object)."""
+    try:
+        with open(path) as f:
+            obj = json.load(f, parse_constant=_no_constant)
+        if not isinstance(obj, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"result file {path} is not usable ({exc}){hint}") from None
+    return obj
+
+
 def read_result(run, results, split_id=None):
     """The result JSON of ``run`` in the folder ``results``, or None; a file that is not
     a complete result of this run (truncated, a key missing, NaN, another run's
@@ -279,14 +292,7 @@ def read_result(run, results, split_id=None):
     path = os.path.join(results, run.name + ".json")
     if not os.path.exists(path):
         return None
-    try:
-        with open(path) as f:
-            result = json.load(f, parse_constant=_no_constant)
-        if not isinstance(result, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as exc:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"result file {path} is not usable ({exc}); delete it to evaluate "
-                         "the run again") from None
+    result = read_json(path, "; delete it to evaluate the run again")
     if split_id is not None and result.get("split_id") != split_id:
         raise ValueError(f"{path} was evaluated on split {result.get('split_id')}, but "
                          f"{run.dataset} is split {split_id} now; remove it (and its run "
@@ -481,13 +487,17 @@ def not_worse_than_best(scores, level=0.05):
 PAPER_RUNS = 8
 
 
+def _variance_of_mean(values):
+    """s^2 / n, the squared standard error of the mean of ``values`` (0 for one value)."""
+    values = np.asarray(values, dtype=float)
+    return values.var(ddof=1) / len(values) if len(values) > 1 else 0.0
+
+
 def against_paper(values, paper):
     """ours - paper and twice its standard error, sqrt(s^2/n + s_paper^2/8) (the paper's
     8 runs), as a table cell: the goal is |ours - paper| <= 2 SE ("within" or "outside")."""
-    values = np.asarray(values, dtype=float)
-    ours_var = values.var(ddof=1) / len(values) if len(values) > 1 else 0.0
-    difference = values.mean() - paper[0]
-    two_se = 2 * math.sqrt(ours_var + paper[1] ** 2 / PAPER_RUNS)
+    difference = np.mean(values) - paper[0]
+    two_se = 2 * math.sqrt(_variance_of_mean(values) + paper[1] ** 2 / PAPER_RUNS)
     verdict = "within" if abs(difference) <= two_se else "outside"
     return f"{difference:+.2f} (2 SE {two_se:.2f}): {verdict}"
 
@@ -711,13 +721,8 @@ def read_results_folder(results, dataset):
     found = []
     for name in sorted(os.listdir(results)) if os.path.isdir(results) else []:
         if name.startswith(dataset + "-") and name.endswith(".json"):
-            path = os.path.join(results, name)
-            try:
-                with open(path) as f:
-                    r = json.load(f, parse_constant=_no_constant)
-            except ValueError as exc:
-                raise ValueError(f"result file {path} is not usable ({exc})") from None
-            if isinstance(r, dict) and "history" in r:
+            r = read_json(os.path.join(results, name))
+            if "history" in r:
                 found.append(r)
     return found
 
@@ -942,29 +947,32 @@ def command_run(args):
 README_COLUMNS = ("method", "runs", "test LL, S = 10", "test LL, S = 1000", "IOP log Z",
                   "paper (S = 10)", "ours − paper, S = 10")
 _FIXED = "lr 10⁻³, patience 50, ln σ² ≥ −9"  # the first protocol, before the causes
+_SPLIT = "1: the authors' split (before: another permutation)"
+_BOUND = "5: decoder's ln σ² ≥ −12 (before: ≥ −9)"
+_SCREEN9 = "freyfaces-causes/decoder-logvar-min-9-screen/"  # the screen at the −9 bound
 CAUSES = (  # (cause, method, what is held fixed, before, after): globs under results/
-    ("1: the authors' split (before: another permutation)", "vae", _FIXED,
+    (_SPLIT, "vae", _FIXED,
      "freyfaces-causes/old-split/*-vae-*", "freyfaces-causes/*-vae-*"),
-    ("1: the authors' split (before: another permutation)", "iop", _FIXED,
+    (_SPLIT, "iop", _FIXED,
      "freyfaces-causes/old-split/*-iop-*", "freyfaces-causes/*-iop-*"),
     ("2: step size 10⁻⁴ (before: 10⁻³)", "vae", "authors' split, 1,000 epochs, ln σ² ≥ −9",
-     "freyfaces-causes/decoder-logvar-min-9-screen/*-vae-lr=0.001-*",
-     "freyfaces-causes/decoder-logvar-min-9-screen/*-vae-lr=0.0001-*"),
+     _SCREEN9 + "*-vae-lr=0.001-*",
+     _SCREEN9 + "*-vae-lr=0.0001-*"),
     ("3: pseudo-inputs start at 0.5 + noise (before: U[0, 1])", "vamp",
      "K = 100, authors' split, lr 10⁻³, 1,000 epochs, ln σ² ≥ −9",
-     "freyfaces-causes/decoder-logvar-min-9-screen/*-lr=0.001-pseudo_init=uniform-*",
-     "freyfaces-causes/decoder-logvar-min-9-screen/*-lr=0.001-pseudo_init=constant-*"),
+     _SCREEN9 + "*-lr=0.001-pseudo_init=uniform-*",
+     _SCREEN9 + "*-lr=0.001-pseudo_init=constant-*"),
     ("4: train 1,000 epochs, keep the best (before: patience 50)", "vae",
      "authors' split, lr 10⁻³, ln σ² ≥ −9",
-     "freyfaces-causes/*-vae-*", "freyfaces-causes/decoder-logvar-min-9-screen/*-vae-lr=0.001-*"),
-    ("5: decoder's ln σ² ≥ −12 (before: ≥ −9)", "vae", "authors' split, lr 10⁻³, patience 50",
+     "freyfaces-causes/*-vae-*", _SCREEN9 + "*-vae-lr=0.001-*"),
+    (_BOUND, "vae", "authors' split, lr 10⁻³, patience 50",
      "freyfaces-causes/*-vae-*", "freyfaces-causes/decoder-logvar-min-12/*-vae-*"),
-    ("5: decoder's ln σ² ≥ −12 (before: ≥ −9)", "vae", "authors' split, lr 10⁻³, 1,000 epochs",
-     "freyfaces-causes/decoder-logvar-min-9-screen/*-vae-lr=0.001-*",
+    (_BOUND, "vae", "authors' split, lr 10⁻³, 1,000 epochs",
+     _SCREEN9 + "*-vae-lr=0.001-*",
      "table2/*-vae-lr=0.001-seed[012]"),
-    ("5: decoder's ln σ² ≥ −12 (before: ≥ −9)", "vamp",
+    (_BOUND, "vamp",
      "K = 100, authors' split, lr 10⁻⁴, 0.5 start, 1,000 epochs",
-     "freyfaces-causes/decoder-logvar-min-9-screen/*-lr=0.0001-pseudo_init=constant-*",
+     _SCREEN9 + "*-lr=0.0001-pseudo_init=constant-*",
      "table2/*-K100-lr=0.0001-pseudo_init=constant-seed[012]"),
 ) + tuple(("all: the protocol, eight runs (before: the first row)", method, "",
            f"freyfaces-causes/old-split/*-{method}-*", "table2/table2.json") for method in METHODS)
@@ -985,18 +993,13 @@ def _test_values(results, pattern, method):
         listed = os.path.join(results, pattern)
         if not os.path.exists(listed):
             return []
-        with open(listed) as f:
-            paths = [os.path.join(os.path.dirname(listed), name + ".json")
-                     for name in json.load(f)["runs"]]
+        paths = [os.path.join(os.path.dirname(listed), name + ".json")
+                 for name in read_json(listed)["runs"]]
     else:
         paths = sorted(glob.glob(os.path.join(results, pattern + ".json")))
-    values = []
-    for path in paths:
-        with open(path) as f:
-            r = json.load(f, parse_constant=_no_constant)
-        if r.get("method") == method and "log_likelihood" in r:
-            values.append(r["log_likelihood"])
-    return values
+    found = (read_json(path) for path in paths)
+    return [r["log_likelihood"] for r in found
+            if r.get("method") == method and "log_likelihood" in r]
 
 
 def causes_table(results):
@@ -1010,7 +1013,7 @@ def causes_table(results):
         if len(b) < 2 or len(a) < 2:
             continue  # not measured (yet)
         change = np.mean(a) - np.mean(b)
-        two_se = 2 * math.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))
+        two_se = 2 * math.sqrt(_variance_of_mean(a) + _variance_of_mean(b))
         rows.append(f"| {cause} | {method} | {fixed} | {_mean_std(b)} ({len(b)}) | "
                     f"{_mean_std(a)} ({len(a)}) | {change:+.2f} ({two_se:.2f}) |")
     return "\n".join(rows)
@@ -1048,7 +1051,8 @@ def command_readme(args):
 
 
 def add_commands(sub):
-    """The ``table2``, ``figure3`` and ``run`` sub-commands (also used by iopvae.py)."""
+    """The ``table2``, ``select``, ``curves``, ``figure3``, ``readme`` and ``run``
+    sub-commands (also used by iopvae.py)."""
     t = sub.add_parser("table2", help="Table 2: train, evaluate and tabulate the grid")
     t.add_argument("--datasets", nargs="+", default=["freyfaces"], choices=datasets.DATASETS,
                    help="data sets (default: freyfaces)")

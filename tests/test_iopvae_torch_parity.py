@@ -198,3 +198,10 @@ def test_iop_loss_is_deterministic_given_noise_when_T_is_frozen():
         rng.rewind()
         values.append(model.loss(x, rng).data)
     assert values[0] != values[1]
+
+
+def test_the_mirror_bounds_the_decoders_log_variance_as_iopvae_does():
+    """The mirror cannot import iopvae (it stays independent), so its default bound is
+    written twice; this keeps the two equal."""
+    spec = mirror.Spec(method="vae", likelihood="gaussian", dim=3, latent=2)
+    assert tuple(spec.decoder_logvar_bounds) == iopvae.DECODER_LOGVAR_BOUNDS
