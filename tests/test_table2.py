@@ -383,3 +383,38 @@ def test_readme_command_rewrites_the_blocks(tmp_path, capsys):
     assert "| cause | method |" in readme.read_text() and "updated" in capsys.readouterr().out
     assert cli.main(["readme", "--readme", str(readme), "--results", str(ROOT / "results")]) == 0
     assert "already up to date" in capsys.readouterr().out
+
+
+def test_goal_summary_says_where_the_paper_is_met_and_where_its_order_fails():
+    paper = {"iop": (10.0, 1.0), "vamp": (8.0, 1.0), "vae": (5.0, 1.0)}
+    values = {"iop": [6.0, 7.0, 8.0], "vamp": [8.0, 9.0, 10.0], "vae": [4.0, 5.0, 6.0]}
+    lines = table2.goal_summary(values, paper).splitlines()
+    assert lines[0].startswith("- iop: ours − paper -3.00 (2 SE ") and lines[0].endswith("outside")
+    assert lines[1].startswith("- vamp: ours − paper +1.00") and lines[1].endswith("within")
+    p = table2.welch_t_test(values["iop"], values["vamp"])
+    assert lines[3] == ("- the paper's order iop ≥ vamp ≥ vae of the means fails at iop < vamp: "
+                        f"iop − vamp = -2.00 (Welch p = {p:.3f}), vamp − vae = +4.00 "
+                        f"(Welch p = {table2.welch_t_test(values['vamp'], values['vae']):.3f})")
+    held = table2.goal_summary({"iop": [9.0, 11.0], "vae": [4.0, 6.0]}, paper)
+    assert held.splitlines()[-1].startswith(
+        "- the paper's order iop ≥ vamp ≥ vae of the means holds: iop − vae = +5.00")
+
+
+def test_readme_tables_add_the_eight_run_table_and_the_goal_once_table2_json_exists(tmp_path):
+    folder = tmp_path / "table2"
+    folder.mkdir()
+    names = []
+    for method, base in (("vae", 1380.0), ("vamp", 1390.0), ("iop", 1395.0)):
+        for seed in range(2):
+            name = f"freyfaces-{method}-seed{seed}"
+            names.append(name)
+            (folder / f"{name}.json").write_text(json.dumps(
+                {"method": method, "log_likelihood": base + seed}))
+    assert "freyfaces-goal" not in table2.readme_tables(str(tmp_path))
+    markdown = ("| data set | method | runs | paper (S = 10) |\n|---|---|---|---|\n"
+                "| f | vae | 2 | 1 |")
+    (folder / "table2.json").write_text(json.dumps({"markdown": markdown, "runs": names}))
+    tables = table2.readme_tables(str(tmp_path))
+    assert tables["freyfaces-table2"].splitlines()[0] == "| method | runs | paper (S = 10) |"
+    assert "of the means holds" in tables["freyfaces-goal"]
+    assert tables["freyfaces-goal"].startswith("- iop: ours − paper -0.77")
