@@ -948,6 +948,8 @@ README_COLUMNS = ("method", "runs", "test LL, S = 10", "test LL, S = 1000", "IOP
                   "paper (S = 10)", "ours − paper, S = 10")
 _FIXED = "lr 10⁻³, patience 50, ln σ² ≥ −9"  # the first protocol, before the causes
 _SPLIT = "1: the authors' split (before: another permutation)"
+_STEP = "2: step size 10⁻⁴ (before: 10⁻³)"
+_START = "3: pseudo-inputs start at 0.5 + noise (before: U[0, 1])"
 _BOUND = "5: decoder's ln σ² ≥ −12 (before: ≥ −9)"
 _SCREEN9 = "freyfaces-causes/decoder-logvar-min-9-screen/"  # the screen at the −9 bound
 CAUSES = (  # (cause, method, what is held fixed, before, after): globs under results/
@@ -955,13 +957,22 @@ CAUSES = (  # (cause, method, what is held fixed, before, after): globs under re
      "freyfaces-causes/old-split/*-vae-*", "freyfaces-causes/*-vae-*"),
     (_SPLIT, "iop", _FIXED,
      "freyfaces-causes/old-split/*-iop-*", "freyfaces-causes/*-iop-*"),
-    ("2: step size 10⁻⁴ (before: 10⁻³)", "vae", "authors' split, 1,000 epochs, ln σ² ≥ −9",
+    (_STEP, "vae", "authors' split, 1,000 epochs, ln σ² ≥ −9",
      _SCREEN9 + "*-vae-lr=0.001-*",
      _SCREEN9 + "*-vae-lr=0.0001-*"),
-    ("3: pseudo-inputs start at 0.5 + noise (before: U[0, 1])", "vamp",
-     "K = 100, authors' split, lr 10⁻³, 1,000 epochs, ln σ² ≥ −9",
+    (_STEP, "vae", "authors' split, 1,000 epochs, ln σ² ≥ −12",
+     "table2/*-vae-lr=0.001-seed[012]", "table2/*-vae-lr=0.0001-seed[012]"),
+    (_STEP, "iop", "authors' split, 1,000 epochs, ln σ² ≥ −12",
+     "table2/*-iop-lr=0.001-seed[012]", "table2/*-iop-lr=0.0001-seed[012]"),
+    (_STEP, "vamp", "K = 100, authors' split, 0.5 start, 1,000 epochs, ln σ² ≥ −12",
+     "table2/*-K100-lr=0.001-pseudo_init=constant-seed[012]",
+     "table2/*-K100-lr=0.0001-pseudo_init=constant-seed[012]"),
+    (_START, "vamp", "K = 100, authors' split, lr 10⁻³, 1,000 epochs, ln σ² ≥ −9",
      _SCREEN9 + "*-lr=0.001-pseudo_init=uniform-*",
      _SCREEN9 + "*-lr=0.001-pseudo_init=constant-*"),
+    (_START, "vamp", "K = 100, authors' split, lr 10⁻³, 1,000 epochs, ln σ² ≥ −12",
+     "table2/*-K100-lr=0.001-pseudo_init=uniform-seed[012]",
+     "table2/*-K100-lr=0.001-pseudo_init=constant-seed[012]"),
     ("4: train 1,000 epochs, keep the best (before: patience 50)", "vae",
      "authors' split, lr 10⁻³, ln σ² ≥ −9",
      "freyfaces-causes/*-vae-*", _SCREEN9 + "*-vae-lr=0.001-*"),
