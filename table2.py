@@ -926,7 +926,8 @@ def command_select(args):
 
 def command_curves(args):
     found = [r for r in read_results_folder(args.results, args.dataset)
-             if not args.match or any(m in r["run"] for m in args.match)]
+             if (not args.match or any(m in r["run"] for m in args.match))
+             and (not args.seeds or r["seed"] in args.seeds)]
     if not found:
         raise ValueError(f"no {args.dataset} results with a history in {args.results}")
     path = args.figure or os.path.join(os.path.dirname(os.path.normpath(args.results)),
@@ -1123,6 +1124,8 @@ def add_commands(sub):
                    help="folder of the per-run result JSON files")
     v.add_argument("--match", nargs="+", default=[],
                    help="only runs whose name contains one of these strings")
+    v.add_argument("--seeds", nargs="+", type=int, default=[],
+                   help="only runs of these seeds (default: all)")
     v.add_argument("--compare-patience", type=int, default=50,
                    help="the patience whose stopping point is compared with the run's best "
                         "(default: 50)")

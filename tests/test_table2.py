@@ -278,6 +278,14 @@ def test_select_picks_on_validation_and_table2_reuses_the_picked_runs(tmp_path, 
                         "--compare-patience", "1"]) == 0
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert "patience 1 stops at" in capsys.readouterr().out
+    # --match (any of the strings) and --seeds (any of the seeds) both narrow the runs drawn
+    assert cli.main(["curves", "--dataset", "freyfaces", "--results", str(res),
+                     "--figure", str(tmp_path / "one.png"), "--match", "freyfaces-vae",
+                     "--seeds", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| freyfaces-")]
+    assert rows and all("-vae-" in row and row.split(" | ")[0].endswith("-seed1")
+                        for row in rows)
 
 
 def test_stopping_point_from_a_curve():
