@@ -113,6 +113,8 @@ def mirror_spec(model):
     return iopvae_torch.Spec(method=model.name, likelihood=model.decoder.likelihood,
                              dim=model.decoder.dim, latent=model.latent,
                              decoder_logvar_bounds=tuple(model.decoder.logvar_bounds),
+                             encoder_logvar_bounds=tuple(getattr(model.encoder, "logvar_bounds",
+                                                                 iopvae.ENCODER_LOGVAR_BOUNDS)),
                              keep=keep[0] if keep else 1.0)
 
 

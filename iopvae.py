@@ -31,6 +31,8 @@ from autograd_lite.optim import Adam
 from datasets import binarize  # dynamic binarisation of training batches
 
 LOG_2PI = math.log(2 * math.pi)
+# The encoder's ln sigma^2 bounds, a guard the paper does not give (VampPrior's public
+# code has the same).
 ENCODER_LOGVAR_BOUNDS = (-6.0, 2.0)
 # A Gaussian decoder's ln sigma^2: the paper bounds only the mean. The lower bound is a
 # guard that should never decide a pixel: e^-12 is below a 1/256 grey level squared.
@@ -110,17 +112,18 @@ def log_normal_mixture(z, mu, logvar, block_elements=1 << 22):
 #    decoder, Glorot initialisation).
 # =============================================================================
 class Encoder(nn.Module):
-    """q_phi(z|x) = N(z | mu_phi(x), diag sigma^2_phi(x)) (Sec. 2.1)."""
+    """q_phi(z|x) = N(z | mu_phi(x), diag sigma^2_phi(x)) (Sec. 2.1), its
+    log-variance bounded to ``logvar_bounds``."""
 
-    def __init__(self, dim, latent, hidden, rng):
+    def __init__(self, dim, latent, hidden, rng, logvar_bounds=ENCODER_LOGVAR_BOUNDS):
         self.body = nn.mlp((dim, hidden, hidden), "gated", rng=rng)
         self.head = nn.Linear(hidden, 2 * latent, rng)
-        self.latent = latent
+        self.latent, self.logvar_bounds = latent, tuple(logvar_bounds)
 
     def forward(self, x):
         h = self.head(self.body(x))
         mu, logvar = h[:, :self.latent], h[:, self.latent:]
-        return mu, ag.hardtanh(logvar, *ENCODER_LOGVAR_BOUNDS)
+        return mu, ag.hardtanh(logvar, *self.logvar_bounds)
 
 
 class ImplicitEncoder(nn.Module):
@@ -294,8 +297,9 @@ class StandardVAE(VAEMethod):
     name = "vae"
 
     def __init__(self, dim, likelihood, latent, hidden, rng,
-                 decoder_logvar_bounds=DECODER_LOGVAR_BOUNDS):
-        super().__init__(Encoder(dim, latent, hidden, rng),
+                 decoder_logvar_bounds=DECODER_LOGVAR_BOUNDS,
+                 encoder_logvar_bounds=ENCODER_LOGVAR_BOUNDS):
+        super().__init__(Encoder(dim, latent, hidden, rng, encoder_logvar_bounds),
                          Decoder(dim, latent, hidden, likelihood, rng, decoder_logvar_bounds),
                          latent)
 
@@ -330,8 +334,10 @@ class VampPrior(StandardVAE):
 
     def __init__(self, dim, likelihood, latent, hidden, rng,
                  decoder_logvar_bounds=DECODER_LOGVAR_BOUNDS,
+                 encoder_logvar_bounds=ENCODER_LOGVAR_BOUNDS,
                  components=500, pseudo_init="uniform"):
-        super().__init__(dim, likelihood, latent, hidden, rng, decoder_logvar_bounds)
+        super().__init__(dim, likelihood, latent, hidden, rng, decoder_logvar_bounds,
+                         encoder_logvar_bounds)
         if pseudo_init == "uniform" or pseudo_init == "data":
             u = rng.random((components, dim), dtype=np.float32)
         elif pseudo_init == "constant":
@@ -385,8 +391,10 @@ class ImplicitOptimalPrior(StandardVAE):
 
     def __init__(self, dim, likelihood, latent, hidden, rng,
                  decoder_logvar_bounds=DECODER_LOGVAR_BOUNDS,
+                 encoder_logvar_bounds=ENCODER_LOGVAR_BOUNDS,
                  keep=0.5):
-        super().__init__(dim, likelihood, latent, hidden, rng, decoder_logvar_bounds)
+        super().__init__(dim, likelihood, latent, hidden, rng, decoder_logvar_bounds,
+                         encoder_logvar_bounds)
         self.density_ratio = DensityRatio(latent, hidden, rng, keep)
 
     # --- Eq. (19): training theta and phi -------------------------------------------

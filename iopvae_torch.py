@@ -24,7 +24,6 @@ import math
 import numpy as np
 
 INSTALL_HINT = "pip install 'iopvae[torch]'"
-ENCODER_LOGVAR_BOUNDS = (-6.0, 2.0)
 
 # Bound by require_torch() on first use, so that importing this module never needs torch.
 torch = F = Normal = kl_divergence = None
@@ -54,6 +53,7 @@ class Spec:
     dim: int                          # data dimension
     latent: int
     decoder_logvar_bounds: tuple = (-12.0, 0.0)  # iopvae.DECODER_LOGVAR_BOUNDS (a test checks)
+    encoder_logvar_bounds: tuple = (-6.0, 2.0)   # iopvae.ENCODER_LOGVAR_BOUNDS (a test checks)
     keep: float = 0.5                 # T's dropout keep probability
 
 
@@ -88,9 +88,9 @@ def gated_net(P, prefix, h):
 
 
 def encoder(P, x, spec):
-    """q(z|x): (mu, hardtanh(logvar, -6, 2))."""
+    """q(z|x): (mu, hardtanh(logvar, *spec.encoder_logvar_bounds))."""
     out = gated_net(P, "encoder.", x)
-    return out[:, :spec.latent], F.hardtanh(out[:, spec.latent:], *ENCODER_LOGVAR_BOUNDS)
+    return out[:, :spec.latent], F.hardtanh(out[:, spec.latent:], *spec.encoder_logvar_bounds)
 
 
 def avb_encoder(P, x, eps):

@@ -69,6 +69,10 @@ class Config:
                                        "lower bound of the Gaussian decoder's log-variance")
     decoder_logvar_max: float = option(iopvae.DECODER_LOGVAR_BOUNDS[1],
                                        "upper bound of the Gaussian decoder's log-variance")
+    encoder_logvar_min: float = option(iopvae.ENCODER_LOGVAR_BOUNDS[0],
+                                       "lower bound of the encoder's log-variance")
+    encoder_logvar_max: float = option(iopvae.ENCODER_LOGVAR_BOUNDS[1],
+                                       "upper bound of the encoder's log-variance")
     seed: int = option(0, "random seed of the weights, mini-batches and noise")
     data_dir: str = option("", "data folder (else $IOPVAE_DATA, else ~/.cache/iopvae)")
 
@@ -100,10 +104,11 @@ class Config:
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be positive and finite (got "
                                  f"{getattr(self, name)})")
-        low, high = self.decoder_logvar_min, self.decoder_logvar_max
-        if not (math.isfinite(low) and math.isfinite(high) and low < high):
-            raise ValueError(f"decoder_logvar_min must be below decoder_logvar_max, both finite "
-                             f"(got {low} and {high})")
+        for part in ("decoder", "encoder"):
+            low, high = getattr(self, part + "_logvar_min"), getattr(self, part + "_logvar_max")
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise ValueError(f"{part}_logvar_min must be below {part}_logvar_max, both "
+                                 f"finite (got {low} and {high})")
         return self
 
     def checked_types(self):
@@ -118,7 +123,9 @@ class Config:
 
 
 APPLIES_TO = {"components": ("vamp",), "pseudo_init": ("vamp",), "noise_dim": ("avb",),
-              "lr_density_ratio": ("iop", "avb"), "j2": ("iop", "avb"), "keep": ("iop", "avb")}
+              "lr_density_ratio": ("iop", "avb"), "j2": ("iop", "avb"), "keep": ("iop", "avb"),
+              "encoder_logvar_min": ("vae", "vamp", "iop"),
+              "encoder_logvar_max": ("vae", "vamp", "iop")}  # AVB's encoder has no variance
 
 
 def not_applying(given, method):
@@ -131,12 +138,13 @@ def build_model(config, dim, likelihood, rng):
     c = config.resolved()
     common = dict(dim=dim, likelihood=likelihood, latent=c.latent, hidden=c.hidden, rng=rng,
                   decoder_logvar_bounds=(c.decoder_logvar_min, c.decoder_logvar_max))
+    if c.method == "avb":
+        return iopvae.AVB(**common, noise_dim=c.noise_dim, keep=c.keep)
+    common["encoder_logvar_bounds"] = (c.encoder_logvar_min, c.encoder_logvar_max)
     if c.method == "vamp":
         return iopvae.VampPrior(**common, components=c.components, pseudo_init=c.pseudo_init)
     if c.method == "iop":
         return iopvae.ImplicitOptimalPrior(**common, keep=c.keep)
-    if c.method == "avb":
-        return iopvae.AVB(**common, noise_dim=c.noise_dim, keep=c.keep)
     return iopvae.StandardVAE(**common)
 
 

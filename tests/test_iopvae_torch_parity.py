@@ -200,8 +200,9 @@ def test_iop_loss_is_deterministic_given_noise_when_T_is_frozen():
     assert values[0] != values[1]
 
 
-def test_the_mirror_bounds_the_decoders_log_variance_as_iopvae_does():
-    """The mirror cannot import iopvae (it stays independent), so its default bound is
+def test_the_mirror_bounds_the_log_variances_as_iopvae_does():
+    """The mirror cannot import iopvae (it stays independent), so its default bounds are
     written twice; this keeps the two equal."""
     spec = mirror.Spec(method="vae", likelihood="gaussian", dim=3, latent=2)
     assert tuple(spec.decoder_logvar_bounds) == iopvae.DECODER_LOGVAR_BOUNDS
+    assert tuple(spec.encoder_logvar_bounds) == iopvae.ENCODER_LOGVAR_BOUNDS

@@ -560,3 +560,26 @@ def test_nested_frozen_of_the_same_module_leaves_the_outer_one_in_force():
         assert not any(p.requires_grad for p in T.parameters())
         assert not T.training
     assert all(p.requires_grad for p in T.parameters()) and T.training
+
+
+@pytest.mark.parametrize("method", ["vae", "vamp", "iop"])
+def test_the_encoders_log_variance_bounds_come_from_the_config(method):
+    """--encoder-logvar-min/max reach the hardtanh of q(z|x); a configuration stored
+    before these options existed reads as the defaults (-6, 2), so its runs still match."""
+    config = runs.Config(method=method, hidden=8, components=3, encoder_logvar_min=-12.0,
+                         encoder_logvar_max=1.0)
+    model = runs.build_model(config, 4, "bernoulli", ag.default_rng(0))
+    assert model.encoder.logvar_bounds == (-12.0, 1.0)
+    head = model.encoder.head
+    head.b.data[...] = 0.0
+    head.b.data[model.latent:] = -20.0        # every log-variance far below both bounds
+    head.W.data[...] = 0.0
+    _, logvar = model.encoder(ag.Tensor(np.eye(4, dtype=np.float32)))
+    assert np.all(ag.to_numpy(logvar.data) == -12.0)
+    old = {k: v for k, v in dataclasses.asdict(runs.Config(method=method)).items()
+           if not k.startswith("encoder_logvar")}
+    assert runs.Config(**old) == runs.Config(method=method)
+    default = runs.build_model(runs.Config(method=method, hidden=8, components=3), 4,
+                               "bernoulli", ag.default_rng(0))
+    assert default.encoder.logvar_bounds == iopvae.ENCODER_LOGVAR_BOUNDS
+    assert runs.not_applying(["encoder_logvar_min"], "avb") == ["encoder_logvar_min"]

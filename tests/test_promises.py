@@ -302,6 +302,7 @@ def test_table2_refuses_runs_made_with_other_settings_and_extends_epochs(tmp_pat
     (["--latent", "-1"], "latent"), (["--components", "-1"], "components"),
     (["--noise-dim", "-1"], "noise_dim"), (["--seed", "-1"], "seed"),
     (["--samples", "0"], "--samples"), (["--decoder-logvar-min", "nan"], "decoder_logvar_min"),
+    (["--encoder-logvar-min", "3"], "encoder_logvar_min"),
     (["--method", "avb", "--noise-dim", "0"], "noise_dim"),
 ])
 def test_bad_training_options_are_refused_before_training(argv, name, tmp_path, capsys):
