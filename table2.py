@@ -149,6 +149,8 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
         result["pseudo_inputs_outside"] = pseudo_inputs_outside(model)
     if data.likelihood == "gaussian":
         result["decoder_logvar_at_bound"] = decoder_logvar_at_bound(model, test)
+    if model.explicit_posterior:
+        result["encoder_logvar_at_bounds"] = encoder_logvar_at_bounds(model, test)
     if config.method == "iop":
         components = runs.aggregated_posterior_components(model, data)
 
@@ -193,6 +195,16 @@ def decoder_logvar_at_bound(model, x):
         _, logvar = model.decoder(model.posterior_sample(ag.Tensor(x), ag.default_rng(0)))
     low = model.decoder.logvar_bounds[0]
     return float(ag.to_numpy((logvar.data <= low).mean()))
+
+
+def encoder_logvar_at_bounds(model, x):
+    """The fractions of the encoder's log-variances over the rows of ``x`` held at its
+    lower and at its upper bound by the hardtanh, as [lower, upper]."""
+    with ag.no_grad():
+        _, logvar = model.encoder(ag.Tensor(x))
+    low, high = model.encoder.logvar_bounds
+    return [float(ag.to_numpy((logvar.data <= low).mean())),
+            float(ag.to_numpy((logvar.data >= high).mean()))]
 
 
 def run_finished(meta):

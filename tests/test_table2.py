@@ -334,6 +334,16 @@ def test_decoder_logvar_at_bound_counts_the_log_variances_the_hardtanh_holds():
     assert table2.decoder_logvar_at_bound(model, x) == 0.5
 
 
+def test_encoder_logvar_at_bounds_counts_both_ends_of_the_hardtanh():
+    import iopvae
+    model = iopvae.StandardVAE(6, "gaussian", 4, 8, ag.default_rng(0),
+                               encoder_logvar_bounds=(-6.0, 2.0))
+    head, x = model.encoder.head, np.full((5, 6), 0.5, dtype=np.float32)
+    head.W.data[:, 4:] = 0.0
+    head.b.data[4:] = [-50.0, 50.0, 50.0, 0.0]   # one latent held below, two above
+    assert table2.encoder_logvar_at_bounds(model, x) == [0.25, 0.5]
+
+
 # --- the README's generated tables ------------------------------------------------------
 def _result(folder, name, method, value):
     folder.mkdir(parents=True, exist_ok=True)
