@@ -980,6 +980,9 @@ CAUSES = (  # (cause, method, what is held fixed, before, after): globs under re
     (_STEP, "vamp", "K = 100, authors' split, 0.5 start, 1,000 epochs, ln σ² ≥ −12",
      "table2/*-K100-lr=0.001-pseudo_init=constant-seed[012]",
      "table2/*-K100-lr=0.0001-pseudo_init=constant-seed[012]"),
+    (_STEP, "vamp", "K = 500, authors' split, U[0, 1] start, 1,000 epochs, ln σ² ≥ −12",
+     "table2/*-vamp-lr=0.001-pseudo_init=uniform-seed[012]",
+     "freyfaces-causes/vamp-K500-lr-1e-4/*-vamp-*"),
     (_START, "vamp", "K = 100, authors' split, lr 10⁻³, 1,000 epochs, ln σ² ≥ −9",
      _SCREEN9 + "*-lr=0.001-pseudo_init=uniform-*",
      _SCREEN9 + "*-lr=0.001-pseudo_init=constant-*"),
@@ -998,6 +1001,12 @@ CAUSES = (  # (cause, method, what is held fixed, before, after): globs under re
      "K = 100, authors' split, lr 10⁻⁴, 0.5 start, 1,000 epochs",
      _SCREEN9 + "*-lr=0.0001-pseudo_init=constant-*",
      "table2/*-K100-lr=0.0001-pseudo_init=constant-seed[012]"),
+    (_BOUND, "iop", "authors' split, lr 10⁻³, patience 50",
+     "freyfaces-causes/*-iop-*", "freyfaces-causes/decoder-logvar-min-12/*-iop-*"),
+    ("6: encoder's ln σ² ≥ −12 (before: ≥ −6)", "vae",
+     "authors' split, lr 10⁻³, patience 50, decoder's ln σ² ≥ −12",
+     "freyfaces-causes/decoder-logvar-min-12/*-vae-*",
+     "freyfaces-causes/encoder-logvar-min-12/*-vae-*"),
 ) + tuple(("all: the protocol, eight runs (before: the first row)", method, "",
            f"freyfaces-causes/old-split/*-{method}-*", "table2/table2.json") for method in METHODS)
 
