@@ -409,10 +409,15 @@ def test_goal_summary_says_where_the_paper_is_met_and_where_its_order_fails():
     lines = table2.goal_summary(values, paper).splitlines()
     assert lines[0].startswith("- iop: ours − paper -3.00 (2 SE ") and lines[0].endswith("outside")
     assert lines[1].startswith("- vamp: ours − paper +1.00") and lines[1].endswith("within")
-    p = table2.welch_t_test(values["iop"], values["vamp"])
+    p = {(a, b): f"{table2.welch_t_test(values[a], values[b]):.3f}"
+         for a, b in (("iop", "vamp"), ("iop", "vae"), ("vamp", "vae"))}
     assert lines[3] == ("- the paper's order iop ≥ vamp ≥ vae of the means fails at iop < vamp: "
-                        f"iop − vamp = -2.00 (Welch p = {p:.3f}), vamp − vae = +4.00 "
-                        f"(Welch p = {table2.welch_t_test(values['vamp'], values['vae']):.3f})")
+                        f"iop − vamp = -2.00 (Welch p = {p['iop', 'vamp']}), iop − vae = +2.00 "
+                        f"(Welch p = {p['iop', 'vae']}), vamp − vae = +4.00 "
+                        f"(Welch p = {p['vamp', 'vae']})")
+    below_the_last = table2.goal_summary({"iop": [4.0, 5.0], "vamp": [6.0, 7.0], "vae": [5.0, 6.0]},
+                                         paper).splitlines()[-1]
+    assert "fails at iop < vamp, iop < vae:" in below_the_last  # not only neighbours
     held = table2.goal_summary({"iop": [9.0, 11.0], "vae": [4.0, 6.0]}, paper)
     assert held.splitlines()[-1].startswith(
         "- the paper's order iop ≥ vamp ≥ vae of the means holds: iop − vae = +5.00")
