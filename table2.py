@@ -1039,20 +1039,42 @@ def _test_values(results, pattern, method):
             if r.get("method") == method and "log_likelihood" in r]
 
 
+def measured_causes(results):
+    """(cause, method, held fixed, before, after) for each row of ``CAUSES`` measured on at
+    least two runs each side; before and after are S = 10 test log-likelihoods."""
+    for cause, method, fixed, before, after in CAUSES:
+        b, a = (_test_values(results, p, method) for p in (before, after))
+        if len(b) >= 2 and len(a) >= 2:
+            yield cause, method, fixed, b, a
+
+
+def _change(before, after):
+    """The change of the means and twice its standard error, as ``+4.00 (2.83)``."""
+    two_se = 2 * math.sqrt(_variance_of_mean(after) + _variance_of_mean(before))
+    return f"{np.mean(after) - np.mean(before):+.2f} ({two_se:.2f})"
+
+
 def causes_table(results):
     """What moved the FreyFaces numbers: each cause of ``CAUSES`` measured with the rest
     held fixed, test log-likelihood (S = 10), mean ± std (runs); the change and twice
     its standard error."""
     rows = ["| cause | method | held fixed | before | after | change (2 SE) |",
             "|---|---|---|---|---|---|"]
-    for cause, method, fixed, before, after in CAUSES:
-        b, a = (_test_values(results, p, method) for p in (before, after))
-        if len(b) < 2 or len(a) < 2:
-            continue  # not measured (yet)
-        change = np.mean(a) - np.mean(b)
-        two_se = 2 * math.sqrt(_variance_of_mean(a) + _variance_of_mean(b))
+    for cause, method, fixed, b, a in measured_causes(results):
         rows.append(f"| {cause} | {method} | {fixed} | {_mean_std(b)} ({len(b)}) | "
-                    f"{_mean_std(a)} ({len(a)}) | {change:+.2f} ({two_se:.2f}) |")
+                    f"{_mean_std(a)} ({len(a)}) | {_change(b, a)} |")
+    return "\n".join(rows)
+
+
+def causes_summary(results, methods=("vae", "vamp", "iop")):
+    """``causes_table`` folded to one row per cause and one column per method: each cell
+    the change (2 SE) of every measurement of that cause, in ``CAUSES`` order."""
+    cells = {}
+    for cause, method, _, b, a in measured_causes(results):
+        cells.setdefault(cause, {}).setdefault(method, []).append(_change(b, a))
+    rows = ["| cause | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    rows += [f"| {cause} | " + " | ".join("; ".join(found.get(m, [])) for m in methods) + " |"
+             for cause, found in cells.items()]
     return "\n".join(rows)
 
 
@@ -1085,9 +1107,9 @@ def picked_values(results):
 
 def readme_tables(results):
     """The README's generated tables by name: FreyFaces's Table 2 row at the selected
-    settings and whether the goal holds (from ``table2/table2.json``), and the causes
-    table."""
-    tables = {"freyfaces-causes": causes_table(results)}
+    settings and whether the goal holds (from ``table2/table2.json``), and the causes,
+    one row each."""
+    tables = {"freyfaces-causes": causes_summary(results)}
     path = os.path.join(results, "table2", "table2.json")
     if os.path.exists(path):
         tables["freyfaces-table2"] = columns(read_json(path)["markdown"], README_COLUMNS)

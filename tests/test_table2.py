@@ -377,6 +377,24 @@ def test_causes_table_measures_each_cause_from_its_result_files(tmp_path, monkey
     assert rows[3].startswith("| t | vae |") and len(rows) == 4
 
 
+def test_causes_summary_folds_the_causes_to_one_row_each(tmp_path, monkeypatch):
+    """One column per method; a cause measured twice for a method shows both changes."""
+    for seed, (b, a) in enumerate([(10.0, 13.0), (12.0, 17.0)]):
+        _result(tmp_path / "before", f"freyfaces-vae-seed{seed}", "vae", b)
+        _result(tmp_path / "after", f"freyfaces-vae-seed{seed}", "vae", a)
+        _result(tmp_path / "after", f"freyfaces-iop-seed{seed}", "iop", a)
+    monkeypatch.setattr(table2, "CAUSES", (
+        ("c", "vae", "one setting", "before/*", "after/*"),
+        ("c", "vae", "another", "after/*", "before/*"),
+        ("d", "iop", "", "after/*", "after/*"),
+        ("not yet", "iop", "", "before/*", "after/*")))   # no iop runs before
+    two_se = f"{2 * math.sqrt(2.0 / 2 + 8.0 / 2):.2f}"
+    assert table2.causes_summary(str(tmp_path), methods=("vae", "iop")).splitlines() == [
+        "| cause | vae | iop |", "|---|---|---|",
+        f"| c | +4.00 ({two_se}); -4.00 ({two_se}) |  |",
+        f"| d |  | +0.00 ({2 * math.sqrt(8.0 / 2 + 8.0 / 2):.2f}) |"]
+
+
 def test_fill_readme_puts_each_named_table_in_its_block():
     text = "intro\n<!-- generated: t -->\nold\nrows\n<!-- end -->\nafter\n"
     assert table2.fill_readme(text, {"t": "| new |"}) == (
@@ -398,7 +416,8 @@ def test_readme_command_rewrites_the_blocks(tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text("<!-- generated: freyfaces-causes -->\n\n<!-- end -->\n")
     assert cli.main(["readme", "--readme", str(readme), "--results", str(ROOT / "results")]) == 0
-    assert "| cause | method |" in readme.read_text() and "updated" in capsys.readouterr().out
+    assert "| cause | vae | vamp | iop |" in readme.read_text()
+    assert "updated" in capsys.readouterr().out
     assert cli.main(["readme", "--readme", str(readme), "--results", str(ROOT / "results")]) == 0
     assert "already up to date" in capsys.readouterr().out
 
