@@ -869,17 +869,20 @@ def importance_sampled_log_likelihood(x, posterior, log_likelihood, log_prior, s
     return xp.concatenate(out)
 
 
-def test_log_likelihood(model, x, samples, rng, batch_size=100):
+def test_log_likelihood(model, x, samples, rng, batch_size=100, log_prior=None):
     """Importance-sampled log p(x) of each row under ``model`` (not for AVB).
 
     For IOP the prior density is log N(z) + T(z), so the result is an estimate.
+    ``log_prior``: another prior for the same encoder and decoder (for example
+    ``log_standard_normal``: IOP without T, the part of its score that T adds).
     """
     if not model.explicit_posterior:
         raise ValueError(f"{model.name}: q(z|x) is implicit, so log p(x) cannot be "
                          "importance-sampled")
     with evaluation(model):
         return importance_sampled_log_likelihood(x, model.encoder, model.decoder.log_likelihood,
-                                                 model.log_prior, samples, rng, batch_size)
+                                                 log_prior or model.log_prior, samples, rng,
+                                                 batch_size)
 
 
 def aggregated_posterior_components(model, train_x, batch_size=1000):

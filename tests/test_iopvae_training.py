@@ -5,6 +5,7 @@ Runs are short (hidden 16-32, a few epochs of 10 mini-batches) so the file
 takes seconds; settings and seeds are fixed so that the outcomes are
 deterministic.
 """
+import copy
 import dataclasses
 import json
 import math
@@ -410,6 +411,19 @@ def test_prior_log_likelihood_for_iop_uses_aggregated_posterior(trained, onehot)
     log_all = iopvae.prior_log_likelihood(model, allx, 5000, ag.default_rng(0), onehot.train)
     assert np.all(log_all <= 0)
     assert abs(np.exp(log_all).sum() - 1.0) < 1e-6
+
+
+def test_test_log_likelihood_with_another_prior(trained, onehot):
+    """``log_prior`` swaps the prior alone: IOP with a constant T = c scores c more than
+    the same weights with N(0, I) as the prior, on the same draws of z."""
+    model = copy.deepcopy(trained["iop"])
+    model.density_ratio.head.W.data[...] = 0.0
+    model.density_ratio.head.b.data[...] = 0.75
+    x = onehot.test[:50]
+    with_t = iopvae.test_log_likelihood(model, x, 20, ag.default_rng(5))
+    without = iopvae.test_log_likelihood(model, x, 20, ag.default_rng(5),
+                                         log_prior=iopvae.log_standard_normal)
+    np.testing.assert_allclose(with_t - without, 0.75, rtol=0, atol=1e-5)
 
 
 def test_test_log_likelihood_refuses_avb(onehot):

@@ -140,6 +140,8 @@ def test_table2_headline_is_S10_with_a_tighter_column(tmp_path, monkeypatch, cap
         assert result["finished"] and result["epochs_trained"] == 2
     iop = json.loads((tmp_path / "results" / "mnist-iop-seed0.json").read_text())
     assert np.isfinite(iop["log_likelihood_exact"]) and np.isfinite(iop["log_normalizer"])
+    assert np.isfinite(iop["log_likelihood_normal_prior"])
+    assert iop["log_likelihood_normal_prior"] != iop["log_likelihood"]   # T counts
     assert cli.main(argv) == 0
     assert "3 of 3 runs already evaluated; 0 to run" in capsys.readouterr().out
 
