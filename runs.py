@@ -482,13 +482,18 @@ def impossible(value, likelihood):
 IMPOSSIBLE = "  <- IMPOSSIBLE on binary data (log p(x) <= 0): not a valid result"
 
 
+def training_images(data):
+    """The training points as the model sees them: for dynamically binarised data one
+    fixed binarisation (the same every call), else the images themselves."""
+    if data.dynamic_binarization:
+        return datasets.binarize(data.train, np.random.default_rng(2024))
+    return data.train
+
+
 def aggregated_posterior_components(model, data):
     """q(z|x_n)'s (mu_n, logvar_n) over the training points the encoder saw (freshly
     binarised ones for dynamically binarised data)."""
-    train = data.train
-    if data.dynamic_binarization:
-        train = datasets.binarize(train, np.random.default_rng(2024))
-    return iopvae.aggregated_posterior_components(model, ag.as_array(train))
+    return iopvae.aggregated_posterior_components(model, ag.as_array(training_images(data)))
 
 
 def report_evaluation(model, data, samples, rng, split="test", source="the model"):

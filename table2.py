@@ -20,7 +20,8 @@ as the prior, and log Z = log integral N(z) exp T(z) dz, the estimated prior's
 normaliser (by importance sampling from (N(0, I) + q(z)) / 2; the plain N(0, I)
 average is kept in the JSON as ``log_normalizer_plain``).  The JSON also keeps
 ``log_likelihood_normal_prior``: IOP's weights with N(0, I) as the prior, T dropped,
-so what T adds to the estimate can be read off.  IOP's exact value at
+so what T adds to the estimate can be read off; and ``elbo_terms``, the ELBO's two
+terms on the training and the test images.  IOP's exact value at
 the tighter S is skipped (shown as "-") when it would take more than
 ``EXACT_BUDGET`` z-component pairs (MNIST at S = 100).
 """
@@ -172,8 +173,19 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
         # the same weights with N(0, I) as the prior: what T adds to IOP's score
         result["log_likelihood_normal_prior"] = float(iopvae.test_log_likelihood(
             model, test, samples, rng, log_prior=iopvae.log_standard_normal).mean())
+    result["elbo_terms"] = elbo_terms_by_split(model, data, rng)
     result["evaluation_seconds"] = time.time() - started
     return result
+
+
+def elbo_terms_by_split(model, data, rng, samples=10):
+    """E_q[log p(x|z)] and the KL term (estimated for IOP), means over the training and
+    the test images (binarised once, if binarised in training) at ``samples`` draws
+    each: which of the two the ELBO's gap between
+    training and test images lies in (over-fitting of the prior shows in the KL term)."""
+    return {split: dict(zip(("reconstruction", "kl"), (float(v) for v in iopvae.mean_elbo_terms(
+                model, ag.as_array(x), rng, samples=samples))))
+            for split, x in (("train", runs.training_images(data)), ("test", data.test))}
 
 
 def history_columns(history):

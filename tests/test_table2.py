@@ -142,6 +142,12 @@ def test_table2_headline_is_S10_with_a_tighter_column(tmp_path, monkeypatch, cap
     assert np.isfinite(iop["log_likelihood_exact"]) and np.isfinite(iop["log_normalizer"])
     assert np.isfinite(iop["log_likelihood_normal_prior"])
     assert iop["log_likelihood_normal_prior"] != iop["log_likelihood"]   # T counts
+    for method in ("vae", "vamp", "iop"):
+        terms = json.loads((tmp_path / "results" / f"mnist-{method}-seed0.json").read_text())[
+            "elbo_terms"]
+        assert set(terms) == {"train", "test"}
+        for split in terms.values():   # binary data: log p(x|z) < 0; KL > 0 but for IOP's
+            assert split["reconstruction"] < 0 and (method == "iop" or split["kl"] > 0)
     assert cli.main(argv) == 0
     assert "3 of 3 runs already evaluated; 0 to run" in capsys.readouterr().out
 
@@ -344,6 +350,27 @@ def test_encoder_logvar_at_bounds_counts_both_ends_of_the_hardtanh():
     head.W.data[:, 4:] = 0.0
     head.b.data[4:] = [-50.0, 50.0, 50.0, 0.0]   # one latent held below, two above
     assert table2.encoder_logvar_at_bounds(model, x) == [0.25, 0.5]
+
+
+def test_elbo_terms_by_split_gives_each_split_its_own_terms():
+    """The same images in both splits: the VAE's closed-form KL is the same and the
+    reconstructions agree within Monte Carlo noise; other images: other terms."""
+    import iopvae
+    model = iopvae.StandardVAE(784, "bernoulli", 4, 8, ag.default_rng(0))
+    data = small_mnist()
+    same = datasets.Dataset(name="mnist", train=data.test, valid=data.valid, test=data.test,
+                            likelihood="bernoulli", dynamic_binarization=False,
+                            image_shape=(28, 28))
+    terms = table2.elbo_terms_by_split(model, same, ag.default_rng(1), samples=50)
+    assert terms["train"]["kl"] == pytest.approx(terms["test"]["kl"], rel=1e-6)
+    assert terms["train"]["reconstruction"] == pytest.approx(
+        terms["test"]["reconstruction"], abs=1.0)
+    other = table2.elbo_terms_by_split(model, data, ag.default_rng(1), samples=50)
+    assert other["train"]["kl"] != pytest.approx(other["test"]["kl"], rel=1e-3)
+    # gray training images are binarised as in training: log p(x|z) is a log-probability
+    binarised = runs.training_images(data)
+    assert set(np.unique(binarised)) == {0.0, 1.0}
+    assert np.array_equal(binarised, runs.training_images(data))   # one fixed draw
 
 
 # --- the README's generated tables ------------------------------------------------------
