@@ -179,13 +179,15 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
 
 
 def elbo_terms_by_split(model, data, rng, samples=10):
-    """E_q[log p(x|z)] and the KL term (estimated for IOP), means over the training and
-    the test images (binarised once, if binarised in training) at ``samples`` draws
-    each: which of the two the ELBO's gap between
-    training and test images lies in (over-fitting of the prior shows in the KL term)."""
-    return {split: dict(zip(("reconstruction", "kl"), (float(v) for v in iopvae.mean_elbo_terms(
-                model, ag.as_array(x), rng, samples=samples))))
-            for split, x in (("train", runs.training_images(data)), ("test", data.test))}
+    """The ELBO's two terms (Eq. 2), E_q[log p(x|z)] and the KL term (estimated for
+    VampPrior and IOP), each a mean over the training images (binarised once, if
+    binarised in training) and over the test images, ``samples`` draws per image: which
+    term the ELBO's gap between the two lies in (an over-fitting prior shows in the KL)."""
+    terms = {}
+    for split, x in (("train", runs.training_images(data)), ("test", data.test)):
+        reconstruction, kl = iopvae.mean_elbo_terms(model, ag.as_array(x), rng, samples=samples)
+        terms[split] = {"reconstruction": float(reconstruction), "kl": float(kl)}
+    return terms
 
 
 def history_columns(history):
