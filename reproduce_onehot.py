@@ -79,6 +79,7 @@ def figure2_point(model, train_x, valid_x, rng):
     posterior of ``train_x`` (Eqs. 2, 6, 8), so both curves of panel (d) come from one
     read of the device."""
     import autograd_lite as ag
+    import estimators
     import iopvae
 
     rows = ag.xp().concatenate([valid_x] * VALID_SAMPLES)
@@ -86,7 +87,7 @@ def figure2_point(model, train_x, valid_x, rng):
     if model.name != "iop":
         return {"figure2_elbo": iopvae.read_numbers(estimated)[0]}
     components = iopvae.aggregated_posterior_components(model, train_x)
-    exact = iopvae.exact_aggregated_elbo(model, valid_x, components, VALID_SAMPLES, rng,
+    exact = estimators.exact_aggregated_elbo(model, valid_x, components, VALID_SAMPLES, rng,
                                          batch_size=1000)
     estimated, exact = iopvae.read_numbers(estimated, exact)
     return {"figure2_elbo": estimated, "figure2_elbo_exact": exact}
@@ -146,6 +147,7 @@ def train_one(method, epochs, warmup, seed, prior_samples, is_samples=TEST_IS_SA
 def final_scores(model, data, rng, prior_samples, is_samples, posterior_samples):
     """Figure 1's posterior samples of the test data and the summary's scores."""
     import autograd_lite as ag
+    import estimators
     import iopvae
 
     train, test, valid = (ag.as_array(x) for x in (data.train, data.test, data.valid))
@@ -154,16 +156,16 @@ def final_scores(model, data, rng, prior_samples, is_samples, posterior_samples)
         z = model.posterior_sample(x, rng)
     valid_reconstruction, valid_kl = iopvae.mean_elbo_terms(model, valid, rng,
                                                             samples=VALID_SAMPLES)
-    log_px = iopvae.prior_log_likelihood(model, test, prior_samples, rng, data=train)
+    log_px = estimators.prior_log_likelihood(model, test, prior_samples, rng, data=train)
     scores = {}
     if model.explicit_posterior:
         scores["test_log_px_is"] = float(iopvae.test_log_likelihood(
             model, test, is_samples, rng).mean())
     if model.name == "iop":
         components = iopvae.aggregated_posterior_components(model, train)
-        scores["test_log_px_is_exact"] = float(iopvae.exact_aggregated_log_likelihood(
+        scores["test_log_px_is_exact"] = float(estimators.exact_aggregated_log_likelihood(
             model, test, components, is_samples, rng).mean())
-        scores["log_normalizer"] = float(iopvae.density_ratio_log_normalizer(
+        scores["log_normalizer"] = float(estimators.density_ratio_log_normalizer(
             model, rng, components=components))
         scores["density_ratio"] = density_ratio_grid(model, components, rng)
     return {"z": ag.to_numpy(z.data).tolist(),

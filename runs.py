@@ -22,6 +22,7 @@ import numpy as np
 
 import autograd_lite as ag
 import datasets
+import estimators
 import iopvae
 from autograd_lite import nn
 from autograd_lite.files import atomic_write
@@ -523,7 +524,7 @@ def report_evaluation(model, data, samples, rng, split="test", source="the model
         print(f"{split} log-likelihood, importance sampling with S={samples}: "
               f"{numbers['log_likelihood']:.4f}{note}{mark('log_likelihood')}")
         if iop:
-            numbers["log_normalizer"] = float(iopvae.density_ratio_log_normalizer(
+            numbers["log_normalizer"] = float(estimators.density_ratio_log_normalizer(
                 model, rng, components=aggregated_posterior_components(model, data)))
             print(f"log Z of the learned prior N(z) exp T(z): {numbers['log_normalizer']:.4f} "
                   "(0 for a normalised prior; the estimate above is off by up to this)")
@@ -562,7 +563,7 @@ def command_sample(args):
     rng = ag.default_rng(args.seed)
     with ag.no_grad(), np.errstate(over="ignore", invalid="ignore"):  # refused below
         if iop and args.sir:
-            z = model.sir_prior_sample(args.n, rng)
+            z = estimators.sir_prior_sample(model, args.n, rng)
         else:
             data = None
             if iop:

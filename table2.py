@@ -45,6 +45,7 @@ import numpy as np
 
 import autograd_lite as ag
 import datasets
+import estimators
 import iopvae
 import runs
 from autograd_lite.files import atomic_write
@@ -159,16 +160,16 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
         components = runs.aggregated_posterior_components(model, data)
 
         def exact(s):
-            return float(iopvae.exact_aggregated_log_likelihood(model, test, components, s,
+            return float(estimators.exact_aggregated_log_likelihood(model, test, components, s,
                                                                 rng).mean())
 
         result["log_likelihood_exact"] = exact(samples)
         pairs = len(data.test) * tight_samples * len(data.train)
         result["log_likelihood_exact_tight"] = (exact(tight_samples) if pairs <= EXACT_BUDGET
                                                 else None)
-        result["log_normalizer"] = float(iopvae.density_ratio_log_normalizer(
+        result["log_normalizer"] = float(estimators.density_ratio_log_normalizer(
             model, rng, normalizer_samples, components=components))
-        result["log_normalizer_plain"] = float(iopvae.density_ratio_log_normalizer(
+        result["log_normalizer_plain"] = float(estimators.density_ratio_log_normalizer(
             model, rng, normalizer_samples))
         # the same weights with N(0, I) as the prior: what T adds to IOP's score
         result["log_likelihood_normal_prior"] = float(iopvae.test_log_likelihood(

@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import autograd_lite as ag  # noqa: E402
 import datasets  # noqa: E402
+import estimators  # noqa: E402
 import iopvae  # noqa: E402
 from autograd_lite.optim import Adam  # noqa: E402
 
@@ -77,11 +78,11 @@ for epoch in range(1, args.epochs + 1):                       # 1: while not con
                     t_losses.append(float(loss.data))
     if epoch % max(1, args.epochs // 20) == 0 or epoch == args.epochs:
         elbo = float(iopvae.elbo(model, valid_x, rng, samples=10))
-        log_px = float(iopvae.prior_log_likelihood(model, test_x, 2000, rng, data=train_x).mean())
+        log_px = float(estimators.prior_log_likelihood(model, test_x, 2000, rng, data=train_x).mean())
         line = f"epoch {epoch:4d} | beta {beta:.2f} | valid ELBO {elbo:.4f}"
         if model.has_discriminator:
             components = iopvae.aggregated_posterior_components(model, train_x)
-            exact = float(iopvae.exact_aggregated_elbo(model, valid_x, components, 10, rng))
+            exact = float(estimators.exact_aggregated_elbo(model, valid_x, components, 10, rng))
             line += (f" (estimated) | exact ELBO {exact:.4f} | T loss "
                      f"{sum(t_losses) / len(t_losses):.4f}")
         print(f"{line} | optimum {OPTIMUM:.4f} | test log p(x) {log_px:.4f}", flush=True)

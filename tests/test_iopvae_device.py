@@ -16,6 +16,7 @@ import pytest
 
 import autograd_lite as ag
 import datasets
+import estimators
 import iopvae
 import runs
 
@@ -74,10 +75,10 @@ def everything(method, backend):
         out["prior_sample"] = model.prior_sample(7, rng, train).data
         out["posterior_sample"] = model.posterior_sample(ag.Tensor(test[:5]), rng).data
         if method == "iop":
-            out["sir_sample"] = model.sir_prior_sample(9, rng, candidates=40).data
+            out["sir_sample"] = estimators.sir_prior_sample(model, 9, rng, candidates=40).data
     out["elbo"] = iopvae.elbo(model, test, rng)
     out["elbo_terms"] = iopvae.mean_elbo_terms(model, test, rng)
-    out["prior_log_likelihood"] = iopvae.prior_log_likelihood(model, test, 300, rng, train)
+    out["prior_log_likelihood"] = estimators.prior_log_likelihood(model, test, 300, rng, train)
     if model.explicit_posterior:
         out["log_likelihood"] = iopvae.test_log_likelihood(model, test, 6, rng, batch_size=16)
     else:
@@ -86,10 +87,10 @@ def everything(method, backend):
     if method == "iop":
         fixed = datasets.binarize(data.train, 0)   # the encoder's view of the training set
         components = iopvae.aggregated_posterior_components(model, ag.as_array(fixed))
-        out["exact_log_likelihood"] = iopvae.exact_aggregated_log_likelihood(
+        out["exact_log_likelihood"] = estimators.exact_aggregated_log_likelihood(
             model, test, components, 6, rng)
-        out["exact_elbo"] = iopvae.exact_aggregated_elbo(model, test, components, 2, rng)
-        out["log_normalizer"] = iopvae.density_ratio_log_normalizer(model, rng, 500, 200)
+        out["exact_elbo"] = estimators.exact_aggregated_elbo(model, test, components, 2, rng)
+        out["log_normalizer"] = estimators.density_ratio_log_normalizer(model, rng, 500, 200)
     results = {k: v for k, v in out.items() if k not in ("history", "state", "pseudo_start",
                                                          "arrays_on")}
     host = ag.to_numpy_all({k: v for k, v in results.items() if not isinstance(v, tuple)})
