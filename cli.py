@@ -8,10 +8,10 @@
 
 (``python cli.py ...`` and ``python runs.py ...`` are the same command line.)
 This is the top floor: it imports the modules below it and none imports it, so
-imports run one way, cli -> table2, check_gradients -> runs -> iopvae, datasets,
+imports run one way, cli -> experiments, check_gradients -> runs -> iopvae, datasets,
 autograd_lite.  The commands themselves live where their work is: train,
-evaluate and sample in runs.py, table2, figure3 and run in table2.py, gradcheck
-in check_gradients.py.
+evaluate and sample in runs.py, table2, select, curves, figure3, readme and run in
+the package experiments/ (experiments/commands.py), gradcheck in check_gradients.py.
 """
 import argparse
 import sys
@@ -21,7 +21,7 @@ import check_gradients
 import datasets
 import iopvae
 import runs
-import table2
+from experiments import commands as experiment_commands
 
 
 def build_parser():
@@ -60,7 +60,7 @@ def build_parser():
                         help="data folder, for IOP's ancestral sampling (default: the run's)")
     sample.set_defaults(run=runs.command_sample)
 
-    table2.add_commands(sub)
+    experiment_commands.add_commands(sub)
 
     gradcheck = sub.add_parser("gradcheck", help="every gradient against finite differences "
                                "and PyTorch, in float64 (check_gradients.py)")

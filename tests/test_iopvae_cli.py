@@ -260,13 +260,17 @@ def test_iopvae_py_hands_its_command_line_to_cli(tmp_path):
 
 
 
-FLOORS = {"autograd_lite": 0, "datasets": 1, "iopvae_torch": 1, "iopvae": 2, "runs": 3,
-          "table2": 4, "check_gradients": 4, "reproduce_onehot": 4, "cli": 5}
+FLOORS = {"autograd_lite": 0, "datasets": 1, "iopvae_torch": 1, "iopvae": 2, "estimators": 3,
+          "runs": 4, "experiments": 5, "check_gradients": 5, "reproduce_onehot": 5, "cli": 6}
+# the modules of the package experiments/, on floors of their own inside it
+EXPERIMENT_FLOORS = {"stats": 0, "results": 0, "grid": 1, "selection": 1, "tables": 2,
+                     "figures": 2, "readme": 3, "commands": 4}
 
 
 def _first_party_imports(path):
     """The first-party modules ``path`` imports anywhere (in functions too), but in its
-    ``if __name__ == "__main__":`` block: a script's entry point may call the command line."""
+    ``if __name__ == "__main__":`` block: a script's entry point may call the command line.
+    A module of experiments/ is named ``experiments.NAME``."""
     import ast
     tree = ast.parse(path.read_text())
     found = set()
@@ -275,28 +279,54 @@ def _first_party_imports(path):
                 and getattr(node.test.left, "id", "") == "__name__"):
             node.body = []  # the entry point: skipped
     for node in ast.walk(tree):
-        names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
-        found.update(n.split(".")[0] for n in names if n.split(".")[0] in FLOORS)
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module == "experiments":
+            names = [f"experiments.{a.name}" for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        else:
+            names = []
+        found.update(n if n.startswith("experiments.") else n.split(".")[0] for n in names
+                     if n.split(".")[0] in FLOORS)
     return found
+
+
+def _floor(module, other):
+    """The floors of ``module`` and ``other`` to compare: inside experiments/ its own."""
+    if module.startswith("experiments.") and other.startswith("experiments."):
+        return tuple(EXPERIMENT_FLOORS[m.split(".")[1]] for m in (module, other))
+    return tuple(FLOORS[m.split(".")[0]] for m in (module, other))
 
 
 def test_imports_run_one_way_down_the_floors():
     """No module imports one on its own floor or above it (no import circle, not even a
-    lazy one inside a function): cli -> table2, check_gradients -> runs -> iopvae ->
-    datasets -> autograd_lite."""
+    lazy one inside a function): cli -> experiments, check_gradients -> runs ->
+    estimators -> iopvae -> datasets -> autograd_lite; inside experiments/, commands ->
+    readme -> tables, figures -> grid, selection -> results, stats."""
+    package = sorted((ROOT / "experiments").glob("*.py"))
     upward = []
-    for path in [*ROOT.glob("*.py"), *(ROOT / "autograd_lite").glob("*.py")]:
-        module = "autograd_lite" if path.parent.name == "autograd_lite" else path.stem
-        for imported in _first_party_imports(path) - {module}:
-            if FLOORS[imported] >= FLOORS[module]:
-                upward.append(f"{path.name} imports {imported}")
+    for path in [*ROOT.glob("*.py"), *(ROOT / "autograd_lite").glob("*.py"), *package]:
+        module = ("autograd_lite" if path.parent.name == "autograd_lite" else
+                  f"experiments.{path.stem}" if path.parent.name == "experiments" else path.stem)
+        for imported in _first_party_imports(path) - {module, "experiments.__init__"}:
+            low, high = _floor(imported, module)
+            if low >= high:
+                upward.append(f"{path.relative_to(ROOT)} imports {imported}")
     assert not upward, upward
-    assert set(FLOORS) == {p.stem for p in ROOT.glob("*.py")} | {"autograd_lite"}
+    assert set(FLOORS) == {p.stem for p in ROOT.glob("*.py")} | {"autograd_lite", "experiments"}
+    assert set(EXPERIMENT_FLOORS) == {p.stem for p in package} - {"__init__"}
+
+
+def test_the_experiments_package_has_no_entry_point_of_its_own():
+    """experiments/ is reached through cli.py (``python iopvae.py table2 ...``): none of
+    its modules runs as a script, so none may call the command line."""
+    for path in (ROOT / "experiments").glob("*.py"):
+        assert "__main__" not in path.read_text(), path.name
 
 
 @pytest.mark.parametrize("script,argv", [("iopvae.py", ["--help"]), ("runs.py", ["--help"]),
-                                          ("cli.py", ["--help"]), ("table2.py", ["--help"]),
+                                          ("cli.py", ["--help"]), ("iopvae.py", ["run", "--help"]),
                                           ("check_gradients.py", ["--help"])])
 def test_every_script_keeps_its_command_line(script, argv):
     import subprocess

@@ -25,8 +25,10 @@ import datasets  # noqa: E402
 import iopvae  # noqa: E402
 import reproduce_onehot  # noqa: E402
 import runs  # noqa: E402
-import table2  # noqa: E402
 from autograd_lite.files import atomic_write  # noqa: E402
+from experiments.grid import Run, asked_config  # noqa: E402
+from experiments.results import write_json  # noqa: E402
+from experiments.tables import table  # noqa: E402
 
 TINY = ["--epochs", "2", "--hidden", "8", "--warmup", "1"]
 
@@ -115,7 +117,7 @@ def test_weights_stored_as_integers_are_refused(vae_run, tmp_path):
 def test_a_nan_result_is_never_written(tmp_path):
     path = tmp_path / "r.json"
     with pytest.raises(ValueError, match="r.json"):
-        table2.write_json(path, {"log_likelihood": math.nan})
+        write_json(path, {"log_likelihood": math.nan})
     assert not path.exists()
 
 
@@ -213,7 +215,7 @@ def test_impossible_estimates_are_flagged_and_iop_prints_log_z(iop_run, monkeypa
 
 
 def fake_result(run, ll, likelihood="bernoulli", **extra):
-    config = table2.asked_config(run, {})
+    config = asked_config(run, {})
     r = {"run": run.name, "dataset": run.dataset, "method": run.method, "seed": run.seed,
          "components": config.components if run.method == "vamp" else None,
          "config": __import__("dataclasses").asdict(config), "epochs_trained": 1,
@@ -230,9 +232,9 @@ def test_table2_marks_an_impossible_result_invalid_and_never_bold():
     results = {}
     for seed, (vae, iop) in enumerate([(-3.0, 2.0), (-3.1, 2.5)]):
         for method, ll in (("vae", vae), ("iop", iop)):
-            run = table2.Run("onehot", method, seed)
+            run = Run("onehot", method, seed)
             results[run] = fake_result(run, ll)
-    text = table2.table(results)
+    text = table(results)
     iop_row = next(line for line in text.splitlines() if "| iop |" in line)
     vae_row = next(line for line in text.splitlines() if "| vae |" in line)
     assert "INVALID" in iop_row and "**" not in iop_row
@@ -240,7 +242,7 @@ def test_table2_marks_an_impossible_result_invalid_and_never_bold():
 
 
 # --- 5. and 6. table2 result files and settings ----------------------------------------
-RUN = table2.Run("onehot", "vae", 0)
+RUN = Run("onehot", "vae", 0)
 
 
 @pytest.mark.parametrize("content, why", [
@@ -260,7 +262,7 @@ def test_a_damaged_result_file_is_refused_naming_it(tmp_path, capsys, content, w
         del result["log_likelihood"]
         content = json.dumps(result)
     elif content == "OTHER":
-        content = json.dumps(fake_result(table2.Run("onehot", "vae", 1), -2.0))
+        content = json.dumps(fake_result(Run("onehot", "vae", 1), -2.0))
     elif "NaN" in content:
         result["log_likelihood"] = "NAN"
         content = json.dumps(result).replace('"NAN"', "NaN")
@@ -426,7 +428,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_continue(tmp_path, monkeypa
 def test_killing_table2_stops_its_workers(tmp_path):
     """SIGTERM to `table2 --jobs 2` left its workers training as orphans."""
     grid = subprocess.Popen(
-        [sys.executable, str(ROOT / "table2.py"), "table2", "--datasets", "onehot", "--methods",
+        [sys.executable, str(ROOT / "iopvae.py"), "table2", "--datasets", "onehot", "--methods",
          "vae", "iop", "--seeds", "0", "--jobs", "2", "--out", str(tmp_path / "runs"),
          "--results", str(tmp_path / "results"), "--epochs", "100000", "--hidden", "8",
          "--patience", "0"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

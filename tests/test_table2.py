@@ -18,8 +18,21 @@ if str(ROOT) not in sys.path:
 import autograd_lite as ag  # noqa: E402
 import cli  # noqa: E402
 import datasets  # noqa: E402
+import experiments.tables  # noqa: E402
 import runs  # noqa: E402
-import table2  # noqa: E402
+from experiments.figures import figure3, stopping_point  # noqa: E402
+from experiments.grid import (  # noqa: E402
+    Run,
+    as_settings,
+    decoder_logvar_at_bound,
+    elbo_terms_by_split,
+    encoder_logvar_at_bounds,
+    parse_settings,
+)
+from experiments.readme import columns, fill_readme, readme_tables  # noqa: E402
+from experiments.results import load_results  # noqa: E402
+from experiments.stats import against_paper, not_worse_than_best, welch_t_test  # noqa: E402
+from experiments.tables import causes_summary, causes_table, goal_summary  # noqa: E402
 
 TINY = ["--epochs", "2", "--hidden", "16", "--j2", "1", "--warmup", "1"]
 
@@ -176,12 +189,12 @@ def test_print_commands_and_run_one_command(tmp_path, capsys):
 
 def test_against_paper_is_the_goal_of_two_combined_standard_errors():
     """The table's last column: ours - paper against 2 sqrt(s^2/n + s_paper^2/8)."""
-    cell = table2.against_paper([1380.0, 1384.0, 1382.0], (1382.53, 3.57))
+    cell = against_paper([1380.0, 1384.0, 1382.0], (1382.53, 3.57))
     two_se = 2 * math.sqrt(np.var([1380.0, 1384.0, 1382.0], ddof=1) / 3 + 3.57 ** 2 / 8)
     assert cell == f"-0.53 (2 SE {two_se:.2f}): within"
-    assert table2.against_paper([1358.0, 1359.0, 1360.0], (1382.53, 3.57)).endswith("outside")
+    assert against_paper([1358.0, 1359.0, 1360.0], (1382.53, 3.57)).endswith("outside")
     # one run: the paper's spread alone
-    assert table2.against_paper([1381.0], (1382.53, 3.57)) == (
+    assert against_paper([1381.0], (1382.53, 3.57)) == (
         f"-1.53 (2 SE {2 * 3.57 / math.sqrt(8):.2f}): within")
 
 
@@ -191,8 +204,8 @@ def test_welch_t_test_matches_scipy():
     for n_a, n_b, shift in ((3, 3, 0.5), (8, 5, 2.0), (4, 8, 0.0), (3, 4, 10.0)):
         a, b = g.normal(size=n_a), g.normal(shift, 2.0, size=n_b)
         want = stats.ttest_ind(a, b, equal_var=False).pvalue
-        assert abs(table2.welch_t_test(a, b) - want) < 1e-10
-    bold = table2.not_worse_than_best({"x": [1.0, 1.1, 0.9], "y": [5.0, 5.1, 4.9],
+        assert abs(welch_t_test(a, b) - want) < 1e-10
+    bold = not_worse_than_best({"x": [1.0, 1.1, 0.9], "y": [5.0, 5.1, 4.9],
                                        "z": [4.0, 6.0, 5.5]})
     assert bold == {"y", "z"}
 
@@ -202,14 +215,14 @@ def test_figure3_plots_vamp_against_k_with_iop_lines(tmp_path):
     results = {}
     for k, base in ((50, 10.0), (0, 12.0)):
         for seed in (0, 1):
-            run = table2.Run("freyfaces", "vamp", seed, k)
+            run = Run("freyfaces", "vamp", seed, k)
             results[run] = {"dataset": "freyfaces", "method": "vamp", "components": k or 500,
                             "log_likelihood": base + seed, "samples": 10}
     for seed in (0, 1):
-        results[table2.Run("freyfaces", "iop", seed)] = {
+        results[Run("freyfaces", "iop", seed)] = {
             "dataset": "freyfaces", "method": "iop", "components": None, "samples": 10,
             "log_likelihood": 13.0 + seed, "log_likelihood_exact": 11.0 + seed}
-    numbers = table2.figure3(results, "freyfaces", str(tmp_path / "f3.png"))
+    numbers = figure3(results, "freyfaces", str(tmp_path / "f3.png"))
     assert numbers["K"] == [50, 500] and numbers["vampprior"]["500"] == [12.0, 13.0]
     assert (tmp_path / "f3.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "f3.json").read_text())["log_likelihood_exact"] == [11.0, 12.0]
@@ -300,8 +313,8 @@ def test_stopping_point_from_a_curve():
     history = {"epoch": [1, 2, 3, 4, 5, 6, 7], "beta": [0.5, 1, 1, 1, 1, 1, 1],
                "valid_elbo": [9.0, 1.0, 3.0, 2.0, 2.5, 4.0, 1.0]}
     # epoch 1 is warm-up; best 3.0 at epoch 3; two bad epochs (4, 5) end a patience of 2
-    assert table2.stopping_point(history, 2) == (5, 3, 3.0)
-    assert table2.stopping_point(history, 3) == (None, 6, 4.0)  # never ran out
+    assert stopping_point(history, 2) == (5, 3, 3.0)
+    assert stopping_point(history, 3) == (None, 6, 4.0)  # never ran out
 
 
 def test_results_of_another_split_are_refused(tmp_path, monkeypatch):
@@ -309,22 +322,22 @@ def test_results_of_another_split_are_refused(tmp_path, monkeypatch):
     data_dir = fake_freyfaces(tmp_path / "data", monkeypatch)
     res = tmp_path / "results"
     res.mkdir()
-    run = table2.Run("freyfaces", "vae", 0)
+    run = Run("freyfaces", "vae", 0)
     (res / f"{run.name}.json").write_text(json.dumps({"run": run.name,
                                                       "split_id": "freyfaces:old"}))
     with pytest.raises(ValueError, match=f"{run.name}.json was evaluated on split "
                                          "freyfaces:old"):
-        table2.load_results([run], str(res), str(data_dir))
+        load_results([run], str(res), str(data_dir))
 
 
 def test_run_names_carry_their_settings():
-    run = table2.Run("freyfaces", "vamp", 3, 100,
-                     table2.as_settings({"pseudo_init": "constant", "lr": 1e-4}))
+    run = Run("freyfaces", "vamp", 3, 100,
+                     as_settings({"pseudo_init": "constant", "lr": 1e-4}))
     assert run.name == "freyfaces-vamp-K100-lr=0.0001-pseudo_init=constant-seed3"
-    assert table2.parse_settings(["lr=0.0001", "pseudo_init=constant"]) == {
+    assert parse_settings(["lr=0.0001", "pseudo_init=constant"]) == {
         "lr": 1e-4, "pseudo_init": "constant"}
     with pytest.raises(ValueError, match="expected NAME=VALUE"):
-        table2.parse_settings(["nonsense=1"])
+        parse_settings(["nonsense=1"])
 
 
 def test_decoder_logvar_at_bound_counts_the_log_variances_the_hardtanh_holds():
@@ -337,9 +350,9 @@ def test_decoder_logvar_at_bound_counts_the_log_variances_the_hardtanh_holds():
     head.W.data[:, 6:] = 0.0
     for bias, expected in ((-50.0, 1.0), (-2.0, 0.0)):
         head.b.data[6:] = bias
-        assert table2.decoder_logvar_at_bound(model, x) == expected
+        assert decoder_logvar_at_bound(model, x) == expected
     head.b.data[6:9] = -50.0   # three of the six pixels held
-    assert table2.decoder_logvar_at_bound(model, x) == 0.5
+    assert decoder_logvar_at_bound(model, x) == 0.5
 
 
 def test_encoder_logvar_at_bounds_counts_both_ends_of_the_hardtanh():
@@ -349,7 +362,7 @@ def test_encoder_logvar_at_bounds_counts_both_ends_of_the_hardtanh():
     head, x = model.encoder.head, np.full((5, 6), 0.5, dtype=np.float32)
     head.W.data[:, 4:] = 0.0
     head.b.data[4:] = [-50.0, 50.0, 50.0, 0.0]   # one latent held below, two above
-    assert table2.encoder_logvar_at_bounds(model, x) == [0.25, 0.5]
+    assert encoder_logvar_at_bounds(model, x) == [0.25, 0.5]
 
 
 def test_elbo_terms_by_split_gives_each_split_its_own_terms():
@@ -361,11 +374,11 @@ def test_elbo_terms_by_split_gives_each_split_its_own_terms():
     same = datasets.Dataset(name="mnist", train=data.test, valid=data.valid, test=data.test,
                             likelihood="bernoulli", dynamic_binarization=False,
                             image_shape=(28, 28))
-    terms = table2.elbo_terms_by_split(model, same, ag.default_rng(1), samples=50)
+    terms = elbo_terms_by_split(model, same, ag.default_rng(1), samples=50)
     assert terms["train"]["kl"] == pytest.approx(terms["test"]["kl"], rel=1e-6)
     assert terms["train"]["reconstruction"] == pytest.approx(
         terms["test"]["reconstruction"], abs=1.0)
-    other = table2.elbo_terms_by_split(model, data, ag.default_rng(1), samples=50)
+    other = elbo_terms_by_split(model, data, ag.default_rng(1), samples=50)
     assert other["train"]["kl"] != pytest.approx(other["test"]["kl"], rel=1e-3)
     # gray training images are binarised as in training: log p(x|z) is a log-probability
     binarised = runs.training_images(data)
@@ -382,7 +395,7 @@ def _result(folder, name, method, value):
 
 def test_columns_keeps_the_named_columns_in_the_tables_order():
     markdown = "| a | b | c |\n|---|---|---|\n| 1 | 2 |  |\n| 4 | 5 | 6 |"
-    assert table2.columns(markdown, ("c", "a")) == "| a | c |\n|---|---|\n| 1 |  |\n| 4 | 6 |"
+    assert columns(markdown, ("c", "a")) == "| a | c |\n|---|---|\n| 1 |  |\n| 4 | 6 |"
 
 
 def test_causes_table_measures_each_cause_from_its_result_files(tmp_path, monkeypatch):
@@ -395,11 +408,11 @@ def test_causes_table_measures_each_cause_from_its_result_files(tmp_path, monkey
         _result(tmp_path / "after", f"freyfaces-vae-x-seed{seed}", "vae", a)
     (tmp_path / "after" / "table2.json").write_text(json.dumps(
         {"markdown": "", "runs": ["freyfaces-vae-x-seed0", "freyfaces-vae-x-seed1"]}))
-    monkeypatch.setattr(table2, "CAUSES", (
+    monkeypatch.setattr(experiments.tables, "CAUSES", (
         ("c", "vae", "all else", "before/*", "after/*"),
         ("t", "vae", "", "before/*", "after/table2.json"),
         ("not yet", "vae", "", "before/*", "missing/*")))
-    rows = table2.causes_table(str(tmp_path)).splitlines()
+    rows = causes_table(str(tmp_path)).splitlines()
     two_se = 2 * math.sqrt(2.0 / 2 + 8.0 / 2)   # sample variances 2 and 8, two runs each
     assert rows[2] == (f"| c | vae | all else | 11.00 ± 1.41 (2) | 15.00 ± 2.83 (2) | "
                        f"+4.00 ({two_se:.2f}) |")
@@ -412,13 +425,13 @@ def test_causes_summary_folds_the_causes_to_one_row_each(tmp_path, monkeypatch):
         _result(tmp_path / "before", f"freyfaces-vae-seed{seed}", "vae", b)
         _result(tmp_path / "after", f"freyfaces-vae-seed{seed}", "vae", a)
         _result(tmp_path / "after", f"freyfaces-iop-seed{seed}", "iop", a)
-    monkeypatch.setattr(table2, "CAUSES", (
+    monkeypatch.setattr(experiments.tables, "CAUSES", (
         ("c", "vae", "one setting", "before/*", "after/*"),
         ("c", "vae", "another", "after/*", "before/*"),
         ("d", "iop", "", "after/*", "after/*"),
         ("not yet", "iop", "", "before/*", "after/*")))   # no iop runs before
     two_se = f"{2 * math.sqrt(2.0 / 2 + 8.0 / 2):.2f}"
-    assert table2.causes_summary(str(tmp_path), methods=("vae", "iop")).splitlines() == [
+    assert causes_summary(str(tmp_path), methods=("vae", "iop")).splitlines() == [
         "| cause | vae | iop |", "|---|---|---|",
         f"| c | +4.00 ({two_se}); -4.00 ({two_se}) |  |",
         f"| d |  | +0.00 ({2 * math.sqrt(8.0 / 2 + 8.0 / 2):.2f}) |"]
@@ -426,18 +439,18 @@ def test_causes_summary_folds_the_causes_to_one_row_each(tmp_path, monkeypatch):
 
 def test_fill_readme_puts_each_named_table_in_its_block():
     text = "intro\n<!-- generated: t -->\nold\nrows\n<!-- end -->\nafter\n"
-    assert table2.fill_readme(text, {"t": "| new |"}) == (
+    assert fill_readme(text, {"t": "| new |"}) == (
         "intro\n<!-- generated: t -->\n| new |\n<!-- end -->\nafter\n")
     empty = "<!-- generated: t -->\n<!-- end -->"
-    assert table2.fill_readme(empty, {"t": "| x |"}) == "<!-- generated: t -->\n| x |\n<!-- end -->"
+    assert fill_readme(empty, {"t": "| x |"}) == "<!-- generated: t -->\n| x |\n<!-- end -->"
     with pytest.raises(ValueError, match="'t', which has no results"):
-        table2.fill_readme(text, {})
+        fill_readme(text, {})
 
 
 def test_the_readmes_tables_are_generated_from_the_committed_results():
     """The README's numbers come from results/: regenerate with `python iopvae.py readme`."""
     text = (ROOT / "README.md").read_text()
-    assert table2.fill_readme(text, table2.readme_tables(str(ROOT / "results"))) == text, \
+    assert fill_readme(text, readme_tables(str(ROOT / "results"))) == text, \
         "README.md's tables differ from results/: run `python iopvae.py readme`"
 
 
@@ -454,19 +467,19 @@ def test_readme_command_rewrites_the_blocks(tmp_path, capsys):
 def test_goal_summary_says_where_the_paper_is_met_and_where_its_order_fails():
     paper = {"iop": (10.0, 1.0), "vamp": (8.0, 1.0), "vae": (5.0, 1.0)}
     values = {"iop": [6.0, 7.0, 8.0], "vamp": [8.0, 9.0, 10.0], "vae": [4.0, 5.0, 6.0]}
-    lines = table2.goal_summary(values, paper).splitlines()
+    lines = goal_summary(values, paper).splitlines()
     assert lines[0].startswith("- iop: ours − paper -3.00 (2 SE ") and lines[0].endswith("outside")
     assert lines[1].startswith("- vamp: ours − paper +1.00") and lines[1].endswith("within")
-    p = {(a, b): f"{table2.welch_t_test(values[a], values[b]):.3f}"
+    p = {(a, b): f"{welch_t_test(values[a], values[b]):.3f}"
          for a, b in (("iop", "vamp"), ("iop", "vae"), ("vamp", "vae"))}
     assert lines[3] == ("- the paper's order iop ≥ vamp ≥ vae of the means fails at iop < vamp: "
                         f"iop − vamp = -2.00 (Welch p = {p['iop', 'vamp']}), iop − vae = +2.00 "
                         f"(Welch p = {p['iop', 'vae']}), vamp − vae = +4.00 "
                         f"(Welch p = {p['vamp', 'vae']})")
-    below_the_last = table2.goal_summary({"iop": [4.0, 5.0], "vamp": [6.0, 7.0], "vae": [5.0, 6.0]},
+    below_the_last = goal_summary({"iop": [4.0, 5.0], "vamp": [6.0, 7.0], "vae": [5.0, 6.0]},
                                          paper).splitlines()[-1]
     assert "fails at iop < vamp, iop < vae:" in below_the_last  # not only neighbours
-    held = table2.goal_summary({"iop": [9.0, 11.0], "vae": [4.0, 6.0]}, paper)
+    held = goal_summary({"iop": [9.0, 11.0], "vae": [4.0, 6.0]}, paper)
     assert held.splitlines()[-1].startswith(
         "- the paper's order iop ≥ vamp ≥ vae of the means holds: iop − vae = +5.00")
 
@@ -481,11 +494,11 @@ def test_readme_tables_add_the_eight_run_table_and_the_goal_once_table2_json_exi
             names.append(name)
             (folder / f"{name}.json").write_text(json.dumps(
                 {"method": method, "log_likelihood": base + seed}))
-    assert "freyfaces-goal" not in table2.readme_tables(str(tmp_path))
+    assert "freyfaces-goal" not in readme_tables(str(tmp_path))
     markdown = ("| data set | method | runs | paper (S = 10) |\n|---|---|---|---|\n"
                 "| f | vae | 2 | 1 |")
     (folder / "table2.json").write_text(json.dumps({"markdown": markdown, "runs": names}))
-    tables = table2.readme_tables(str(tmp_path))
+    tables = readme_tables(str(tmp_path))
     assert tables["freyfaces-table2"].splitlines()[0] == "| method | runs | paper (S = 10) |"
     assert "of the means holds" in tables["freyfaces-goal"]
     assert tables["freyfaces-goal"].startswith("- iop: ours − paper -0.77")

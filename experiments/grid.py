@@ -1,0 +1,340 @@
+"""The grid of runs behind Table 2 and Figure 3: one run trained and evaluated, and
+the grid's unfinished runs in worker processes.
+
+Each (data set, method, seed[, K]) is one *run*: a folder under ``--out`` with its
+checkpoint.  ``run`` trains it (or resumes it, or does nothing if it has finished),
+then evaluates its best weights and writes ``result.json`` there and a copy under
+``--results``.  ``table2`` runs the grid's unfinished runs in ``--jobs`` worker
+processes (one BLAS thread each, each ``python iopvae.py run ...``) or prints one
+``run`` command per run for a cluster scheduler.
+
+The test log-likelihood is importance-sampled with S = 10 samples (the paper's
+setting, the headline column) and with a tighter S (``--tight-samples``).  For
+IOP three numbers are given: the paper's estimate (log N(z) + T(z) as the log
+prior), the exact value with the true aggregated posterior of the training set
+as the prior, and log Z = log integral N(z) exp T(z) dz, the estimated prior's
+normaliser (by importance sampling from (N(0, I) + q(z)) / 2; the plain N(0, I)
+average is kept in the JSON as ``log_normalizer_plain``).  The JSON also keeps
+``log_likelihood_normal_prior``: IOP's weights with N(0, I) as the prior, T dropped,
+so what T adds to the estimate can be read off; and ``elbo_terms``, the ELBO's two
+terms on the training and the test images.  IOP's exact value at
+the tighter S is skipped (shown as "-") when it would take more than
+``EXACT_BUDGET`` z-component pairs (MNIST at S = 100).
+"""
+import concurrent.futures
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+import autograd_lite as ag
+import estimators
+import iopvae
+import runs
+from experiments.results import (
+    current_split_ids,
+    has_result,
+    invalid,
+    refuse_other_settings,
+    write_json,
+)
+
+METHODS = ("vae", "vamp", "iop")
+EXACT_BUDGET = 10 ** 10  # z-component pairs of IOP's exact likelihood at the tighter S
+GRID_FIXED = ("dataset", "method", "seed", "components")  # set per run
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One cell entry of the grid; ``components`` 0 means the paper's K.  ``settings``:
+    Config values of this run that differ from the grid's common ones (a candidate
+    step size, a pseudo-input start), as sorted (name, value) pairs; they are part of
+    the run's name, so candidates never share a folder."""
+
+    dataset: str
+    method: str
+    seed: int
+    components: int = 0
+    settings: tuple = ()
+
+    @property
+    def name(self):
+        k = f"-K{self.components}" if self.components else ""
+        tags = "".join(f"-{key}={value}" for key, value in self.settings)
+        return f"{self.dataset}-{self.method}{k}{tags}-seed{self.seed}"
+
+
+def as_settings(values):
+    """A dict of Config values as the sorted pairs of ``Run.settings``."""
+    return tuple(sorted((values or {}).items()))
+
+
+def parse_settings(words):
+    """``["lr=0.0001", "pseudo_init=constant"]`` -> ``{"lr": 0.0001, ...}``, each value
+    converted to its Config field's type."""
+    types = {f.name: f.type for f in dataclasses.fields(runs.Config)}
+    values = {}
+    for word in words or ():
+        key, sep, text = word.partition("=")
+        if not sep or key not in types:
+            raise ValueError(f"setting {word!r}: expected NAME=VALUE with NAME a Config field")
+        kind = {"int": int, "float": float, "str": str}[getattr(types[key], "__name__",
+                                                                types[key])]
+        values[key] = kind(text)
+    return values
+
+
+def paper_k(dataset):
+    """VampPrior's K in the paper for ``dataset`` (what ``components`` 0 stands for)."""
+    return runs.Config(dataset=dataset).resolved().components
+
+
+def grid(data_sets, methods, seeds, components=(0,), settings=None):
+    """Every run of the grid; K varies only for VampPrior.  ``settings``: per method,
+    a list of candidate settings (dicts), one run per candidate and seed."""
+    settings = settings or {}
+    return [Run(d, m, s, k if m == "vamp" else 0, as_settings(c))
+            for d in data_sets for m in methods
+            for k in (components if m == "vamp" else (0,))
+            for c in settings.get(m, [{}]) for s in seeds]
+
+
+# --- one run: train (or resume), then evaluate ---------------------------------------
+def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_samples=100_000):
+    """Test ELBO and importance-sampled log-likelihoods of a run's best weights."""
+    started = time.time()
+    meta, _ = runs.read_checkpoint(path)
+    model, config = runs.load_model(path)
+    data = runs.load_run_data(path, model, config, data_dir)
+    test = ag.as_array(data.test)
+    rng = ag.default_rng(10_000 + config.seed)
+
+    def ll(s, x=test):
+        return float(iopvae.test_log_likelihood(model, x, s, rng).mean())
+
+    history = meta["history"]
+    result = {
+        "run": os.path.basename(os.path.normpath(path)), "dataset": config.dataset,
+        "method": config.method, "seed": config.seed,
+        "components": config.components if config.method == "vamp" else None,
+        "config": dataclasses.asdict(config), "split_id": meta.get("split_id"),
+        "epochs_trained": meta["epoch"], "best_epoch": meta["best_epoch"],
+        "finished": run_finished(meta),
+        "seconds_per_epoch": float(np.median([r["seconds"] for r in history])),
+        "train_seconds": float(sum(r["seconds"] for r in history)),
+        "test_elbo": float(iopvae.elbo(model, test, rng)),
+        "elbo_is_estimate": bool(model.has_discriminator),
+        "samples": samples, "tight_samples": tight_samples,
+        "log_likelihood": ll(samples), "log_likelihood_tight": ll(tight_samples),
+        # the score settings are chosen by (``select``): never the test set
+        "valid_log_likelihood": ll(samples, ag.as_array(data.valid)),
+        "step_sizes": {"lr": config.lr, "lr_density_ratio": config.lr_density_ratio},
+        "history": history_columns(history),
+    }
+    result["likelihood"] = data.likelihood  # "bernoulli": log p(x) <= 0, else invalid
+    if config.method == "vamp":
+        result["pseudo_inputs_outside"] = pseudo_inputs_outside(model)
+    if data.likelihood == "gaussian":
+        result["decoder_logvar_at_bound"] = decoder_logvar_at_bound(model, test)
+    if model.explicit_posterior:
+        result["encoder_logvar_at_bounds"] = encoder_logvar_at_bounds(model, test)
+    if config.method == "iop":
+        components = runs.aggregated_posterior_components(model, data)
+
+        def exact(s):
+            return float(estimators.exact_aggregated_log_likelihood(model, test, components, s,
+                                                                rng).mean())
+
+        result["log_likelihood_exact"] = exact(samples)
+        pairs = len(data.test) * tight_samples * len(data.train)
+        result["log_likelihood_exact_tight"] = (exact(tight_samples) if pairs <= EXACT_BUDGET
+                                                else None)
+        result["log_normalizer"] = float(estimators.density_ratio_log_normalizer(
+            model, rng, normalizer_samples, components=components))
+        result["log_normalizer_plain"] = float(estimators.density_ratio_log_normalizer(
+            model, rng, normalizer_samples))
+        # the same weights with N(0, I) as the prior: what T adds to IOP's score
+        result["log_likelihood_normal_prior"] = float(iopvae.test_log_likelihood(
+            model, test, samples, rng, log_prior=iopvae.log_standard_normal).mean())
+    result["elbo_terms"] = elbo_terms_by_split(model, data, rng)
+    result["evaluation_seconds"] = time.time() - started
+    return result
+
+
+def elbo_terms_by_split(model, data, rng, samples=10):
+    """The ELBO's two terms (Eq. 2), E_q[log p(x|z)] and the KL term (estimated for
+    VampPrior and IOP), each a mean over the training images (binarised once, if
+    binarised in training) and over the test images, ``samples`` draws per image: which
+    term the ELBO's gap between the two lies in (an over-fitting prior shows in the KL)."""
+    terms = {}
+    for split, x in (("train", runs.training_images(data)), ("test", data.test)):
+        reconstruction, kl = iopvae.mean_elbo_terms(model, ag.as_array(x), rng, samples=samples)
+        terms[split] = {"reconstruction": float(reconstruction), "kl": float(kl)}
+    return terms
+
+
+def history_columns(history):
+    """The per-epoch records as columns (``{"epoch": [...], "valid_elbo": [...], ...}``),
+    floats to 6 significant digits: a 1,000-epoch curve in a small JSON."""
+    def short(v):
+        return float(f"{v:.6g}") if isinstance(v, float) else v
+    keys = list(history[0]) if history else []
+    return {k: [short(r[k]) for r in history] for k in keys}
+
+
+def pseudo_inputs_outside(model):
+    """The fraction of VampPrior's pseudo-input coordinates outside [0, 1], where the
+    clip min(max(u, 0), 1) passes no gradient: those coordinates no longer learn."""
+    u = ag.to_numpy(model.pseudo_inputs.data)
+    return float(np.mean((u < 0) | (u > 1)))
+
+
+def decoder_logvar_at_bound(model, x):
+    """The fraction of a Gaussian decoder's log-variances, at one z ~ q(z|x) for each
+    row of ``x``, held at their lower bound by the hardtanh. A bound that holds caps
+    ln p(x|z) (such a pixel gives at most -0.5 ln(2 pi e^bound)) and passes no
+    gradient, so the bound, not the data, decides those pixels' likelihood."""
+    with ag.no_grad():
+        _, logvar = model.decoder(model.posterior_sample(ag.Tensor(x), ag.default_rng(0)))
+    low = model.decoder.logvar_bounds[0]
+    return float(ag.to_numpy((logvar.data <= low).mean()))
+
+
+def encoder_logvar_at_bounds(model, x):
+    """The fractions of the encoder's log-variances over the rows of ``x`` held at its
+    lower and at its upper bound by the hardtanh, as [lower, upper]."""
+    with ag.no_grad():
+        _, logvar = model.encoder(ag.Tensor(x))
+    low, high = model.encoder.logvar_bounds
+    held = ag.to_numpy_all([(logvar.data <= low).mean(), (logvar.data >= high).mean()])
+    return [float(v) for v in held]   # one transfer for both
+
+
+def run_finished(meta):
+    """True when a checkpoint reached its epoch budget or stopped early."""
+    c = meta["config"]
+    return meta["epoch"] >= c.epochs or (c.patience > 0 and meta["bad_epochs"] >= c.patience)
+
+
+def asked_config(run, config_values, data_dir=""):
+    """The Config that the command line asks of ``run`` (the grid's values and the
+    run's own settings)."""
+    values = {**config_values, **dict(run.settings)}
+    return runs.Config(**values, dataset=run.dataset, method=run.method, seed=run.seed,
+                       components=run.components, data_dir=data_dir).resolved().validate()
+
+
+def run_one(run, config_values, out, results, samples, tight_samples, data_dir="", log=print):
+    """Train ``run`` to the end (resuming its checkpoint if any), evaluate it and write
+    ``result.json`` in its folder and ``<name>.json`` in ``results``; returns the result."""
+    path = os.path.join(out, run.name)
+    asked = asked_config(run, config_values, data_dir)
+    runs.lock_run_folder(path)
+    data = runs._load_data(run.dataset, data_dir)
+    if os.path.exists(os.path.join(path, "checkpoint.npz")):
+        meta, _ = runs.read_checkpoint(path)
+        refuse_other_settings(run.name, path, meta["config"], asked)
+        if meta["epoch"] > asked.epochs:
+            raise ValueError(f"run {run.name} in {path} has trained {meta['epoch']} epochs, "
+                             f"more than --epochs {asked.epochs}")
+        trainer = runs.resume_trainer(path, data, path, log)
+        trainer.config = dataclasses.replace(trainer.config, epochs=asked.epochs)
+        trainer.epochs = asked.epochs  # a new end, as with train --resume --epochs
+    else:
+        trainer = runs.Trainer(asked, data, path, log)
+    trainer.resume_hint = "run the same command again to continue"
+    log(f"== {run.name}: epoch {trainer.epoch} of {trainer.config.epochs}")
+    trainer.train()
+    result = evaluate_run(path, samples, tight_samples, data_dir)
+    for target in (os.path.join(path, "result.json"), os.path.join(results, run.name + ".json")):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        write_json(target, result)
+    log(f"== {run.name}: test log-likelihood (S={samples}) {result['log_likelihood']:.2f}"
+        + (" INVALID: above 0 on binary data" if invalid(result) else ""))
+    return result
+
+
+# --- the grid: in worker processes, or as commands -------------------------------------
+def run_command(run, args, config_values, python=sys.executable):
+    """The shell command that does ``run_one`` for ``run`` in a fresh process:
+    ``python iopvae.py run ...`` (iopvae.py hands its command line over to cli.py)."""
+    words = [python, os.path.abspath(iopvae.__file__), "run",
+             "--dataset", run.dataset, "--method", run.method, "--seed", str(run.seed),
+             "--out", args.out, "--results", args.results, "--samples", str(args.samples),
+             "--tight-samples", str(args.tight_samples)]
+    if run.components:
+        words += ["--components", str(run.components)]
+    if run.settings:
+        words += ["--settings"] + [f"{key}={value}" for key, value in run.settings]
+    if args.data_dir:
+        words += ["--data-dir", args.data_dir]
+    for name, value in config_values.items():
+        words += ["--" + name.replace("_", "-"), str(value)]
+    return words
+
+
+class RunFailed(ValueError):
+    """A worker process of the grid exited with an error (its train.log says why)."""
+
+
+SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def pending_runs(todo, args, config_values):
+    """The runs of ``todo`` without a result for these settings on the data's split now."""
+    splits = current_split_ids(todo, args.data_dir)
+    return [r for r in todo if not has_result(r, args.results, args.samples, args.tight_samples,
+                                              splits[r.dataset],
+                                              asked_config(r, config_values, args.data_dir))]
+
+
+def run_grid(todo, args, config_values):
+    """Run the unfinished ``runs``: in this process (``--jobs 1``) or in worker
+    processes with one BLAS thread each, logging to ``<run>/train.log``.  A SIGTERM
+    to this process is passed on to the workers (each run's lock keeps a second grid
+    from training a run a worker still trains)."""
+    pending = pending_runs(todo, args, config_values)
+    print(f"{len(todo) - len(pending)} of {len(todo)} runs already evaluated; "
+          f"{len(pending)} to run with {args.jobs} worker(s)", flush=True)
+    if args.jobs <= 1:
+        for run in pending:
+            run_one(run, config_values, args.out, args.results, args.samples,
+                    args.tight_samples, args.data_dir)
+        return
+    workers, starting, stopped = [], threading.Lock(), []
+
+    def work(run):
+        os.makedirs(os.path.join(args.out, run.name), exist_ok=True)
+        with open(os.path.join(args.out, run.name, "train.log"), "a") as log:
+            with starting:  # no new worker once stop_workers has begun
+                if stopped:
+                    return 128 + stopped[0]
+                worker = subprocess.Popen(run_command(run, args, config_values), stdout=log,
+                                          stderr=subprocess.STDOUT,
+                                          env={**os.environ, **SINGLE_THREAD})
+                workers.append(worker)
+            code = worker.wait()
+        print(f"{run.name}: {'done' if code == 0 else 'FAILED'}"
+              f" (log: {os.path.join(args.out, run.name, 'train.log')})", flush=True)
+        return code
+
+    def stop_workers(signum, frame):
+        with starting:
+            stopped.append(signum)
+            for worker in workers:
+                worker.terminate()
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop_workers)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            codes = list(pool.map(work, pending))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if any(codes):
+        raise RunFailed(f"{sum(c != 0 for c in codes)} run(s) failed; see their train.log")

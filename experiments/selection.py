@@ -1,0 +1,105 @@
+"""The settings chosen on validation, never on test: the candidates of each method,
+the pick (the best mean validation log-likelihood) and the selection file."""
+import json
+import os
+
+import numpy as np
+
+from experiments.results import invalid
+
+SCORE = ("mean over the seeds of the validation log-likelihood (importance sampling, "
+         "S = 10 as in the test column) of each run's kept weights; for IOP the estimate "
+         "with log N(z) + T(z) as the log prior")
+
+
+def candidates(method, lrs, pseudo_inits):
+    """The candidate settings of ``method``: each step size and, for VampPrior, each
+    start of the pseudo-inputs."""
+    inits = pseudo_inits if method == "vamp" else [None]
+    return [{"lr": lr, **({"pseudo_init": init} if init else {})}
+            for lr in lrs for init in inits]
+
+
+def selection_path(results, dataset):
+    return os.path.join(results, f"{dataset}-selection.json")
+
+
+def select(found, dataset, config_values, seeds, components, earlier=None):
+    """Per method, every candidate's validation scores and the pick: the candidate with
+    the best mean (``SCORE``).  The test set plays no part.  ``earlier``: a selection
+    made before with the same options, whose other methods are kept."""
+    refuse_other_selection(earlier, dataset, config_values, seeds)
+    by_candidate = {}
+    for run, r in found.items():
+        by_candidate.setdefault(run.method, {}).setdefault(run.settings, []).append(r)
+    methods = {}
+    for method, cands in by_candidate.items():
+        rows = []
+        for settings, rs in cands.items():
+            scores = [r["valid_log_likelihood"] for r in rs]
+            rows.append({"settings": dict(settings), "runs": [r["run"] for r in rs],
+                         "valid_log_likelihood": scores, "mean": float(np.mean(scores)),
+                         "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
+                         "invalid": any(map(invalid, rs))})
+            if method == "vamp":  # VampPrior's pseudo-inputs stuck outside [0, 1] at the end
+                rows[-1]["pseudo_inputs_outside"] = [r["pseudo_inputs_outside"] for r in rs]
+        valid = [row for row in rows if not row["invalid"]]
+        if not valid:
+            raise ValueError(f"every {method} candidate has an impossible result (above 0 "
+                             "on binary data): none can be picked")
+        best = max(valid, key=lambda row: row["mean"])
+        methods[method] = {"pick": best["settings"], "candidates": rows}
+        if method == "vamp":
+            methods[method]["components"] = components
+    kept = {m: e for m, e in (earlier or {}).get("methods", {}).items() if m not in methods}
+    return {"dataset": dataset, "score": SCORE, "seeds": list(seeds),
+            "config": config_values, "methods": {**kept, **methods}}
+
+
+def refuse_other_selection(earlier, dataset, config_values, seeds):
+    if earlier and (earlier["config"], earlier["seeds"]) != (config_values, list(seeds)):
+        raise ValueError(f"the {dataset} selection on file was made with options "
+                         f"{earlier['config']} and seeds {earlier['seeds']}; select with the "
+                         "same ones, or move that file away to start a new selection")
+
+
+def selection_table(doc):
+    """The candidates of a selection, best first per method, the pick marked."""
+    rows = [f"{doc['dataset']}: {doc['score']}", "",
+            "| method | settings | validation LL (mean ± std) | seeds | pick | "
+            "pseudo-inputs outside [0, 1] |",
+            "|---|---|---|---|---|---|"]
+    for method, entry in doc["methods"].items():
+        for row in sorted(entry["candidates"], key=lambda row: -row["mean"]):
+            tags = ", ".join(f"{k} = {v}" for k, v in row["settings"].items())
+            pick = ("INVALID (above 0 on binary data)" if row.get("invalid") else
+                    "**pick**" if row["settings"] == entry["pick"] else "")
+            outside = row.get("pseudo_inputs_outside")
+            outside = f"{100 * np.mean(outside):.1f}%" if outside else ""
+            rows.append(f"| {method} | {tags} | {row['mean']:.2f} ± {row['std']:.2f} | "
+                        f"{len(row['runs'])} | {pick} | {outside} |")
+    return "\n".join(rows)
+
+
+def selected_settings(results, dataset, given, methods):
+    """(config values, settings per method) for ``--selected``: the options the
+    selection ran with, with ``given`` on top (a given option that differs is refused:
+    the picks hold for the options they were made with), and each method's pick.
+    A method in ``methods`` without a pick is refused, never trained with defaults."""
+    path = selection_path(results, dataset)
+    if not os.path.exists(path):
+        raise ValueError(f"{path} not found: run `select --dataset {dataset}` first")
+    with open(path) as f:
+        doc = json.load(f)
+    differ = {k: (v, doc["config"][k]) for k, v in given.items()
+              if k in doc["config"] and doc["config"][k] != v}
+    if differ:
+        said = ", ".join(f"--{k.replace('_', '-')} {v} (selected with {w})"
+                         for k, (v, w) in differ.items())
+        raise ValueError(f"{path} was made with other options: {said}")
+    unpicked = [m for m in methods if m not in doc["methods"]]
+    if unpicked:
+        raise ValueError(f"{path} has no pick for {', '.join(unpicked)}: run `select "
+                         f"--dataset {dataset} --methods {' '.join(unpicked)}` first")
+    return ({**doc["config"], **given},
+            {method: [entry["pick"]] for method, entry in doc["methods"].items()})
