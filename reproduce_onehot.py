@@ -285,10 +285,13 @@ def plot_density_ratio(result, out, settings):
         image = ax.pcolormesh(axis, axis, values, shading="auto", **style)
         ax.contour(axis, axis, log_q, levels=levels, colors="k", linewidths=0.8,
                    linestyles=["--", "-"])
+        radius = math.sqrt(-2 * math.log(0.05))          # T's other class, z0 ~ N(0, I): 95%
+        ax.add_patch(plt.Circle((0, 0), radius, fill=False, color="m", lw=1.2, ls=":"))
         fig.colorbar(image, ax=ax, extend="both")
         ax.set(title=title, xlabel="z1", ylabel="z2", aspect="equal")
     fig.suptitle("The density ratio trick on OneHot (IOP, "
-                 f"{settings['epochs']} epochs): lines enclose 95% (dashed) and 50% of q(z)")
+                 f"{settings['epochs']} epochs): black lines enclose 95% (dashed) and 50% of "
+                 "q(z), where T's z1 lie; the dotted circle 95% of N(0, I), where its z0 lie")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "figure_density_ratio.png"), dpi=110)
     plt.close(fig)
@@ -410,7 +413,10 @@ def main(argv=None):
             plot_density_ratio(result, args.out, settings)
     summarise(results, args.out, settings)
     print_timing(results, plotting, time.time() - started)
-    print(f"wrote figure1_posteriors.png, figure2_elbo.png, summary.json to {args.out}")
+    written = ["figure1_posteriors.png", "figure2_elbo.png"]
+    if any("density_ratio" in r for r in results):
+        written += ["figure_density_ratio.png", "density_ratio.json"]
+    print(f"wrote {', '.join(written + ['summary.json'])} to {args.out}")
     return 0
 
 
