@@ -158,7 +158,8 @@ class LossCase:
         if self.step == "vae":
             loss = self.model.loss(x, self.rng, beta=self.beta)
         else:
-            loss = self.model.discriminator_loss(x, self.rng)
+            z1 = self.model.aggregated_posterior_sample(x, self.rng)
+            loss = self.model.discriminator_loss(z1, iopvae.standard_normal(self.rng, z1.shape), x)
         self.rng.rewind()
         return loss
 

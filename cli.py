@@ -77,7 +77,7 @@ def run_command_line(parser, argv=None):
     args = parser.parse_args(argv)
     try:
         status = args.run(args)
-    except (ValueError, OSError, runs.CheckpointError, iopvae.TrainingDiverged,
+    except (ValueError, OSError, runs.CheckpointError, runs.TrainingDiverged,
             ag.BackendError, datasets.DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

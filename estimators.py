@@ -16,9 +16,17 @@ import math
 import numpy as np
 
 import autograd_lite as ag
-from iopvae import (evaluation, importance_sampled_log_likelihood, log_aggregated_posterior,
-                    log_mean_exp, log_normal_diag, log_standard_normal, reparameterize,
-                    row_batches, standard_normal)
+from iopvae import (
+    evaluation,
+    importance_sampled_log_likelihood,
+    log_aggregated_posterior,
+    log_mean_exp,
+    log_normal_diag,
+    log_standard_normal,
+    reparameterize,
+    row_batches,
+    standard_normal,
+)
 
 
 def exact_aggregated_log_likelihood(model, x, components, samples, rng, batch_size=100):
@@ -116,7 +124,7 @@ def prior_log_likelihood(model, x, prior_samples, rng, data=None, chunk=2000):
 
 
 def sir_prior_sample(model, n, rng, candidates=None):
-    """IOP's prior by sampling-importance-resampling from N(0, I) with weights exp(T(z)) ~ q(z)/p(z).
+    """IOP's prior by sampling-importance-resampling from N(0, I), weights exp T(z) ~ q/p.
 
     Not in the paper: it needs no data, only the trained T.  Draws
     ``candidates`` (default 20 n) from N(0, I) and resamples n of them, with

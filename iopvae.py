@@ -1,27 +1,17 @@
 """VAE with Implicit Optimal Priors (Takahashi et al., AAAI 2019), from scratch.
 
-This file is the paper, top to bottom in its order:
+The paper alone, top to bottom in its order: 1. distributions; 2. networks (Sec. 5.2);
+3. the density ratio trick (Eqs. 12-14); 4. the four methods behind one contract
+(``VAEMethod``); 5. Algorithm 1 (``Trainer.train``); 6. the importance-sampled log p(x).
+Runs (configurations, checkpoints, logs) are in runs.py, estimators beyond the paper in
+estimators.py, the command line in cli.py (``python iopvae.py train ...`` hands over to it).
 
-1. distributions: Gaussian and Bernoulli log-densities, the closed-form KL of Eq. (3);
-2. networks: the gated encoder and decoder (Sec. 5.2), AVB's implicit encoder;
-3. the density ratio trick (Eqs. 12-14): the estimator T_psi and its loss;
-4. the four methods: standard VAE (Eq. 3), VampPrior (Eq. 9), the implicit
-   optimal prior (IOP, Eqs. 10-21) and AVB, behind one contract (``VAEMethod``);
-5. Algorithm 1: ``Trainer.train``, one loop with the algorithm's line numbers;
-6. evaluation: the ELBO and the importance-sampled log-likelihood log p(x).
-
-Runs (configurations, checkpoints) are in ``runs.py`` and the command line in
-``cli.py``; ``python iopvae.py train|evaluate|sample|table2`` hands over to it.  The
-smallest complete example is ``examples/onehot_iop.py``.
-
-All array code asks ``autograd_lite`` for the array module, so it runs on NumPy
-or CuPy alike; data cross to the device once, when a data set is loaded, and
-numbers come back to the host only for logging (one transfer per round of
-Algorithm 1, ``read_numbers``) and checkpoints.
+Array code asks ``autograd_lite`` for the array module, so it runs on NumPy or CuPy
+alike; data cross to the device when a data set is loaded, and a round of Algorithm 1
+reads its numbers back in one transfer.
 """
 import contextlib
 import math
-import time
 
 import numpy as np
 
@@ -31,17 +21,13 @@ from autograd_lite.optim import Adam
 from datasets import binarize  # dynamic binarisation of training batches
 
 LOG_2PI = math.log(2 * math.pi)
-# The encoder's ln sigma^2 bounds, a guard the paper does not give (VampPrior's public
-# code has the same).
+# ln sigma^2 bounds the paper does not give: the encoder's as in VampPrior's public code;
+# the decoder's lower one is below a 1/256 grey level squared (e^-12).
 ENCODER_LOGVAR_BOUNDS = (-6.0, 2.0)
-# A Gaussian decoder's ln sigma^2: the paper bounds only the mean. The lower bound is a
-# guard that should never decide a pixel: e^-12 is below a 1/256 grey level squared.
 DECODER_LOGVAR_BOUNDS = (-12.0, 0.0)
 
 
-# =============================================================================
-# 1. Distributions.  Every log-density is summed over the last axis.
-# =============================================================================
+# ==== 1. Distributions (every log-density is summed over the last axis) =========
 def standard_normal(rng, shape, dtype=np.float32):
     """A constant tensor of N(0, 1) draws from the backend generator ``rng``."""
     return ag.Tensor(rng.standard_normal(shape, dtype=dtype))
@@ -73,23 +59,13 @@ def log_bernoulli(x, logits):
 
 
 def log_normal_mixture(z, mu, logvar, block_elements=1 << 22):
-    """log (1/K) sum_k N(z | mu_k, diag exp(logvar_k)) for z (B, d), mu, logvar (K, d) -> (B,).
+    """log (1/K) sum_k N(z | mu_k, diag exp(logvar_k)), z (B, d), mu, logvar (K, d) -> (B,):
+    the VampPrior of Eq. (9) and the empirical aggregated posterior of Eq. (8).
 
-    The one Gaussian-mixture density of this file: the VampPrior of Eq. (9) (K
-    pseudo-inputs; differentiable, the pseudo-inputs learn through it) and the
-    empirical aggregated posterior of Eq. (8) (one component per training point,
-    ``log_aggregated_posterior``).  With s = exp(logvar), the quadratic of every
-    pair (z_b, component k), sum_d (z_bd - mu_kd)^2 / s_kd, is expanded into one
-    matrix product,
-
-        [z^2, z, 1] @ [1/s, -2 mu/s, sum_d (mu^2/s + log s) + d log 2 pi]^T,
-
-    so B points against K components cost a (B, 2d+1) x (2d+1, K) product (taken
-    in row blocks of about ``block_elements`` entries), then a max-shifted
-    logsumexp over k.  The expansion subtracts large numbers: in float32
-    (VampPrior's training) it is off by about 1e-3 nats at MNIST's sizes;
-    evaluation works in float64, where the error is about 1e-11.
-    """
+    With s = exp(logvar) every pair's quadratic is one matrix product,
+    [z^2, z, 1] @ [1/s, -2 mu/s, sum_d (mu^2/s + log s) + d log 2 pi]^T, in row blocks
+    of about ``block_elements``, then a max-shifted logsumexp.  The expansion loses
+    about 1e-3 nats in float32 at MNIST's sizes, 1e-11 in float64 (evaluation)."""
     xp = ag.xp()
     B, d = z.shape
     K = mu.shape[0]
@@ -107,13 +83,9 @@ def log_normal_mixture(z, mu, logvar, block_elements=1 << 22):
     return log_sum - math.log(K)
 
 
-# =============================================================================
-# 2. Networks (Sec. 5.2: two layers of 500 units, gated for the encoder and the
-#    decoder, Glorot initialisation).
-# =============================================================================
+# ==== 2. Networks (Sec. 5.2: two layers of 500 units; gated, Glorot init) ========
 class Encoder(nn.Module):
-    """q_phi(z|x) = N(z | mu_phi(x), diag sigma^2_phi(x)) (Sec. 2.1), its
-    log-variance bounded to ``logvar_bounds``."""
+    """q_phi(z|x) = N(z | mu_phi(x), diag sigma^2_phi(x)) (Sec. 2.1), ln sigma^2 bounded."""
 
     def __init__(self, dim, latent, hidden, rng, logvar_bounds=ENCODER_LOGVAR_BOUNDS):
         self.body = nn.mlp((dim, hidden, hidden), "gated", rng=rng)
@@ -139,9 +111,8 @@ class ImplicitEncoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """p_theta(x|z): Bernoulli logits for binary data; for grey images a Gaussian
-    whose mean is squashed into [0, 1] by a sigmoid and whose log-variance is
-    bounded to ``logvar_bounds`` (Sec. 5.2)."""
+    """p_theta(x|z): Bernoulli logits, or for grey images a Gaussian, its mean squashed
+    into [0, 1] by a sigmoid (Sec. 5.2), its log-variance bounded."""
 
     def __init__(self, dim, latent, hidden, likelihood, rng,
                  logvar_bounds=DECODER_LOGVAR_BOUNDS):
@@ -172,16 +143,10 @@ class Decoder(nn.Module):
         return ag.sigmoid(out) if self.likelihood == "bernoulli" else out[0]
 
 
-# =============================================================================
-# 3. The density ratio trick (Eqs. 12-14): a classifier of z1 ~ q(z) (label 1)
-#    against z0 ~ p(z) (label 0) whose logit, at its optimum, is ln q(z) / p(z).
-# =============================================================================
+# ==== 3. The density ratio trick (Eqs. 12-14): T tells z1 ~ q(z) from z0 ~ p(z) ===
 class DensityRatio(nn.Module):
-    """T_psi(z), the classifier's logit: two tanh layers with dropout (keep 0.5).
-
-    Trained by Eq. (13)/(20), its optimum is T*(z) = ln q_phi(z) / p(z) (Eq. 14).
-    Also AVB's T(x, z), fed the concatenation [x, z].
-    """
+    """T_psi(z), the classifier's logit: two tanh layers with dropout (keep 0.5); trained
+    by Eq. (20), its optimum is T*(z) = ln q_phi(z) / p(z) (Eq. 14).  AVB's T(x, z) too."""
 
     def __init__(self, dim, hidden, rng, keep=0.5):
         self.body = nn.mlp((dim, hidden, hidden), "tanh", dropout_keep=keep, rng=rng)
@@ -193,10 +158,8 @@ class DensityRatio(nn.Module):
 
 
 def density_ratio_loss(t_positive, t_negative):
-    """-[mean ln sigma(T(z1)) + mean ln(1 - sigma(T(z0)))]: Eq. (13)/(20), negated.
-
-    With logits, -ln sigma(t) = BCE(t, 1) and -ln(1 - sigma(t)) = BCE(t, 0).
-    """
+    """-[mean ln sigma(T(z1)) + mean ln(1 - sigma(T(z0)))]: Eq. (13)/(20), negated, with
+    -ln sigma(t) = BCE(t, 1) and -ln(1 - sigma(t)) = BCE(t, 0) on logits."""
     xp = ag.xp()
     ones = xp.ones(t_positive.shape, dtype=t_positive.dtype)
     zeros = xp.zeros(t_negative.shape, dtype=t_negative.dtype)
@@ -205,39 +168,22 @@ def density_ratio_loss(t_positive, t_negative):
 
 
 def density_ratio_loss_on(density_ratio, z1, z0):
-    """-Eq. (20) of the classifier ``density_ratio`` on z1 (label 1) and z0 (label 0).
-
-    T runs once over the stacked batch [z1; z0]: T acts row by row (its dropout too),
-    so this is the same as T(z1) and T(z0) apart, with half the per-operation work.
-    """
+    """-Eq. (20) of ``density_ratio`` on z1 (label 1) and z0 (label 0), T run once on
+    [z1; z0] (it acts row by row, dropout too: the same as apart, at half the calls)."""
     t = density_ratio(ag.concatenate([z1, z0]))
     n = z1.shape[0]
     return density_ratio_loss(t[:n], t[n:])
 
 
-# =============================================================================
-# 4. The four methods.  Each gives, per data point, the reconstruction term
-#    E_q[log p(x|z)] and its (estimated) KL term; the ELBO is their difference.
-# =============================================================================
+# ==== 4. The four methods: per point, E_q[log p(x|z)] and the (estimated) KL =====
 class VAEMethod(nn.Module):
-    """What Algorithm 1 and the evaluation call on a method: the contract of the four.
-
-    A method is an encoder q_phi(z|x), a decoder p_theta(x|z) and a prior
-    p_lambda(z) (here N(0, I); VampPrior and IOP override it).  The trainer calls
-
-    - ``loss(x, rng, beta)``: minus the training objective on a batch, the ELBO of
-      Eq. (3) or (9), or Eq. (19) for IOP (Alg. 1, line 4);
-    - ``vae_parameters()``: theta and phi, updated on that loss (line 5);
-
-    and, for the methods with a density ratio estimator (``density_ratio`` is T_psi):
-
-    - ``discriminator_loss(x, rng, posterior=None)``: minus the objective of Eq. (20)
-      (lines 8-10), given the (mu, logvar) of x where the trainer has them cached;
-    - ``discriminator_parameters()``: psi, updated on it (line 11).
-
-    The evaluation calls ``elbo_terms``, ``posterior_sample``, ``log_prior`` and
-    ``prior_sample``.  ``explicit_posterior`` says whether q(z|x) has a density
-    (needed to importance-sample log p(x)).
+    """The contract of the four methods: an encoder q_phi(z|x), a decoder p_theta(x|z)
+    and a prior p_lambda(z) (N(0, I) unless overridden).  Algorithm 1 calls ``loss``
+    (minus the ELBO of Eq. (2): Eq. (3) with N(0, I), the VampPrior of Eq. (9) as the
+    prior, or minus Eq. (19) for IOP) and ``vae_parameters``; with a density ratio
+    estimator T_psi (``density_ratio``), also ``aggregated_posterior_sample`` (z1,
+    line 9), ``discriminator_loss`` (-Eq. 20) and ``discriminator_parameters``.
+    ``explicit_posterior``: whether q(z|x) has a density (importance sampling needs it).
     """
 
     name = None
@@ -282,8 +228,12 @@ class VAEMethod(nn.Module):
         """Whether the method trains a density ratio estimator T_psi (IOP, AVB)."""
         return self.density_ratio is not None
 
-    def discriminator_loss(self, x, rng, posterior=None):
-        """-Eq. (20) on the batch ``x`` (methods with a density ratio estimator)."""
+    def aggregated_posterior_sample(self, x, rng, posterior=None):
+        """z1 ~ q(z) (methods with a density ratio estimator)."""
+        raise NotImplementedError(f"{self.name} has no density ratio estimator")
+
+    def discriminator_loss(self, z1, z0, x=None):
+        """-Eq. (20) on z1 ~ q(z) and z0 ~ p(z) (methods with a density ratio estimator)."""
         raise NotImplementedError(f"{self.name} has no density ratio estimator")
 
     def discriminator_parameters(self):
@@ -319,15 +269,10 @@ class StandardVAE(VAEMethod):
 
 
 class VampPrior(StandardVAE):
-    """VAE with the VampPrior p(z) = (1/K) sum_k q(z | u_k) (Eq. 9).
-
-    The pseudo-inputs u_k are parameters, mapped into [0, 1] by the clipped
-    ReLU min(max(u, 0), 1).  Their start matters: if they all start near one
-    value they never separate and the prior stays one Gaussian.  ``pseudo_init``:
-    ``"uniform"`` (U[0, 1], the default), ``"data"`` (random training points,
-    given later by ``init_from_data``) or ``"constant"`` (0.5 + N(0, 0.01^2),
-    the failure case, for experiments).
-    """
+    """VAE with the VampPrior p(z) = (1/K) sum_k q(z | u_k) (Eq. 9), pseudo-inputs u_k
+    clipped into [0, 1].  ``pseudo_init``: U[0, 1] (``"uniform"``), training points
+    (``"data"``) or 0.5 + N(0, 0.01^2) (``"constant"``, the failure case: they never
+    separate and the prior stays one Gaussian)."""
 
     name = "vamp"
     PSEUDO_INITS = ("uniform", "data", "constant")
@@ -378,14 +323,31 @@ class VampPrior(StandardVAE):
         return reparameterize(mu[k], logvar[k], standard_normal(rng, (n, self.latent)))
 
 
+def aggregated_posterior_components(model, train_x, batch_size=1000):
+    """(mu_n, logvar_n) of q(z | x_n), the N components of the aggregated posterior q(z)
+    of the training points ``train_x`` as the encoder saw them (Eqs. 6, 8)."""
+    mus, logvars = [], []
+    with evaluation(model):
+        for batch in row_batches(train_x, batch_size):
+            mu, logvar = model.encoder(ag.Tensor(batch))
+            mus.append(mu.data)
+            logvars.append(logvar.data)
+    xp = ag.xp()
+    return xp.concatenate(mus), xp.concatenate(logvars)
+
+
+def log_aggregated_posterior(z, components):
+    """log q(z) = log (1/N) sum_n q(z | x_n) (Eq. 8) of its ``components``, in float64,
+    for a plain array z."""
+    mu_n, logvar_n = (ag.Tensor(a.astype(np.float64)) for a in components)
+    with ag.no_grad():
+        return log_normal_mixture(ag.Tensor(z.astype(np.float64)), mu_n, logvar_n).data
+
+
 class ImplicitOptimalPrior(StandardVAE):
     """The proposed method: the aggregated posterior q_phi(z) as the prior (Eq. 6).
-
-    KL(q(z|x) || q(z)) = KL(q(z|x) || N(0, I)) - E_q[ln q(z)/p(z)]  (Eq. 10),
-    and ln q(z)/p(z) is estimated by the density ratio estimator T_psi(z)
-    (Eqs. 12-15).  The VAE maximises Eq. (19) with psi fixed; psi maximises
-    Eq. (20) with theta, phi fixed (Algorithm 1).
-    """
+    KL(q(z|x) || q(z)) = KL(q(z|x) || N(0, I)) - E_q[ln q(z)/p(z)] (Eq. 10), the
+    log-ratio estimated by T_psi(z) (Eqs. 12-15)."""
 
     name = "iop"
 
@@ -397,30 +359,23 @@ class ImplicitOptimalPrior(StandardVAE):
                          encoder_logvar_bounds)
         self.density_ratio = DensityRatio(latent, hidden, rng, keep)
 
-    # --- Eq. (19): training theta and phi -------------------------------------------
     def objective_terms(self, x, rng):
-        """The three terms of Eq. (19) per data point, at one z ~ q(z|x) (L = 1):
-        KL(q(z|x) || N(0, I)) in closed form, ln p(x|z) and T_psi(z), with
-        z = mu(x) + sigma(x) * eps (Eq. 18).  z is not detached: the gradient through
-        z into T reaches the encoder (docs/derivation.md, Section 6)."""
+        """The three terms of Eq. (19) per point at one z = mu + sigma * eps (Eq. 18):
+        KL(q(z|x) || N(0, I)), ln p(x|z) and T_psi(z).  z is not detached: the gradient
+        through T reaches the encoder (docs/derivation.md, Section 6)."""
         mu, logvar = self.encoder(x)
         z = reparameterize(mu, logvar, standard_normal(rng, mu.shape))
         return kl_standard_normal(mu, logvar), self.decoder.log_likelihood(x, z), \
             self.density_ratio(z)
 
     def loss(self, x, rng, beta=1.0):
-        """Minus Eq. (19) on a mini-batch x_1..x_K:
-
-            -(1/K) sum_i [ -KL(q(z|x_i) || N(0, I)) + ln p(x_i | z_i) + T_psi(z_i) ].
-
-        During the warm-up, ``beta`` < 1 weighs the KL estimate, -KL + T (Eq. 15).
-        Called inside ``frozen(model.density_ratio)``: psi is fixed (Algorithm 1)."""
+        """Minus Eq. (19) on a mini-batch, -(1/K) sum_i [-KL_i + ln p(x_i|z_i) + T(z_i)];
+        ``beta`` < 1 weighs the KL estimate -KL + T (Eq. 15) during the warm-up."""
         kl_normal, log_likelihood, t = self.objective_terms(x, rng)
         return -(-beta * kl_normal + log_likelihood + beta * t).mean()
 
     def elbo_terms(self, x, rng):
-        """(ln p(x|z), estimated KL(q(z|x) || q(z))) per row: Eq. (15) at one z ~ q(z|x),
-        the two parts of the estimated ELBO."""
+        """(ln p(x|z), KL(q(z|x) || q(z)) estimated by Eq. (15)) per row."""
         kl_normal, log_likelihood, t = self.objective_terms(x, rng)
         return log_likelihood, kl_normal - t
 
@@ -428,27 +383,18 @@ class ImplicitOptimalPrior(StandardVAE):
         """log q(z) ~ log N(z) + T_psi(z) (Eq. 14): an estimate, not a normalised density."""
         return log_standard_normal(z) + self.density_ratio(z)
 
-    # --- Eq. (20): training T_psi ----------------------------------------------------
     def aggregated_posterior_sample(self, x, rng, posterior=None):
-        """Ancestral sampling from q_phi(z) = E_pD(x)[q(z|x)] (Eq. 6): for data points
-        x drawn from the training set, z ~ q(z|x).  The encoder is fixed (no graph).
-        ``posterior``: (mu, logvar) of q(z|x) for these points, if already known (then
-        ``x`` is not encoded again); the draw of z is the same either way."""
+        """z ~ q_phi(z) = E_pD(x)[q(z|x)] (Eq. 6) by ancestral sampling: z ~ q(z|x) for
+        training points x, the encoder fixed; or from their (mu, logvar), ``posterior``,
+        where already known (the same z for the same noise)."""
         if posterior is None:
             with ag.no_grad():
                 posterior = self.encoder(x)
         mu, logvar = posterior
         return reparameterize(mu, logvar, standard_normal(rng, mu.shape))
 
-    def discriminator_loss(self, x, rng, posterior=None):
-        """-Eq. (20) on one batch: BCE of T on z1 ~ q(z) (label 1) and z0 ~ N(0, I) (label 0).
-
-        ``x`` is a mini-batch of training points (freshly binarized for MNIST and
-        OMNIGLOT, as the authors do per batch), so z1 is one ancestral sample each;
-        or ``posterior``, their (mu, logvar) cached for the round by the trainer.
-        """
-        z1 = self.aggregated_posterior_sample(x, rng, posterior)  # Algorithm 1, line 9
-        z0 = standard_normal(rng, z1.shape)              # line 8
+    def discriminator_loss(self, z1, z0, x=None):
+        """-Eq. (20): BCE of T on z1 ~ q(z) (label 1) and z0 ~ N(0, I) (label 0)."""
         return density_ratio_loss_on(self.density_ratio, z1, z0)
 
     def prior_sample(self, n, rng, data=None):
@@ -461,13 +407,9 @@ class ImplicitOptimalPrior(StandardVAE):
 
 
 class AVB(VAEMethod):
-    """Adversarial Variational Bayes (Mescheder et al. 2017) with prior N(0, I).
-
-    Implicit encoder z = f_phi(x, eps), eps ~ N(0, I_10); T(x, z) trained with
-    sigmoid-BCE estimates ln q(z|x)/p(z), and the ELBO is estimated by
-    E_q[log p(x|z) - T(x, z)].  q(z|x) has no density, so AVB has no
-    importance-sampled log-likelihood.
-    """
+    """Adversarial Variational Bayes (Mescheder et al. 2017), prior N(0, I): an implicit
+    encoder z = f_phi(x, eps); T(x, z) estimates ln q(z|x)/p(z), so the ELBO is
+    E_q[log p(x|z) - T(x, z)].  No density, so no importance-sampled log p(x)."""
 
     name = "avb"
     explicit_posterior = False
@@ -489,34 +431,28 @@ class AVB(VAEMethod):
         t = self.density_ratio(ag.concatenate([x, z], axis=1))
         return self.decoder.log_likelihood(x, z), t
 
-    def discriminator_loss(self, x, rng, posterior=None):
-        """T(x, z) separates z ~ q(z|x) (label 1) from z ~ p(z) (label 0) on a batch x.
-
-        ``posterior`` is always None: z = f_phi(x, eps) needs the encoder with fresh
-        noise eps at every draw, so there are no posterior parameters to cache."""
+    def aggregated_posterior_sample(self, x, rng, posterior=None):
+        """z = f_phi(x, eps) for training points x, the encoder fixed (``posterior`` is
+        always None: each draw needs fresh noise through the encoder)."""
         with ag.no_grad():
-            z_q = self.posterior_sample(x, rng)
-        z_p = standard_normal(rng, z_q.shape)
-        return density_ratio_loss_on(self.density_ratio, ag.concatenate([x, z_q], axis=1),
-                                     ag.concatenate([x, z_p], axis=1))
+            return self.posterior_sample(x, rng)
+
+    def discriminator_loss(self, z1, z0, x=None):
+        """T(x, z) separates (x, z1), z1 ~ q(z|x) (label 1) from (x, z0), z0 ~ p(z) (label 0)."""
+        return density_ratio_loss_on(self.density_ratio, ag.concatenate([x, z1], axis=1),
+                                     ag.concatenate([x, z0], axis=1))
 
 
 METHODS = {cls.name: cls for cls in (StandardVAE, VampPrior, ImplicitOptimalPrior, AVB)}
 
 
-# =============================================================================
-# 5. Training: Algorithm 1.
-# =============================================================================
+# ==== 5. Training: Algorithm 1 ==================================================
 @contextlib.contextmanager
 def frozen(*modules):
-    """Inside this block the parameters of ``modules`` get no gradient and the modules
-    run in eval mode (no dropout): psi while theta and phi are updated, and theta, phi
-    while psi is (Algorithm 1, "update theta, phi with psi fixed" and the reverse).
-    On leaving, each parameter's ``requires_grad`` and each module's mode are set
-    back to what they were on entering, so a parameter frozen before stays frozen
-    and a nested ``frozen`` of the same module leaves the outer one in force.
-    ``None`` entries are skipped: ``frozen(model.density_ratio)`` does nothing for
-    methods without T."""
+    """Algorithm 1's "with psi fixed" (and "with theta, phi fixed"): inside the block the
+    parameters of ``modules`` get no gradient and the modules run in eval mode (no
+    dropout); on leaving, each flag and mode is set back as it was (so nesting works).
+    ``None`` is skipped: ``frozen(model.density_ratio)`` does nothing without T."""
     modules = [m for m in modules if m is not None]
     flags = [(p, p.requires_grad) for m in modules for p in m.parameters()]
     modes = [(sub, sub.training) for m in modules for sub in m.modules()]
@@ -549,20 +485,13 @@ def evaluation(model):
 
 
 def shuffled(n, rng):
-    """A random permutation of range(n) on the device: the order of ``n`` uniform draws.
-
-    CuPy's Generator has no ``permutation`` (nor ``choice``), so the shuffle is
-    built from what both NumPy and CuPy have, the same way on both; with
-    float64 draws, ties (which would make the order depend on the sort) are
-    practically impossible.
-    """
+    """A random permutation of range(n) on the device, the order of n float64 uniform
+    draws (CuPy's Generator has no ``permutation``)."""
     return ag.xp().argsort(rng.random(n))
 
 
 def minibatches(n, batch_size, rng):
-    """Indices of mini-batches of ``batch_size`` from a fresh shuffle of range(n) (an epoch).
-
-    The indices stay on the device (no transfer per step)."""
+    """Indices (on the device) of the mini-batches of one epoch, freshly shuffled."""
     order = shuffled(n, rng)
     for start in range(0, n, batch_size):
         yield order[start:start + batch_size]
@@ -575,57 +504,19 @@ def warmup_beta(epoch, warmup):
 
 def mean_loss(losses):
     """The mean of an epoch's batch losses, summed on the device in batch order."""
-    total = 0.0
-    for loss in losses:
-        total = total + loss
-    return total / max(len(losses), 1)
-
-
-def read_numbers(*values):
-    """Python floats of scalars on the device (or the host), with one device-to-host
-    transfer for all of them; ``None`` stays ``None``.
-
-    On a GPU each read waits until the device has finished its queued work, so
-    a training loop that read its loss every step would stall every step.  The
-    trainer keeps an epoch's losses on the device and reads the round's numbers
-    here, once, for the log and the NaN check.
-    """
-    xp = ag.xp()
-    present = [xp.asarray(v, dtype=np.float64) for v in values if v is not None]
-    host = iter(ag.to_numpy_all(present))   # one float64 group: one transfer
-    return tuple(None if v is None else float(next(host)) for v in values)
-
-
-def _hms(seconds):
-    s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss or the validation ELBO became NaN or infinite, or beyond ``Trainer.check_diverged``'s
-    bounds."""
-
-
-# The divergence rule (Trainer.check_diverged): numbers no working run reaches.
-DIVERGED_NATS_PER_DIMENSION = 1e4   # |VAE loss| or |validation ELBO| per point and data dimension
-DIVERGED_DENSITY_RATIO_LOSS = 10 * 2 * math.log(2)  # T's loss: ten times a coin flip's (1.39)
+    return None if losses is None else sum(losses[1:], losses[0]) / len(losses)
 
 
 class Trainer:
-    """Algorithm 1 alone (no files: runs.Trainer is the same with checkpoints), with
-    the paper's setup (Sec. 5.2): Adam, mini-batches of 100,
-    KL warm-up over the first ``warmup`` epochs, early stopping on the validation
-    ELBO after ``patience`` epochs without progress.
-
-    One epoch is one round of Algorithm 1: ``j1`` VAE epochs, then (IOP and AVB)
-    ``j2`` epochs of the density ratio estimator.  ``save()`` is called after
-    every round and does nothing here; runs.py's Trainer writes a checkpoint.
-    """
+    """Algorithm 1 with the paper's setup (Sec. 5.2): Adam, mini-batches of 100, KL
+    warm-up, early stopping on the validation ELBO after ``patience`` epochs (0: never).
+    A round: ``j1`` VAE epochs, then ``j2`` epochs of T.  The hooks ``check`` and
+    ``after_round`` do nothing here; runs.Trainer fills them in (divergence, timing,
+    progress, checkpoints)."""
 
     def __init__(self, model, data, rng, *, lr=1e-3, lr_density_ratio=1e-3, batch_size=100,
-                 epochs=1000, warmup=100, patience=50, j1=1, j2=10, valid_samples=1,
-                 log=print):
-        self.model, self.data, self.rng, self.log = model, data, rng, log
+                 epochs=1000, warmup=100, patience=50, j1=1, j2=10, valid_samples=1):
+        self.model, self.data, self.rng = model, data, rng
         self.batch_size, self.epochs, self.warmup, self.patience = (batch_size, epochs, warmup,
                                                                     patience)
         self.j1, self.j2, self.valid_samples = j1, j2, valid_samples
@@ -637,59 +528,48 @@ class Trainer:
         self.epoch, self.history, self.bad_epochs = 0, [], 0
         self.best = {"epoch": 0, "valid_elbo": -math.inf, "state": None}
 
-    @ag.denormals_flushed()  # numbers below about 1e-38 are 0: autograd_lite/denormals.py
     def train(self, epochs=None):
         """Algorithm 1 until ``epochs`` rounds (default: all) or early stopping; returns
         the history, one record per round."""
         model, rng, n, K = self.model, self.rng, self.train_x.shape[0], self.batch_size
-        last = epochs or self.epochs
-        self.clock = (time.time(), self.epoch)
-        while self.epoch < last and not self.converged():           # 1: while not converged
-            started, epoch = time.time(), self.epoch + 1
+        while self.epoch < (epochs or self.epochs) and not self.converged():  # 1: while
+            epoch = self.epoch + 1
             beta = warmup_beta(epoch, self.warmup)
             model.train()
-            with frozen(model.density_ratio):                    # psi fixed, T without dropout
-                for _ in range(self.j1):                         # 2: for J1 steps (epochs)
+            with frozen(model.density_ratio):                  # psi fixed, T without dropout
+                for _ in range(self.j1):                       # 2: for J1 steps (epochs)
                     vae_losses = []
-                    for idx in minibatches(n, K, rng):           # 3: sample a minibatch from X
-                        loss = model.loss(self.batch(idx), rng, beta)  # -Eq. (19), psi fixed
+                    for idx in minibatches(n, K, rng):         # 3: minibatch x(1..K) of X
+                        loss = model.loss(self.batch(idx), rng, beta)  # -Eq. (19)
                         self.vae_opt.zero_grad()
-                        loss.backward()                          # 4: gradients wrt theta, phi
-                        self.vae_opt.step()                      # 5: update theta and phi
+                        loss.backward()                        # 4: gradients wrt theta, phi
+                        self.vae_opt.step()                    # 5: update theta and phi
                         vae_losses.append(loss.data)
-            disc_losses = None                                   # no T: VAE, VampPrior
+            disc_losses = None                                 # no T: VAE, VampPrior
             if model.has_discriminator:
-                disc_losses = []                                 # (and none with j2 = 0)
-                with frozen(model.encoder, model.decoder):       # theta, phi fixed
-                    posteriors = self.round_posteriors()         # q(z|x) of X, if it can't change
-                    for _ in range(self.j2):                     # 7: for J2 steps (epochs)
+                with frozen(model.encoder, model.decoder):     # theta, phi fixed
+                    cached = self.round_posteriors()
+                    for _ in range(self.j2):                   # 7: for J2 steps (epochs)
                         disc_losses = []
                         for idx in minibatches(n, K, rng):
-                            # 8-9: z0 ~ p(z) and z1 ~ q(z) from a training minibatch; -Eq. (20)
-                            x, posterior = self.discriminator_batch(idx, posteriors)
-                            loss = model.discriminator_loss(x, rng, posterior)
+                            x, q = self.discriminator_batch(idx, cached)
+                            z1 = model.aggregated_posterior_sample(x, rng, q)  # 9: z1 ~ q(z)
+                            z0 = standard_normal(rng, z1.shape)  # 8: z0 ~ p(z) = N(0, I)
+                            loss = model.discriminator_loss(z1, z0, x)  # -Eq. (20)
                             self.disc_opt.zero_grad()
-                            loss.backward()                      # 10: gradient wrt psi
-                            self.disc_opt.step()                 # 11: update psi
+                            loss.backward()                    # 10: gradient wrt psi
+                            self.disc_opt.step()               # 11: update psi
                             disc_losses.append(loss.data)
-            valid_elbo = elbo(model, self.valid_x, rng, K, self.valid_samples)  # this round's
-            # the round's numbers reach the host together: one transfer per round
-            loss, disc_loss, valid_elbo = read_numbers(
-                mean_loss(vae_losses), None if disc_losses is None else mean_loss(disc_losses),
-                valid_elbo)
+            valid_elbo = elbo(model, self.valid_x, rng, K, self.valid_samples)
+            loss, disc_loss, valid_elbo = ag.read_numbers(  # one device-to-host read a round
+                mean_loss(vae_losses), mean_loss(disc_losses), valid_elbo)
             record = {"epoch": epoch, "beta": beta, "loss": loss, "disc_loss": disc_loss,
-                      "valid_elbo": valid_elbo, "seconds": time.time() - started}
-            self.check_diverged(record)         # NaN or huge: stop before saving
+                      "valid_elbo": valid_elbo}
+            self.check(record)
             self.epoch = epoch
             self.history.append(record)
-            self.early_stopping(record)         # keep the best weights, count bad epochs
-            self.after_round(record)            # more measurements, if a subclass wants them
-            self.save()                         # a checkpoint in runs.py; nothing here
-            self.log(self.progress(record, last))
-        if self.converged():
-            self.log(f"early stopping at epoch {self.epoch}: no better validation ELBO "
-                     f"for {self.patience} epochs (best {self.best['valid_elbo']:.4f} "
-                     f"at epoch {self.best['epoch']})")
+            self.early_stopping(record)
+            self.after_round(record)
         return self.history
 
     # --- the helpers of the loop ------------------------------------------------------
@@ -699,22 +579,14 @@ class Trainer:
         return ag.Tensor(binarize(x, self.rng) if self.data.dynamic_binarization else x)
 
     def round_posteriors(self):
-        """(mu_n, logvar_n) of q(z|x_n) for every training point, encoded once at the
-        start of a round of T (lines 7-12) when they cannot change during it: the
-        encoder is fixed there and x is not binarized afresh (OneHot, FreyFaces,
-        Histopathology).  IOP's T steps then draw z1 = mu + sigma * eps from the rows
-        of their minibatch instead of encoding it again: the same z for the same noise,
-        with one encoder pass over X per round instead of J2.  ``None`` for MNIST and
-        OMNIGLOT (each minibatch is a fresh binarization) and for AVB, whose implicit
-        q(z|x) has no parameters to keep: each draw z = f(x, eps) needs fresh noise
-        through the encoder."""
+        """q(z|x_n) of every training point, encoded once a round where it cannot change
+        (x not binarized afresh; not AVB): line 9 then draws z1 from its rows."""
         if self.data.dynamic_binarization or not self.model.explicit_posterior:
             return None
         return aggregated_posterior_components(self.model, self.train_x)
 
     def discriminator_batch(self, idx, posteriors):
-        """The training points ``idx`` for a step of T: (x, None), or (None, their rows
-        of the round's ``posteriors``) where those are cached."""
+        """(x, None) for the points ``idx``, or (None, their rows of ``posteriors``)."""
         if posteriors is None:
             return self.batch(idx), None
         mu, logvar = posteriors
@@ -725,34 +597,9 @@ class Trainer:
         validation ELBO (never, with patience 0)."""
         return self.patience > 0 and self.bad_epochs >= self.patience
 
-    def check_diverged(self, record):
-        """Stop a round whose numbers show divergence, even finite ones (a huge step size
-        gives finite garbage: losses of 1e9 to 1e23 on OneHot).  The rule: a loss or the
-        validation ELBO is NaN or infinite; or the VAE loss or validation ELBO (per point)
-        exceeds ``DIVERGED_NATS_PER_DIMENSION`` = 1e4 nats times the data dimension in
-        size (a working run stays below about 10 per dimension, Gaussian decoders at
-        their tightest variance below about 4e3); or T's loss (Eq. 20) exceeds
-        ``DIVERGED_DENSITY_RATIO_LOSS`` = 10 x 2 log 2, ten times that of T = 0, a
-        classifier that guesses (a working T stays below 2 log 2)."""
-        bound = DIVERGED_NATS_PER_DIMENSION * self.train_x.shape[1]
-        for key, name, limit in (("loss", "the VAE loss", bound),
-                                 ("disc_loss", "T's loss", DIVERGED_DENSITY_RATIO_LOSS),
-                                 ("valid_elbo", "the validation ELBO", bound)):
-            value = record[key]
-            if value is None:
-                continue
-            if not math.isfinite(value):
-                raise TrainingDiverged(f"training diverged at epoch {record['epoch']}: {name} "
-                                       f"is {value}")
-            if abs(value) > limit:
-                raise TrainingDiverged(f"training diverged at epoch {record['epoch']}: {name} "
-                                       f"is {value:.4g}, beyond {limit:.4g} (the divergence "
-                                       "rule); try a smaller step size")
-
     def early_stopping(self, record):
         """Keep the best weights by validation ELBO and count epochs without progress,
-        from the end of the warm-up on: a warm-up epoch optimises another objective
-        (beta < 1), so it can be neither the best epoch nor a bad one."""
+        after the warm-up (beta < 1 optimises another objective)."""
         if record["beta"] < 1.0:
             return
         if record["valid_elbo"] > self.best["valid_elbo"]:
@@ -763,22 +610,11 @@ class Trainer:
         else:
             self.bad_epochs += 1
 
+    def check(self, record):
+        """Hook: called with each round's record before it is accepted."""
+
     def after_round(self, record):
-        """Called after every round with its record; reproduce_onehot.py adds IOP's exact
-        ELBO here.  Nothing by default."""
-
-    def save(self):
-        """Called after every round; runs.py's Trainer writes a checkpoint here."""
-
-    def progress(self, record, last):
-        """One line per round: losses, validation ELBO, beta, time and ETA."""
-        start_time, start_epoch = self.clock
-        elapsed = time.time() - start_time
-        eta = elapsed / max(record["epoch"] - start_epoch, 1) * (last - record["epoch"])
-        disc = "" if record["disc_loss"] is None else f" | T loss {record['disc_loss']:.4f}"
-        return (f"epoch {record['epoch']:4d}/{last} | loss {record['loss']:.4f}{disc} | valid "
-                f"ELBO {record['valid_elbo']:.4f} | beta {record['beta']:.2f} | "
-                f"{record['seconds']:.1f}s | elapsed {_hms(elapsed)} | ETA {_hms(eta)}")
+        """Hook: called after each round with its record."""
 
     def best_model(self):
         """The model with the weights of the best validation epoch after warm-up (early
@@ -788,9 +624,7 @@ class Trainer:
         return self.model
 
 
-# =============================================================================
-# 6. Evaluation.
-# =============================================================================
+# ==== 6. Evaluation ==============================================================
 def row_batches(x, batch_size):
     for start in range(0, x.shape[0], batch_size):
         yield x[start:start + batch_size]
@@ -823,13 +657,9 @@ def elbo(model, x, rng, batch_size=100, samples=1):
 
 def importance_sampled_log_likelihood(x, posterior, log_likelihood, log_prior, samples, rng,
                                       batch_size=100, chunk=10_000):
-    """log p(x) ~ log (1/S) sum_s p(x|z_s) p(z_s) / q(z_s|x), z_s ~ q(z|x) (Burda et al. 2015).
-
-    ``posterior(x) -> (mu, logvar)`` of a Gaussian proposal; ``log_likelihood(x, z)``
-    and ``log_prior(z)`` are per-row log-densities.  Test points are processed
-    ``batch_size`` at a time, with as many samples per pass as fit in ``chunk``
-    decoder rows.  Returns a per-point array (on the backend).
-    """
+    """log p(x) ~ log (1/S) sum_s p(x|z_s) p(z_s) / q(z_s|x), z_s ~ q(z|x) (Burda et al.
+    2015), per point: ``posterior(x) -> (mu, logvar)`` the proposal, ``log_likelihood``
+    and ``log_prior`` per-row log-densities; as many samples a pass as fit ``chunk``."""
     xp = ag.xp()
     out = []
     with ag.no_grad():
@@ -852,12 +682,8 @@ def importance_sampled_log_likelihood(x, posterior, log_likelihood, log_prior, s
 
 
 def test_log_likelihood(model, x, samples, rng, batch_size=100, log_prior=None):
-    """Importance-sampled log p(x) of each row under ``model`` (not for AVB).
-
-    For IOP the prior density is log N(z) + T(z), so the result is an estimate.
-    ``log_prior``: another prior for the same encoder and decoder (for example
-    ``log_standard_normal``: IOP without T, the part of its score that T adds).
-    """
+    """Importance-sampled log p(x) of each row (not for AVB); for IOP an estimate, with
+    log N(z) + T(z) as the log prior.  ``log_prior``: another prior for the same weights."""
     if not model.explicit_posterior:
         raise ValueError(f"{model.name}: q(z|x) is implicit, so log p(x) cannot be "
                          "importance-sampled")
@@ -867,33 +693,6 @@ def test_log_likelihood(model, x, samples, rng, batch_size=100, log_prior=None):
                                                  batch_size)
 
 
-def aggregated_posterior_components(model, train_x, batch_size=1000):
-    """(mu_n, logvar_n) of q(z | x_n) for every training point: the N components of
-    the aggregated posterior q(z) (Eqs. 6 and 8), IOP's true prior.  ``train_x``
-    must be what the encoder saw in training (one fixed binarization of binary
-    data sets).  The exact estimators below take these components."""
-    mus, logvars = [], []
-    with evaluation(model):
-        for batch in row_batches(train_x, batch_size):
-            mu, logvar = model.encoder(ag.Tensor(batch))
-            mus.append(mu.data)
-            logvars.append(logvar.data)
-    xp = ag.xp()
-    return xp.concatenate(mus), xp.concatenate(logvars)
-
-
-def log_aggregated_posterior(z, components):
-    """log q(z) = log (1/N) sum_n q(z | x_n), the empirical aggregated posterior of
-    Eq. (8) given by its ``components`` (``aggregated_posterior_components``): the
-    mixture density ``log_normal_mixture`` in float64, for a plain array of points
-    z; a plain (M,) float64 array out."""
-    mu_n, logvar_n = (ag.Tensor(a.astype(np.float64)) for a in components)
-    with ag.no_grad():
-        return log_normal_mixture(ag.Tensor(z.astype(np.float64)), mu_n, logvar_n).data
-
-
 if __name__ == "__main__":  # the command line lives in cli.py
-    import sys
-
     from cli import main
-    sys.exit(main())
+    raise SystemExit(main())

@@ -63,7 +63,7 @@ def figure2_trainer(base, train_x, valid_x, warmup, seed, timer):
     import autograd_lite as ag
 
     class Figure2Trainer(base):
-        def after_round(self, record):
+        def measure(self, record):
             if record["epoch"] < warmup or (record["epoch"] - warmup) % FIGURE2_EVERY:
                 return
             with timer:
@@ -85,11 +85,11 @@ def figure2_point(model, train_x, valid_x, rng):
     rows = ag.xp().concatenate([valid_x] * VALID_SAMPLES)
     estimated = iopvae.elbo(model, rows, rng, batch_size=rows.shape[0])
     if model.name != "iop":
-        return {"figure2_elbo": iopvae.read_numbers(estimated)[0]}
+        return {"figure2_elbo": ag.read_numbers(estimated)[0]}
     components = iopvae.aggregated_posterior_components(model, train_x)
     exact = estimators.exact_aggregated_elbo(model, valid_x, components, VALID_SAMPLES, rng,
                                          batch_size=1000)
-    estimated, exact = iopvae.read_numbers(estimated, exact)
+    estimated, exact = ag.read_numbers(estimated, exact)
     return {"figure2_elbo": estimated, "figure2_elbo_exact": exact}
 
 

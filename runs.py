@@ -17,6 +17,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -152,40 +153,109 @@ def build_model(config, dim, likelihood, rng):
 # =============================================================================
 # 2. A trainer that writes checkpoints.
 # =============================================================================
+class TrainingDiverged(RuntimeError):
+    """A loss or the validation ELBO became NaN or infinite, or beyond ``Trainer.check``'s
+    bounds."""
+
+
+# The divergence rule (Trainer.check): numbers no working run reaches.
+DIVERGED_NATS_PER_DIMENSION = 1e4   # |VAE loss| or |validation ELBO| per point and data dimension
+DIVERGED_DENSITY_RATIO_LOSS = 10 * 2 * math.log(2)  # T's loss: ten times a coin flip's (1.39)
+
+
+def _hms(seconds):
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 class Trainer(iopvae.Trainer):
-    """iopvae's Algorithm 1 for the run ``config``, with a checkpoint in ``out_dir``
-    (none if it is empty) after every round: iopvae.Trainer plus what a run needs
-    (the model built from a Config, checkpoints, resuming).  ``rng`` (default: seeded
-    with the configuration's seed) draws the weights and every random number of the run."""
+    """iopvae's Algorithm 1 for the run ``config``, with what a run needs around it,
+    through the loop's hooks: the model built from a Config, a divergence check and a
+    timing in each round's record, a checkpoint in ``out_dir`` (none if it is empty)
+    and a progress line after every round, resuming.  ``rng`` (default: seeded with the
+    configuration's seed) draws the weights and every random number of the run."""
 
     def __init__(self, config, data, out_dir, log=print, rng=None):
         self.config = c = config.resolved().validate()
-        self.out_dir = out_dir
+        self.out_dir, self.log = out_dir, log
         rng = ag.default_rng(c.seed) if rng is None else rng
         model = build_model(c, data.dim, data.likelihood, rng)
         super().__init__(model, data, rng, lr=c.lr, lr_density_ratio=c.lr_density_ratio,
                          batch_size=c.batch_size, epochs=c.epochs, warmup=c.warmup,
                          patience=c.patience, j1=c.j1, j2=c.j2,
-                         valid_samples=c.valid_samples, log=log)
+                         valid_samples=c.valid_samples)
 
     resume_hint = "continue with --resume"
     saved_epoch = 0  # the epoch of the last checkpoint written (or resumed from)
 
-    def save(self):
-        if self.out_dir:
-            save_checkpoint(self, os.path.join(self.out_dir, "checkpoint.npz"))
-            self.saved_epoch = self.epoch
-
+    @ag.denormals_flushed()  # numbers below about 1e-38 are 0: autograd_lite/denormals.py
     def train(self, epochs=None):
+        self.clock = (time.time(), self.epoch, epochs or self.epochs)
+        self.round_start = time.time()
         try:
-            return super().train(epochs)
-        except iopvae.TrainingDiverged as exc:
+            history = super().train(epochs)
+        except TrainingDiverged as exc:
             kept = (f"the last good checkpoint (epoch {self.epoch}) is kept in {self.out_dir}"
                     if self.out_dir and self.epoch else "no checkpoint was written")
-            raise iopvae.TrainingDiverged(f"{exc}; {kept}") from None
+            raise TrainingDiverged(f"{exc}; {kept}") from None
         except KeyboardInterrupt:  # the checkpoint of the last saved epoch is kept
             raise Interrupted(f"interrupted at epoch {self.saved_epoch}; {self.resume_hint}") \
                 from None
+        if self.converged():
+            self.log(f"early stopping at epoch {self.epoch}: no better validation ELBO "
+                     f"for {self.patience} epochs (best {self.best['valid_elbo']:.4f} "
+                     f"at epoch {self.best['epoch']})")
+        return history
+
+    def check(self, record):
+        """The round's time into its record, then the divergence rule: stop a round whose
+        numbers show divergence, even finite ones (a huge step size gives finite garbage:
+        losses of 1e9 to 1e23 on OneHot).  A loss or the validation ELBO is NaN or
+        infinite; or the VAE loss or validation ELBO (per point) exceeds
+        ``DIVERGED_NATS_PER_DIMENSION`` = 1e4 nats times the data dimension in size (a
+        working run stays below about 10 per dimension, Gaussian decoders at their
+        tightest variance below about 4e3); or T's loss (Eq. 20) exceeds
+        ``DIVERGED_DENSITY_RATIO_LOSS`` = 10 x 2 log 2, ten times that of T = 0, a
+        classifier that guesses (a working T stays below 2 log 2)."""
+        now = time.time()
+        record["seconds"], self.round_start = now - self.round_start, now
+        bound = DIVERGED_NATS_PER_DIMENSION * self.train_x.shape[1]
+        for key, name, limit in (("loss", "the VAE loss", bound),
+                                 ("disc_loss", "T's loss", DIVERGED_DENSITY_RATIO_LOSS),
+                                 ("valid_elbo", "the validation ELBO", bound)):
+            value = record[key]
+            if value is None:
+                continue
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"training diverged at epoch {record['epoch']}: {name} "
+                                       f"is {value}")
+            if abs(value) > limit:
+                raise TrainingDiverged(f"training diverged at epoch {record['epoch']}: {name} "
+                                       f"is {value:.4g}, beyond {limit:.4g} (the divergence "
+                                       "rule); try a smaller step size")
+
+    def after_round(self, record):
+        """More measurements (``measure``), then the checkpoint, then the progress line."""
+        self.measure(record)
+        if self.out_dir:
+            save_checkpoint(self, os.path.join(self.out_dir, "checkpoint.npz"))
+            self.saved_epoch = self.epoch
+        self.log(self.progress(record))
+        self.round_start = time.time()
+
+    def measure(self, record):
+        """Called after every accepted round with its record; reproduce_onehot.py adds
+        Figure 2's numbers here.  Nothing by default."""
+
+    def progress(self, record):
+        """One line per round: losses, validation ELBO, beta, time and ETA."""
+        start_time, start_epoch, last = self.clock
+        elapsed = time.time() - start_time
+        eta = elapsed / max(record["epoch"] - start_epoch, 1) * (last - record["epoch"])
+        disc = "" if record["disc_loss"] is None else f" | T loss {record['disc_loss']:.4f}"
+        return (f"epoch {record['epoch']:4d}/{last} | loss {record['loss']:.4f}{disc} | valid "
+                f"ELBO {record['valid_elbo']:.4f} | beta {record['beta']:.2f} | "
+                f"{record['seconds']:.1f}s | elapsed {_hms(elapsed)} | ETA {_hms(eta)}")
 
 
 class Interrupted(Exception):

@@ -8,6 +8,7 @@ from .backend import (
     count_syncs,
     cupy_available,
     default_rng,
+    read_numbers,
     set_backend,
     sync_count,
     to_numpy,

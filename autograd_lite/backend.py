@@ -144,6 +144,17 @@ def to_numpy_all(arrays):
     return {key: out[key] for key, _ in items} if keyed else [out[key] for key, _ in items]
 
 
+def read_numbers(*values):
+    """Python floats of scalars on the device (or the host), with one device-to-host
+    transfer for all of them; ``None`` stays ``None``.
+
+    On a GPU each read waits until the device has finished its queued work, so a
+    training loop that read its loss every step would stall every step; it reads a
+    round's numbers here, once."""
+    present = [xp().asarray(v, dtype=np.float64) for v in values if v is not None]
+    host = iter(to_numpy_all(present))   # one float64 group: one transfer
+    return tuple(None if v is None else float(next(host)) for v in values)
+
 def default_rng(seed=None):
     """A seeded random Generator of the active backend."""
     return xp().random.default_rng(seed)

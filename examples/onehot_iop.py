@@ -71,14 +71,18 @@ for epoch in range(1, args.epochs + 1):                       # 1: while not con
             for _ in range(10):
                 t_losses = []
                 for idx in iopvae.minibatches(n, K, rng):
-                    loss = model.discriminator_loss(ag.Tensor(train_x[idx]), rng)  # -Eq. (20)
+                    x = ag.Tensor(train_x[idx])
+                    z1 = model.aggregated_posterior_sample(x, rng)   # 9: z1 ~ q(z)
+                    z0 = iopvae.standard_normal(rng, z1.shape)      # 8: z0 ~ N(0, I)
+                    loss = model.discriminator_loss(z1, z0, x)      # -Eq. (20)
                     t_opt.zero_grad()
                     loss.backward()
                     t_opt.step()
                     t_losses.append(float(loss.data))
     if epoch % max(1, args.epochs // 20) == 0 or epoch == args.epochs:
         elbo = float(iopvae.elbo(model, valid_x, rng, samples=10))
-        log_px = float(estimators.prior_log_likelihood(model, test_x, 2000, rng, data=train_x).mean())
+        log_px = float(estimators.prior_log_likelihood(model, test_x, 2000, rng,
+                                                       data=train_x).mean())
         line = f"epoch {epoch:4d} | beta {beta:.2f} | valid ELBO {elbo:.4f}"
         if model.has_discriminator:
             components = iopvae.aggregated_posterior_components(model, train_x)

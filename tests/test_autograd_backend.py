@@ -193,7 +193,7 @@ def test_training_runs_with_denormals_flushed():
     seen = []
 
     class Recording(runs.Trainer):
-        def after_round(self, record):
+        def measure(self, record):
             seen.append(survives(TINY32 / 8))
 
     config = runs.Config(dataset="onehot", method="vae", hidden=8, epochs=2, warmup=1)

@@ -138,7 +138,7 @@ def test_trainer_freezes_T_in_the_vae_step_and_the_vae_in_the_T_step(monkeypatch
     data = datasets.load("onehot")
     rng = ag.default_rng(0)
     model = iopvae.ImplicitOptimalPrior(data.dim, "bernoulli", 2, 16, rng, keep=0.5)
-    trainer = iopvae.Trainer(model, data, rng, j2=1, epochs=1, log=lambda line: None)
+    trainer = iopvae.Trainer(model, data, rng, j2=1, epochs=1)
     phase, calls, states = ["start"], [], {"start": model.state_dict()}
     forward, loss, discriminator_loss, elbo = (model.density_ratio.forward, model.loss,
                                                model.discriminator_loss, iopvae.elbo)

@@ -274,7 +274,7 @@ def test_divergence_raises_and_keeps_last_good_checkpoint(where, onehot, tmp_pat
         elbo = iopvae.elbo
         monkeypatch.setattr(iopvae, "elbo", lambda model, *a, **k: (
             float("nan") if trainer.epoch >= 2 else elbo(model, *a, **k)))
-    with pytest.raises(iopvae.TrainingDiverged) as info:
+    with pytest.raises(runs.TrainingDiverged) as info:
         trainer.train()
     message = str(info.value)
     assert "epoch 3" in message and str(out) in message
@@ -455,8 +455,12 @@ def test_every_method_keeps_the_contract(method):
         assert disc == {id(p) for p in model.density_ratio.parameters()}
     else:
         assert not model.has_discriminator and model.density_ratio is None and not disc
+        z = ag.Tensor(np.eye(4, 2, dtype=np.float32))
         with pytest.raises(NotImplementedError):
-            model.discriminator_loss(ag.Tensor(np.eye(4, dtype=np.float32)), ag.default_rng(0))
+            model.discriminator_loss(z, z, ag.Tensor(np.eye(4, dtype=np.float32)))
+        with pytest.raises(NotImplementedError):
+            model.aggregated_posterior_sample(ag.Tensor(np.eye(4, dtype=np.float32)),
+                                              ag.default_rng(0))
 
 
 def test_minibatches_cover_a_fresh_shuffle_once():

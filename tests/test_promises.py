@@ -181,21 +181,21 @@ def test_a_huge_step_size_stops_as_diverged(option, tmp_path, capsys):
 
 def test_the_divergence_rule_and_its_thresholds():
     data = datasets.load("onehot")
-    trainer = iopvae.Trainer(iopvae.StandardVAE(data.dim, "bernoulli", latent=2, hidden=8,
-                                                rng=np.random.default_rng(0)),
-                             data, np.random.default_rng(0))
-    bound = iopvae.DIVERGED_NATS_PER_DIMENSION * data.dim
+    trainer = runs.Trainer(runs.Config(dataset="onehot", method="vae", latent=2, hidden=8),
+                           data, out_dir=None)
+    trainer.round_start = 0.0
+    bound = runs.DIVERGED_NATS_PER_DIMENSION * data.dim
 
     def record(loss=2.0, disc_loss=1.3, valid_elbo=-2.0):
         return {"epoch": 1, "loss": loss, "disc_loss": disc_loss, "valid_elbo": valid_elbo}
 
-    trainer.check_diverged(record(loss=0.99 * bound, valid_elbo=-0.99 * bound))
+    trainer.check(record(loss=0.99 * bound, valid_elbo=-0.99 * bound))
     for bad in (record(loss=1.01 * bound), record(valid_elbo=-1.01 * bound),
-                record(disc_loss=iopvae.DIVERGED_DENSITY_RATIO_LOSS * 1.01),
+                record(disc_loss=runs.DIVERGED_DENSITY_RATIO_LOSS * 1.01),
                 record(loss=math.nan)):
-        with pytest.raises(iopvae.TrainingDiverged):
-            trainer.check_diverged(bad)
-    assert iopvae.DIVERGED_DENSITY_RATIO_LOSS == pytest.approx(20 * math.log(2))
+        with pytest.raises(runs.TrainingDiverged):
+            trainer.check(bad)
+    assert runs.DIVERGED_DENSITY_RATIO_LOSS == pytest.approx(20 * math.log(2))
 
 
 # --- 4. impossible likelihoods ------------------------------------------------------------
@@ -411,7 +411,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_continue(tmp_path, monkeypa
     def interrupt(self, record):
         if record["epoch"] == 2:
             raise KeyboardInterrupt
-    monkeypatch.setattr(iopvae.Trainer, "after_round", interrupt)
+    monkeypatch.setattr(runs.Trainer, "measure", interrupt)
     out = tmp_path / "run"
     argv = ["train", "--dataset", "onehot", "--method", "vae", "--epochs", "3", "--hidden",
             "8", "--warmup", "1", "--samples", "2", "--out", str(out)]

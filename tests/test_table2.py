@@ -111,8 +111,8 @@ def test_density_ratio_sees_a_fresh_binarization_every_batch(monkeypatch):
     seen = []
     real = trainer.model.discriminator_loss
     monkeypatch.setattr(trainer.model, "discriminator_loss",
-                        lambda x, rng, posterior: seen.append(ag.to_numpy(x.data).copy())
-                        or real(x, rng, posterior))
+                        lambda z1, z0, x: seen.append(ag.to_numpy(x.data).copy())
+                        or real(z1, z0, x))
     trainer.train()
     assert len(seen) == 3 and all(set(np.unique(x)) == {0.0, 1.0} for x in seen)
     assert not np.array_equal(seen[0], seen[1]) and not np.array_equal(seen[1], seen[2])
