@@ -6,12 +6,13 @@
     python iopvae.py table2 --datasets freyfaces --seeds 0 1 2 --jobs 2
     python iopvae.py gradcheck --method all
 
-(``python cli.py ...`` and ``python runs.py ...`` are the same command line.)
-This is the top floor: it imports the modules below it and none imports it, so
-imports run one way, cli -> experiments, check_gradients -> runs -> iopvae, datasets,
-autograd_lite.  The commands themselves live where their work is: train,
-evaluate and sample in runs.py, table2, select, curves, figure3, readme and run in
-the package experiments/ (experiments/commands.py), gradcheck in check_gradients.py.
+(``python cli.py ...`` is the same command line.)  This is the top floor: it imports
+the modules below it and none imports them back (iopvae.py's ``__main__`` block, the
+documented entry point, hands over to it), so imports run one way, cli -> experiments,
+check_gradients -> runs -> estimators -> iopvae -> datasets -> autograd_lite.  The
+commands themselves live where their work is: train, evaluate and sample in runs.py;
+table2, select, curves, figure3, readme and run in the package experiments/
+(experiments/commands.py); gradcheck in check_gradients.py.
 """
 import argparse
 import sys

@@ -2,11 +2,11 @@
 evaluate and sample.
 
 The paper itself, with Algorithm 1, is in iopvae.py; this file adds what a run
-needs around it (the command line that calls it is cli.py; ``python runs.py ...``
-is the same as ``python iopvae.py ...``):
+needs around it (the command line that calls it is cli.py):
 
 1. ``Config``: every setting of a run, with its help text;
-2. ``Trainer``: iopvae's Trainer that writes a checkpoint after every round;
+2. ``Trainer``: iopvae's Trainer with the loop's hooks filled in: divergence, timing,
+   a checkpoint and a progress line after every round;
 3. checkpoints: save, read, resume, load a model, check the data split;
 4. the commands train, evaluate and sample, and the options of a Config.
 """
@@ -692,7 +692,3 @@ def add_config_options(parser, skip=(), required=()):
                             choices=CHOICES.get(field.name), default=None,
                             required=required_here, help=field.metadata["help"] + shown)
 
-
-if __name__ == "__main__":  # the command line lives in cli.py
-    from cli import main
-    sys.exit(main())
