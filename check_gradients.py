@@ -1,8 +1,9 @@
 """``python iopvae.py gradcheck``: every parameter's gradient of every loss, checked twice.
 
 For each method (VAE, VampPrior, AVB, IOP) a small float64 model at a random
-start is given a batch of random data.  Its VAE-step loss (Eqs. 3, 9, 19 and
-AVB's, with T frozen as in Algorithm 1, lines 2-6) and, for IOP and AVB, T's
+start is given a batch of random data.  Its VAE-step loss (minus the ELBO of
+Eq. 2: Eq. 3, or with the VampPrior of Eq. 9 as the prior, or AVB's; minus Eq. 19
+for IOP; T frozen as in Algorithm 1, lines 2-6) and, for IOP and AVB, T's
 loss (Eq. 20, lines 7-12) are differentiated by autograd_lite, and every
 parameter's gradient is compared with
 
@@ -316,7 +317,8 @@ def command(args):
           f"{HIDDEN}, {args.likelihood} decoder, seed {args.seed}")
     print(f"losses, with beta = {BETA} the warm-up weight of the KL estimate:\n"
           f"  vae = the VAE step's loss, T frozen: -(log p(x|z) - beta KL) for vae, vamp and "
-          f"avb (Eqs. 3, 9; AVB's ELBO), minus Eq. (19) for iop (beta on -KL + T)\n"
+          f"avb (the ELBO of Eq. 2: Eq. 3, the VampPrior of Eq. 9 as prior, AVB's), minus "
+          f"Eq. (19) for iop (beta on -KL + T)\n"
           f"  T   = the density ratio estimator's loss, minus Eq. (20)")
     print(f"error = max |g - g_ref| / max |g_ref| per parameter; tolerances: finite "
           f"differences {FD_TOLERANCE:.0e} (central, h = {FD_STEP:.0e}, up to "
