@@ -93,7 +93,7 @@ for epoch in range(1, EPOCHS + 1):
     row = (epoch, float(iopvae.elbo(vae, valid_x, rng)), float(iopvae.elbo(iop, valid_x, rng)),
            float(T_loss.data), mean_T, float(log_ratio.mean()))
     history.append(row)
-    print("epoch {:3d}  valid ELBO: VAE {:.2f}  IOP {:.2f} (estimated)  T loss {:.4f}  "
+    print("epoch {:3d}  valid ELBO: VAE {:.2f}  IOP {:.2f} (estimated)  T loss {:.1e}  "
           "E_q[T] {:.2f}  exact E_q[ln q/N] {:.2f}".format(*row))
 
 # %% The figure: the ELBOs per epoch, and E_q[T] against the exact mean log-ratio
@@ -112,7 +112,7 @@ c.plot(epochs, mean_T, "o-", label="E_q[T]")
 c.plot(epochs, exact, "o-", label="exact E_q[ln q/N], Eq. (8)")
 c.set(xlabel="epoch", title="what Eq. (15) subtracts")
 c.legend(fontsize=8)
-fig.suptitle(f"Step 5: FreyFaces, z in {LATENT} dimensions, hidden {HIDDEN}")
+fig.suptitle(f"Step 5: FreyFaces, z in {LATENT} dimensions, hidden {HIDDEN}", y=1.03)
 os.makedirs(args.out, exist_ok=True)
 path = os.path.join(args.out, "step5_images.png")
 atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
