@@ -75,6 +75,9 @@ def main(argv=None):
 
 def run_command_line(parser, argv=None):
     """Parse ``argv`` and run its command: its exit status, or 2 with one line for an error."""
+    for stream in (sys.stdout, sys.stderr):  # PYTHONIOENCODING=ascii: "±" as "\xb1"
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = parser.parse_args(argv)
     try:
         status = args.run(args)

@@ -1,5 +1,9 @@
-"""Files that appear whole or not at all: the one atomic-write helper of the project."""
+"""Files that appear whole or not at all: the one atomic-write helper of the project
+(every file the program writes goes through ``atomic_write``; ``save_png`` is it for a
+matplotlib figure), and the one checked reader of JSON files (``read_json_file``)."""
+import json
 import os
+import stat
 import tempfile
 
 
@@ -9,26 +13,109 @@ def atomic_write(path, write, mode="wb"):
     ``write`` writes into a temporary file beside ``path`` (the same folder, so
     that the final rename is atomic), which is flushed to disk and renamed over
     ``path``.  If ``write`` raises, the temporary file is removed, ``path`` keeps
-    its old content (if any), and the exception propagates.  ``mode`` is ``"wb"``
-    or ``"w"`` (text).  The file gets the permissions a plain ``open(path, "w")``
-    would give it: those of the file it replaces, else 0666 less the umask (not
-    ``mkstemp``'s 0600).
+    its old content (if any), and the exception propagates; an ``OSError`` names
+    ``path``, never the temporary file.  ``mode`` is ``"wb"`` or ``"w"`` (text, UTF-8).
+    The file gets the permissions a plain ``open(path, "w")`` would give it: those
+    of the file it replaces, else 0666 less the umask (not ``mkstemp``'s 0600).  A
+    symbolic link is written through (its target replaced, the link kept).
     """
-    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    shown = os.fspath(path)
+    target = os.path.realpath(shown)  # through a symbolic link: the link stays
+    folder, name = os.path.split(target)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{shown} not written: its folder {folder} does not exist")
+    if os.path.exists(target) and not os.path.isfile(target):
+        raise OSError(f"{shown} not written: it is not a regular file")
     try:
-        with os.fdopen(fd, mode) as f:
-            os.fchmod(f.fileno(), _permissions(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OSError(exc.errno, f"{shown} not written: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            os.fchmod(f.fileno(), _permissions(target))
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        os.replace(tmp, target)
+    except BaseException as exc:
         try:
             os.remove(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, f"{shown} not written: {exc.strerror}") from None
         raise
+
+
+def save_png(fig, path, **savefig_options):
+    """The matplotlib figure ``fig`` as the PNG ``path``, through ``atomic_write``."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", **savefig_options))
+
+
+def png_path(option, path):
+    """``path`` as the PNG file a figure goes to: ``.png`` added to a name without an
+    extension; another extension, or a folder, refused naming ``option``."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a folder; name the PNG file (e.g. "
+                         f"{os.path.join(path, 'figure.png')})")
+    stem, extension = os.path.splitext(path)
+    if not extension:
+        return path + ".png"
+    if extension.lower() != ".png":
+        raise ValueError(f"{option} {path}: the figure is written as a PNG; name it NAME.png")
+    return path
+
+
+MAX_JSON_BYTES = 256 * 2 ** 20  # no file the program writes comes near this
+
+
+def _finite_float(text):
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"the number {text[:40]} is not finite (beyond float range)")
+    return value
+
+
+def _bounded_int(text):
+    if len(text.lstrip("-")) > 300:
+        raise ValueError(f"the integer {text[:40]}... is beyond float range")
+    return int(text)
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} (a number that is not finite)")
+
+
+def loads_json(text):
+    """JSON text as Python objects; every number finite (NaN, Infinity and 1e400 are
+    refused), nesting bounded: a ValueError otherwise."""
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float,
+                          parse_int=_bounded_int)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def read_json_file(path, what="file"):
+    """The JSON in the regular file ``path`` (``loads_json``'s checks); one ValueError
+    line naming ``what`` and ``path`` for anything else: a FIFO or device, a file too
+    large, text that is not JSON."""
+    path = os.fspath(path)
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_size > MAX_JSON_BYTES:
+            raise ValueError(f"{info.st_size} bytes, more than {MAX_JSON_BYTES}")
+        with open(path, encoding="utf-8") as f:
+            return loads_json(f.read())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what} {path} cannot be read ({exc.strerror or exc})"
+                         if isinstance(exc, OSError) else
+                         f"{what} {path} is not usable (not UTF-8 text)") from None
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{what} {path} is not usable ({exc})") from None
 
 
 def _permissions(path):

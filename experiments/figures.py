@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 
+from autograd_lite.files import save_png
 from experiments.grid import METHODS, paper_k
 from experiments.results import write_json
 
@@ -55,8 +56,10 @@ def figure3(results, dataset, path):
     ax.legend(loc="center right", fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        save_png(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
     write_json(os.path.splitext(path)[0] + ".json", numbers)
     return numbers
 
@@ -73,7 +76,11 @@ def settings_label(result):
 def stopping_point(history, patience):
     """Where early stopping with ``patience`` would have stopped a run that trained
     on: (stop epoch, best epoch by then, its validation ELBO), from the recorded
-    curve; the stop epoch is None if the patience never ran out."""
+    curve; the stop epoch is None if the patience never ran out.  A patience of 0
+    never stops, as with ``train --patience 0``."""
+    if patience < 0:
+        raise ValueError(f"a patience must be non-negative (got {patience})")
+    patience = patience or math.inf
     best_epoch, best, bad = 0, -math.inf, 0
     for epoch, beta, value in zip(history["epoch"], history["beta"], history["valid_elbo"]):
         if beta < 1.0:
@@ -90,7 +97,8 @@ def stopping_point(history, patience):
 def stopping_table(found, patience):
     """Per run: its best validation ELBO over the whole curve, and where a patience of
     ``patience`` epochs would have stopped it, with the best it had by then."""
-    rows = [f"| run | epochs | best epoch | best valid ELBO | patience {patience} stops at | "
+    said = f"{patience} (never stops)" if patience == 0 else patience
+    rows = [f"| run | epochs | best epoch | best valid ELBO | patience {said} stops at | "
             "its best (epoch) | lost |", "|---|---|---|---|---|---|---|"]
     for r in found:
         h = r["history"]
@@ -134,5 +142,7 @@ def draw_curves(found, path):
         ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_png(fig, path, dpi=110)
+    finally:
+        plt.close(fig)

@@ -26,19 +26,71 @@ def readme_tables(results):
     tables = {"freyfaces-causes": causes_summary(results)}
     path = os.path.join(results, "table2", "table2.json")
     if os.path.exists(path):
-        tables["freyfaces-table2"] = columns(read_json(path)["markdown"], README_COLUMNS)
+        markdown = read_json(path).get("markdown")
+        if not isinstance(markdown, str) or not markdown.startswith("|"):
+            raise ValueError(f"{path}: markdown is {markdown!r:.60}, not a table")
+        tables["freyfaces-table2"] = columns(markdown, README_COLUMNS)
         tables["freyfaces-goal"] = goal_summary(picked_values(results),
                                                 PAPER_TABLE2["freyfaces"])
     return tables
 
 
 README_BLOCK = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(<!-- end -->)", re.S)
+MARKER = re.compile(r"<!-- (?:generated: ([\w-]+)|end) -->")
 
 
-def fill_readme(text, tables):
-    """``text`` with every ``<!-- generated: NAME -->`` block holding ``tables[NAME]``."""
+def check_markers(text):
+    """The names of ``text``'s generated blocks, in order; a ValueError naming the block
+    unless each has exactly one start marker followed by exactly one end marker (a
+    missing end would make the block swallow the text up to the next block's end)."""
+    names, open_block = [], None
+    for m in MARKER.finditer(text):
+        name = m.group(1)
+        if name is None and open_block is None:
+            raise ValueError("an <!-- end --> marker " + (f"after block {names[-1]!r} "
+                             if names else "") + "closes no <!-- generated: NAME --> block")
+        if name is not None and open_block is not None:
+            raise ValueError(f"block {open_block!r} has no <!-- end --> marker before the "
+                             f"next block {name!r}")
+        if name is not None and name in names:
+            raise ValueError(f"block {name!r} starts twice")
+        if name is not None and not text.startswith("\n", m.end()):
+            raise ValueError(f"block {name!r}: its start marker must end its line")
+        if name is not None:
+            names.append(name)
+        open_block = name
+    if open_block is not None:
+        raise ValueError(f"block {open_block!r} has no <!-- end --> marker")
+    if not names:
+        raise ValueError("it has no <!-- generated: NAME --> ... <!-- end --> block")
+    return names
+
+
+def table_rows(block):
+    """The lines of a generated block that hold data: table rows and list items."""
+    return [line for line in block.splitlines() if line.startswith(("|", "- "))]
+
+
+def fill_readme(text, tables, allow_fewer_rows=False):
+    """``text`` with every ``<!-- generated: NAME -->`` block holding ``tables[NAME]``.
+    Refused (a ValueError naming the block): markers that do not pair up, a block
+    without results, and a block that would lose rows (results missing from the
+    folder), unless ``allow_fewer_rows``."""
+    check_markers(text)
+
     def fill(m):
-        if m.group(2) not in tables:
-            raise ValueError(f"the README asks for table {m.group(2)!r}, which has no results")
-        return m.group(1) + tables[m.group(2)] + "\n" + m.group(4)
+        name = m.group(2)
+        if name not in tables:
+            raise ValueError(f"the README asks for table {name!r}, which has no results")
+        old, new = table_rows(m.group(3)), table_rows(tables[name])
+        if len(new) < len(old) and not allow_fewer_rows:
+            def first_cell(row):
+                return row.strip("|- ").split("|")[0].strip()[:50]
+            lost = [first_cell(row) for row in old
+                    if first_cell(row) not in map(first_cell, new)]
+            raise ValueError(f"block {name!r} would shrink from {len(old)} to {len(new)} rows: "
+                             "the results folder lacks the results of "
+                             + (f"{'; '.join(lost[:4])}" if lost else "some rows")
+                             + " (use --allow-fewer-rows if that is meant)")
+        return m.group(1) + tables[name] + "\n" + m.group(4)
     return README_BLOCK.sub(fill, text)

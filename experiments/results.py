@@ -3,10 +3,11 @@ this run, of the data's split now, made with the settings asked), written whole 
 not at all."""
 import dataclasses
 import json
+import math
 import os
 
 import runs
-from autograd_lite.files import atomic_write
+from autograd_lite.files import atomic_write, read_json_file
 
 RESULT_KEYS = ("run", "dataset", "method", "seed", "components", "config", "epochs_trained",
                "best_epoch", "finished", "samples", "tight_samples", "test_elbo",
@@ -14,21 +15,35 @@ RESULT_KEYS = ("run", "dataset", "method", "seed", "components", "config", "epoc
 IOP_KEYS = ("log_likelihood_exact", "log_likelihood_exact_tight", "log_normalizer")
 
 
-def _no_constant(name):
-    raise ValueError(f"{name} (a number that is not finite)")
-
-
-def read_json(path, hint=""):
+def read_json(path, hint="", what="result file"):
     """The JSON object in the result file ``path``; one line naming the file (and
-    ``hint``) when it is not one (truncated, NaN, not an object)."""
+    ``hint``) when it is not one (truncated, NaN or 1e400, not an object, a FIFO)."""
     try:
-        with open(path) as f:
-            obj = json.load(f, parse_constant=_no_constant)
+        obj = read_json_file(path, what)
         if not isinstance(obj, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as exc:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"result file {path} is not usable ({exc}){hint}") from None
+            raise ValueError(f"{what} {path} is not usable (not a JSON object)")
+    except ValueError as exc:
+        raise ValueError(f"{exc}{hint}") from None
     return obj
+
+
+def number(value):
+    """True for a finite int or float (not a bool, not a string)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def check_number(where, key, value, none=False):
+    """``value``, refused in one line naming ``where`` and ``key`` unless a finite
+    number (or None, with ``none``)."""
+    if not (number(value) or (none and value is None)):
+        raise ValueError(f"{where}: {key} is {value!r:.60}, not a finite number")
+    return value
+
+
+NUMBER_KEYS = ("test_elbo", "log_likelihood", "log_likelihood_tight", "log_normalizer",
+               "log_likelihood_exact", "valid_log_likelihood")
+INT_KEYS = ("seed", "epochs_trained", "best_epoch", "samples", "tight_samples")
 
 
 def read_result(run, results, split_id=None):
@@ -63,9 +78,26 @@ def check_result(result, run):
                if k not in result]
     if missing:
         raise ValueError(f"no {', '.join(missing)}")
+    check_result_types(result)
     if (result["run"], result["dataset"], result["method"], result["seed"]) != (
             run.name, run.dataset, run.method, run.seed):
         raise ValueError(f"it holds the result of run {result['run']}, not of {run.name}")
+
+
+def check_result_types(result):
+    """ValueError naming the first field of ``result`` of the wrong type: numbers that
+    are not finite numbers, counts that are not integers, ``finished`` not true or false."""
+    for key in NUMBER_KEYS:
+        if key in result:
+            check_number("its numbers", key, result[key])
+    if "log_likelihood_exact_tight" in result:
+        check_number("its numbers", "log_likelihood_exact_tight",
+                     result["log_likelihood_exact_tight"], none=True)
+    for key in INT_KEYS:
+        if key in result and (type(result[key]) is not int or result[key] < 0):
+            raise ValueError(f"{key} is {result[key]!r:.60}, not a count")
+    if "finished" in result and not isinstance(result["finished"], bool):
+        raise ValueError(f"finished is {result['finished']!r:.60}, not true or false")
 
 
 def current_split_ids(todo, data_dir=""):
@@ -135,11 +167,48 @@ def load_results(todo, results, data_dir=""):
 
 
 def read_results_folder(results, dataset):
-    """Every result JSON of ``dataset`` in ``results`` that holds a history."""
+    """Every result JSON of ``dataset`` in ``results`` that holds a history, each
+    checked (``check_curve``)."""
     found = []
     for name in sorted(os.listdir(results)) if os.path.isdir(results) else []:
         if name.startswith(dataset + "-") and name.endswith(".json"):
-            r = read_json(os.path.join(results, name))
+            path = os.path.join(results, name)
+            r = read_json(path)
             if "history" in r:
+                try:
+                    check_curve(r)
+                except ValueError as exc:
+                    raise ValueError(f"result file {path} is not usable ({exc})") from None
                 found.append(r)
     return found
+
+
+CURVE_COLUMNS = ("epoch", "beta", "valid_elbo")
+
+
+def check_curve(r):
+    """ValueError naming the first field of a result that ``curves`` cannot draw: its
+    name, method, seed, step size (VampPrior's start and K) and a history of equal,
+    non-empty columns of finite numbers."""
+    for key, kind in (("run", str), ("dataset", str), ("method", str), ("seed", int),
+                      ("config", dict), ("history", dict)):
+        if type(r.get(key)) is not kind:
+            raise ValueError(f"{key} is {r.get(key)!r:.60}, not a {kind.__name__}")
+    if r["method"] not in runs.CHOICES["method"]:
+        raise ValueError(f"method is {r['method']!r:.60}")
+    check_number("its config", "lr", r["config"].get("lr"))
+    if r["method"] == "vamp":
+        check_number("its config", "components", r["config"].get("components"))
+        if not isinstance(r["config"].get("pseudo_init"), str):
+            raise ValueError(f"config: pseudo_init is {r['config'].get('pseudo_init')!r:.60}")
+    h = r["history"]
+    lengths = set()
+    for key in CURVE_COLUMNS:
+        column = h.get(key)
+        if not isinstance(column, list) or not column:
+            raise ValueError(f"history: {key} is {column!r:.60}, not a list of numbers")
+        for value in column:
+            check_number("history", key, value)
+        lengths.add(len(column))
+    if len(lengths) > 1:
+        raise ValueError(f"history: the columns {', '.join(CURVE_COLUMNS)} differ in length")

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from experiments.grid import METHODS, paper_k
-from experiments.results import invalid, read_json
+from experiments.results import check_number, invalid, read_json
 from experiments.stats import _change, _mean_std, against_paper, not_worse_than_best, welch_t_test
 
 PAPER_TABLE2 = {  # Table 2 of the paper: test log-likelihood, mean and std over 8 runs
@@ -128,13 +128,15 @@ def _test_values(results, pattern, method):
         listed = os.path.join(results, pattern)
         if not os.path.exists(listed):
             return []
-        paths = [os.path.join(os.path.dirname(listed), name + ".json")
-                 for name in read_json(listed)["runs"]]
+        names = read_json(listed).get("runs")
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise ValueError(f"{listed}: runs is {names!r:.60}, not a list of run names")
+        paths = [os.path.join(os.path.dirname(listed), name + ".json") for name in names]
     else:
         paths = sorted(glob.glob(os.path.join(results, pattern + ".json")))
-    found = (read_json(path) for path in paths)
-    return [r["log_likelihood"] for r in found
-            if r.get("method") == method and "log_likelihood" in r]
+    found = ((path, read_json(path)) for path in paths)
+    return [check_number(f"result file {path}", "log_likelihood", r["log_likelihood"])
+            for path, r in found if r.get("method") == method and "log_likelihood" in r]
 
 
 def measured_causes(results):
@@ -183,11 +185,19 @@ def goal_summary(values, paper, order=PAPER_ORDER):
     lines = [f"- {m}: ours − paper {against_paper(values[m], paper[m])}" for m in present]
     broken = [(a, b) for a, b in pairs if means[a] < means[b]]
     tests = ", ".join(f"{a} − {b} = {means[a] - means[b]:+.2f} "
-                      f"(Welch p = {welch_t_test(values[a], values[b]):.3f})" for a, b in pairs)
+                      f"(Welch p = {_p_value(values[a], values[b])})" for a, b in pairs)
     verdict = ("holds" if not broken else "fails at " +
                ", ".join(f"{a} < {b}" for a, b in broken))
     lines.append(f"- the paper's order {' ≥ '.join(order)} of the means {verdict}: {tests}")
     return "\n".join(lines)
+
+
+def _p_value(a, b):
+    """Welch's p-value to 3 places; "n/a (one run)" where a side has one run (no
+    variance to test with: the test would give nan)."""
+    if min(len(a), len(b)) < 2:
+        return "n/a (one run)"
+    return f"{welch_t_test(a, b):.3f}"
 
 
 def picked_values(results):

@@ -1,0 +1,638 @@
+"""Issue 25: no silent wrong output from the experiment tools.  The seven silent
+failures a hostile probe found (each test fails on the code before the fix), the one
+atomic writer, the one check of a model's weights and outputs, and the weak errors,
+by kind: each a single ``error:`` line naming the file, field or option."""
+import ast
+import dataclasses
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import cli  # noqa: E402
+import datasets  # noqa: E402
+import reproduce_onehot  # noqa: E402
+import runs  # noqa: E402
+from experiments.figures import stopping_point, stopping_table  # noqa: E402
+from experiments.grid import Run, asked_config  # noqa: E402
+from experiments.readme import fill_readme  # noqa: E402
+from experiments.tables import goal_summary  # noqa: E402
+
+TINY = ["--epochs", "2", "--hidden", "8", "--warmup", "1"]
+HUGE = str(10 ** 12)
+
+
+def one_error_line(err, *names):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    assert "allow_pickle" not in lines[0] and ".tmp" not in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("issue25") / "vae"
+    assert cli.main(["train", "--dataset", "onehot", "--method", "vae", *TINY, "--samples", "2",
+                     "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def iop_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("issue25") / "iop"
+    assert cli.main(["train", "--dataset", "onehot", "--method", "iop", *TINY, "--j2", "1",
+                     "--samples", "2", "--out", str(out)]) == 0
+    return out
+
+
+def damaged_copy(run, folder, change):
+    """A copy of ``run``'s checkpoint in ``folder`` with ``change(arrays, meta)`` applied."""
+    with np.load(run / "checkpoint.npz") as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    meta = json.loads(str(arrays["meta"]))
+    change(arrays, meta)
+    arrays["meta"] = np.array(json.dumps(meta))
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "checkpoint.npz", **arrays)
+    return folder
+
+
+def fake_result(run, ll, **extra):
+    config = asked_config(run, {})
+    r = {"run": run.name, "dataset": run.dataset, "method": run.method, "seed": run.seed,
+         "components": None, "config": dataclasses.asdict(config), "epochs_trained": 1,
+         "best_epoch": 1, "finished": True, "samples": 10, "tight_samples": 20,
+         "test_elbo": -3.0, "log_likelihood": ll, "log_likelihood_tight": ll,
+         "likelihood": "bernoulli", "split_id": datasets.load(run.dataset).split_id}
+    r.update(extra)
+    return r
+
+
+def table2(tmp_path, *extra):
+    return cli.main(["table2", "--datasets", "onehot", "--methods", "vae", "--seeds", "0",
+                     "--results", str(tmp_path / "results"), "--out", str(tmp_path / "runs"),
+                     "--samples", "10", "--tight-samples", "20", *extra])
+
+
+def write_result(tmp_path, text):
+    path = tmp_path / "results" / "onehot-vae-seed0.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def readme_copy(tmp_path, change=lambda text: text):
+    path = tmp_path / "README.md"
+    path.write_text(change((ROOT / "README.md").read_text()))
+    return path
+
+
+# === the seven silent failures ========================================================
+@pytest.mark.parametrize("change, block", [
+    (lambda t: t.replace("<!-- end -->", "", 1), "freyfaces-causes"),
+    (lambda t: t.replace("<!-- generated: freyfaces-goal -->\n", "", 1), "freyfaces-table2"),
+    (lambda t: t.replace("<!-- generated: ", "<!-- was: "), "no <!-- generated"),
+])
+def test_1_readme_refuses_markers_that_do_not_pair_up(tmp_path, capsys, change, block):
+    """A missing end marker deleted a paragraph and a whole block ('updated', exit 0);
+    a README without markers was 'already up to date'."""
+    readme = readme_copy(tmp_path, change)
+    before = readme.read_text()
+    assert cli.main(["readme", "--readme", str(readme), "--results", str(ROOT / "results")]) == 2
+    one_error_line(capsys.readouterr().err, str(readme), block)
+    assert readme.read_text() == before
+
+
+def test_1_fill_readme_wants_one_start_and_one_end_per_block():
+    with pytest.raises(ValueError, match="'t' starts twice"):
+        fill_readme("<!-- generated: t -->\n<!-- end -->\n<!-- generated: t -->\n<!-- end -->",
+                    {"t": "| x |"})
+    with pytest.raises(ValueError, match="closes no"):
+        fill_readme("<!-- end -->", {})
+
+
+def test_2_readme_refuses_a_partial_results_folder(tmp_path, capsys):
+    """With --results holding only table2/, the causes table shrank from 7 rows to 2."""
+    readme = readme_copy(tmp_path)
+    before = readme.read_text()
+    partial = tmp_path / "partial"
+    shutil.copytree(ROOT / "results" / "table2", partial / "table2")
+    argv = ["readme", "--readme", str(readme), "--results", str(partial)]
+    assert cli.main(argv) == 2
+    one_error_line(capsys.readouterr().err, "freyfaces-causes", "shrink", "1: the authors' split",
+                   "--allow-fewer-rows")
+    assert readme.read_text() == before
+    assert cli.main(argv + ["--allow-fewer-rows"]) == 0  # when the user asks for it
+    assert len(readme.read_text()) < len(before)
+
+
+@pytest.mark.parametrize("literal", ["1e400", "-1e400"])
+def test_3_a_result_beyond_float_range_is_refused_like_nan(tmp_path, capsys, literal):
+    """1e400 is inf: table2 printed a bold '**inf ± nan**' row and saved it."""
+    result = fake_result(Run("onehot", "vae", 0), -2.0)
+    path = write_result(tmp_path, json.dumps(result).replace("-2.0,", literal + ",", 1))
+    assert table2(tmp_path) == 2
+    one_error_line(capsys.readouterr().err, str(path), "not finite")
+    assert not (tmp_path / "results" / "table2.json").exists()
+
+
+def test_3_readme_refuses_an_infinite_number_in_a_listed_result(tmp_path, capsys):
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "results", results)
+    name = json.loads((results / "table2" / "table2.json").read_text())["runs"][0]
+    path = results / "table2" / f"{name}.json"
+    r = json.loads(path.read_text())
+    path.write_text(json.dumps(r).replace(json.dumps(r["log_likelihood"]), "1e400", 1))
+    readme = readme_copy(tmp_path)
+    assert cli.main(["readme", "--readme", str(readme), "--results", str(results)]) == 2
+    one_error_line(capsys.readouterr().err, str(path), "not finite")
+
+
+def full_disk_savefig(monkeypatch):
+    """Figure.savefig writing 5 bytes to its target, then failing as under ulimit -f."""
+    from matplotlib.figure import Figure
+
+    def savefig(self, target, **kwargs):
+        if isinstance(target, (str, os.PathLike)):
+            with open(target, "wb") as f:
+                f.write(b"trunc")
+        else:
+            target.write(b"trunc")
+        raise OSError(errno.EFBIG, "File too large")
+    monkeypatch.setattr(Figure, "savefig", savefig)
+
+
+def curve_result(run, lr=1e-3):
+    r = fake_result(run, -2.0, config={**dataclasses.asdict(asked_config(run, {})), "lr": lr})
+    r["history"] = {"epoch": [1, 2, 3, 4], "beta": [0.5, 1.0, 1.0, 1.0],
+                    "valid_elbo": [-3.0, -2.5, -2.6, -2.7]}
+    return r
+
+
+def curves_folder(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir(exist_ok=True)
+    for seed in (0, 1):
+        run = Run("onehot", "vae", seed)
+        (folder / f"{run.name}.json").write_text(json.dumps(curve_result(run)))
+    return folder
+
+
+def test_4_curves_and_figure3_on_a_full_disk_keep_the_old_png(tmp_path, monkeypatch, capsys):
+    """`curves` and `figure3` left a PNG truncated at the file-size limit."""
+    folder = curves_folder(tmp_path)
+    png = tmp_path / "curves.png"
+    png.write_bytes(b"the good old figure")
+    full_disk_savefig(monkeypatch)
+    assert cli.main(["curves", "--dataset", "onehot", "--results", str(folder),
+                     "--figure", str(png)]) == 2
+    one_error_line(capsys.readouterr().err, str(png), "File too large")
+    assert png.read_bytes() == b"the good old figure"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    from experiments.figures import figure3
+    results = {Run("onehot", "vamp", s): fake_result(Run("onehot", "vamp", s), -2.0 - s,
+                                                     components=50) for s in (0, 1)}
+    for r in results.values():
+        r["method"] = "vamp"
+    fig3 = tmp_path / "figure3.png"
+    fig3.write_bytes(b"the good old figure")
+    with pytest.raises(OSError, match="File too large"):
+        figure3(results, "onehot", str(fig3))
+    assert fig3.read_bytes() == b"the good old figure"
+
+
+def test_4_reproduce_onehots_figures_on_a_full_disk_keep_the_old_png(tmp_path, monkeypatch):
+    png = tmp_path / "figure1_posteriors.png"
+    png.write_bytes(b"the good old figure")
+    full_disk_savefig(monkeypatch)
+    result = {"method": "vae", "z": [[0.0, 0.0], [1.0, 1.0]], "labels": [0, 1],
+              "history": [], "elbo_is_estimate": False}
+    with pytest.raises(OSError, match="File too large"):
+        reproduce_onehot.plot_figures([result], str(tmp_path), 1)
+    assert png.read_bytes() == b"the good old figure"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+PROGRAM = ["cli.py", "runs.py", "iopvae.py", "estimators.py", "datasets.py",
+           "reproduce_onehot.py", "check_gradients.py", "experiments", "autograd_lite", "steps"]
+WRITER = ("autograd_lite/files.py",)  # atomic_write itself
+ALLOWED = {  # (file, what): why it is not a whole-file write
+    ("runs.py", "open"): "RUN/.lock, held by flock for the process's life, never data",
+    ("experiments/grid.py", "open"): "a worker's train.log, appended to as it trains",
+    ("autograd_lite/cupy_api.py", "write_text"): "a developer's tool refreshing a snapshot",
+    ("autograd_lite/cupy_sim.py", "dump"): "CuPy's ndarray.dump(file), mirrored for its API",
+}
+
+
+def write_calls(path):
+    """(function, line) of each call in ``path`` that writes a file by another way than
+    ``atomic_write``: open() for writing, savefig/np.savez/json.dump to a path or a
+    file, write_text/write_bytes; a call inside ``lambda f: ...`` (handed to
+    ``atomic_write``) that writes to ``f`` is the writer's."""
+    tree = ast.parse(path.read_text())
+    handed = {id(call) for lam in ast.walk(tree) if isinstance(lam, ast.Lambda)
+              for call in ast.walk(lam.body) if isinstance(call, ast.Call)
+              and any(isinstance(a, ast.Name) and a.id in [p.arg for p in lam.args.args]
+                      for a in call.args[:2])}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+        if name == "open":
+            mode = node.args[1] if len(node.args) > 1 else next(
+                (k.value for k in node.keywords if k.arg == "mode"), None)
+            if isinstance(mode, ast.Constant) and set(str(mode.value)) & set("wax+"):
+                found.append((name, node.lineno))
+        elif name in ("savefig", "savez", "savez_compressed", "save", "write_text",
+                      "write_bytes", "imsave", "tofile") and id(node) not in handed:
+            found.append((name, node.lineno))
+        elif name == "dump" and len(node.args) > 1 and id(node) not in handed:  # json.dump
+            found.append((name, node.lineno))
+    return found
+
+
+def test_every_file_is_written_through_the_one_atomic_writer():
+    """Every JSON, PNG, README and checkpoint goes through autograd_lite.files.atomic_write
+    (``save_png`` for figures): a write by another way (open(..., "w"), savefig(path),
+    np.savez(path), json.dump(f)) outside a lambda handed to it is refused here."""
+    files = [p for entry in PROGRAM for p in
+             ((ROOT / entry).rglob("*.py") if (ROOT / entry).is_dir() else [ROOT / entry])]
+    others = []
+    for path in files:
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in WRITER:
+            continue
+        for name, line in write_calls(path):
+            if (rel, name) not in ALLOWED:
+                others.append(f"{rel}:{line} {name}")
+    assert not others, f"writes that bypass atomic_write: {others}"
+
+
+def test_a_symlinked_readme_is_written_through_the_link(tmp_path, capsys):
+    target = readme_copy(tmp_path, lambda t: t.replace("| 1: the authors' split", "| old", 1))
+    link = tmp_path / "link.md"
+    link.symlink_to(target)
+    assert cli.main(["readme", "--readme", str(link), "--results", str(ROOT / "results")]) == 0
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_text() == (ROOT / "README.md").read_text()
+
+
+def big_weights(prefix, part, value):
+    def change(arrays, meta):
+        for key in arrays:
+            if key.startswith(prefix) and part in key:
+                arrays[key][...] = value
+    return change
+
+
+@pytest.mark.parametrize("method, prefix, part, value, argv", [
+    ("iop", "", "density_ratio", 3e38, ["--sir"]),
+    ("vae", "best/", "encoder", 1e30, []),
+])
+def test_5_sample_refuses_weights_that_evaluate_refuses(vae_run, iop_run, tmp_path, capsys,
+                                                        method, prefix, part, value, argv):
+    """T's weights at 3e38: evaluate exited 2, sample --sir 0 with 64 identical images;
+    the encoder's best weights at 1e30: the same without --sir."""
+    run = {"vae": vae_run, "iop": iop_run}[method]
+    bad = damaged_copy(run, tmp_path / "bad", big_weights(prefix, part, value))
+    png = tmp_path / "s.png"
+    for command in (["evaluate", str(bad)], ["sample", str(bad), "--out", str(png), *argv]):
+        assert cli.main(command) == 2, command
+        one_error_line(capsys.readouterr().err, str(bad))
+    assert not png.exists()
+
+
+def test_5_the_output_check_serves_every_command(iop_run, monkeypatch):
+    """A decoder giving NaN from finite weights is refused by load_model, which evaluate,
+    sample, sample --sir and the grid's evaluation all use."""
+    import iopvae
+    monkeypatch.setattr(iopvae.Decoder, "forward",
+                        lambda self, z: runs.ag.Tensor(runs.ag.as_array(
+                            np.full((z.shape[0], self.dim), np.nan, np.float32))))
+    with pytest.raises(ValueError, match="decoder gives numbers that are not finite"):
+        runs.load_model(str(iop_run))
+
+
+def test_6_compare_patience_0_never_stops_as_in_training(tmp_path, capsys):
+    """`curves --compare-patience 0` said 'patience 0 stops at 9, lost 0.23'; training
+    with --patience 0 never stops early.  A negative patience was accepted."""
+    h = curve_result(Run("onehot", "vae", 0))["history"]
+    assert stopping_point(h, 0) == (None, 2, -2.5)
+    assert "patience 0 (never stops)" in stopping_table([curve_result(Run("onehot", "vae", 0))],
+                                                        0)
+    folder = curves_folder(tmp_path)
+    argv = ["curves", "--dataset", "onehot", "--results", str(folder), "--figure",
+            str(tmp_path / "c.png")]
+    assert cli.main(argv + ["--compare-patience", "0"]) == 0
+    row = capsys.readouterr().out.splitlines()[2]
+    assert row.split("|")[5].strip() == "-" and row.split("|")[7].strip() == "0.00"
+    assert cli.main(argv + ["--compare-patience", "-5"]) == 2
+    one_error_line(capsys.readouterr().err, "--compare-patience", "-5")
+
+
+def test_7_evaluate_split_train_scores_the_binarised_training_images(monkeypatch, capsys):
+    """On MNIST `evaluate --split train` scored gray pixels as Bernoulli data."""
+    import iopvae
+    seen = []
+    monkeypatch.setattr(iopvae, "elbo", lambda model, x, rng: seen.append(np.array(x)) or -1.0)
+    gray = np.full((6, 4), 0.5, np.float32)
+    data = datasets.Dataset(name="mnist", train=gray, valid=gray, test=gray,
+                            likelihood="bernoulli", dynamic_binarization=True,
+                            image_shape=None)
+    model = type("M", (), {"explicit_posterior": False, "has_discriminator": False,
+                           "name": "m"})()
+    runs.report_evaluation(model, data, 1, None, split="train")
+    assert set(np.unique(seen[0])) <= {0.0, 1.0}
+    assert np.array_equal(seen[0], runs.training_images(data))
+
+
+# === one atomic writer: its errors ======================================================
+def test_a_missing_folder_names_the_file_not_its_temporary(tmp_path):
+    from autograd_lite.files import atomic_write
+    with pytest.raises(FileNotFoundError) as caught:
+        atomic_write(tmp_path / "no" / "x.png", lambda f: f.write(b"x"))
+    assert str(tmp_path / "no" / "x.png") in str(caught.value) and ".tmp" not in str(
+        caught.value)
+
+
+# === weak errors: one `error:` line naming the file and the field ======================
+def write_selection(tmp_path, change):
+    doc = {"dataset": "onehot", "score": "s", "seeds": [0], "config": {"epochs": 2},
+           "methods": {"vae": {"pick": {"lr": 0.001}, "candidates": [
+               {"settings": {"lr": 0.001}, "runs": ["r"], "valid_log_likelihood": [-2.0],
+                "mean": -2.0, "std": 0.0, "invalid": False}]}}}
+    change(doc)
+    path = tmp_path / "results" / "onehot-selection.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda d: d["methods"]["vae"]["pick"].update(lr="abc"), "lr"),
+    (lambda d: d["methods"]["vae"]["pick"].update(seed=5), "'seed'"),
+    (lambda d: d["methods"]["vae"]["pick"].update(colour=1), "'colour'"),
+    (lambda d: d.pop("methods"), "methods"),
+    (lambda d: d.update(config=[1, 2]), "config"),
+])
+def test_hand_edited_selection_files_are_one_error_line(tmp_path, capsys, change, field):
+    path = write_selection(tmp_path, change)
+    assert table2(tmp_path, "--selected", "--epochs", "2") == 2
+    one_error_line(capsys.readouterr().err, str(path), field)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda r: r["history"].pop("beta"), "beta"),
+    (lambda r: r["config"].pop("lr"), "lr"),
+    (lambda r: r["history"]["valid_elbo"].__setitem__(1, "x"), "valid_elbo"),
+    (lambda r: r["history"].update(epoch=[]), "epoch"),
+    ("NESTED", "nested"),
+])
+def test_curves_results_that_cannot_be_drawn_are_one_error_line(tmp_path, capsys, change,
+                                                                 field):
+    folder = curves_folder(tmp_path)
+    path = folder / "onehot-vae-seed0.json"
+    r = json.loads(path.read_text())
+    if change == "NESTED":
+        path.write_text('{"history": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    else:
+        change(r)
+        path.write_text(json.dumps(r))
+    assert cli.main(["curves", "--dataset", "onehot", "--results", str(folder),
+                     "--figure", str(tmp_path / "c.png")]) == 2
+    one_error_line(capsys.readouterr().err, str(path), field)
+
+
+@pytest.mark.parametrize("value", ['"abc"', "[1, 2]", "true"])
+def test_a_result_number_of_the_wrong_type_is_one_error_line(tmp_path, capsys, value):
+    result = fake_result(Run("onehot", "vae", 0), -2.0)
+    path = write_result(tmp_path, json.dumps(result).replace("-2.0,", value + ",", 1))
+    assert table2(tmp_path) == 2
+    one_error_line(capsys.readouterr().err, str(path), "log_likelihood")
+
+
+def test_finished_must_be_true_or_false(tmp_path, capsys):
+    path = write_result(tmp_path, json.dumps(fake_result(Run("onehot", "vae", 0), -2.0,
+                                                         finished="no")))
+    assert table2(tmp_path) == 2
+    one_error_line(capsys.readouterr().err, str(path), "finished")
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda a, m: m.update(history=[["x", 1]] + m["history"][1:]), "history record 0"),
+    (lambda a, m: m.update(epoch=-4, best_epoch=-4), "epoch -4"),
+    (lambda a, m: m.update(history=[]), "history holds 0 records"),
+    (lambda a, m: m.update(dim=10 ** 9), "not enough memory"),
+])
+def test_checkpoint_meta_that_would_fail_later_is_refused_at_once(vae_run, tmp_path, capsys,
+                                                                  change, field):
+    """A history of ["x", 1] failed only after training; epoch -4 resumed with beta -3;
+    an empty history gave '-inf ... nan'; a dim of 10^9 hung."""
+    bad = damaged_copy(vae_run, tmp_path / "bad", change)
+    for argv in (["evaluate", str(bad)],
+                 ["train", "--dataset", "onehot", "--method", "vae", "--resume", "--out",
+                  str(bad), "--epochs", "5"]):
+        assert cli.main(argv) == 2
+        one_error_line(capsys.readouterr().err, str(bad), field)
+
+
+@pytest.mark.parametrize("setting, said", [("seed=5", "--seed"), ("dataset=mnist", "--dataset"),
+                                           ("lr=abc", "lr must be a float")])
+def test_run_settings_are_checked(tmp_path, capsys, setting, said):
+    assert cli.main(["run", "--dataset", "onehot", "--method", "vae", "--settings", setting,
+                     "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r")]) == 2
+    one_error_line(capsys.readouterr().err, setting, said)
+
+
+def test_reproduce_onehot_refuses_an_out_that_is_a_file(tmp_path, capsys):
+    file = tmp_path / "file"
+    file.write_text("x")
+    with pytest.raises(SystemExit):
+        reproduce_onehot.parse_args(["--out", str(file)])
+    assert f"--out {file} is a file" in capsys.readouterr().err
+
+
+def test_figure_paths_are_said_as_written_and_checked_before_training(vae_run, tmp_path,
+                                                                      capsys):
+    """`--figure fig` wrote fig.png but said fig; `figure3 --figure f.xyz` was refused
+    after training; `sample --out FOLDER` wrote FOLDER.png beside it."""
+    folder = curves_folder(tmp_path)
+    assert cli.main(["curves", "--dataset", "onehot", "--results", str(folder), "--figure",
+                     str(tmp_path / "fig")]) == 0
+    assert f"wrote {tmp_path / 'fig'}.png" in capsys.readouterr().out
+    assert (tmp_path / "fig.png").is_file()
+    assert cli.main(["figure3", "--dataset", "onehot", "--seeds", "0", "--figure",
+                     str(tmp_path / "f.xyz"), "--out", str(tmp_path / "runs"), "--results",
+                     str(tmp_path / "r"), *TINY]) == 2
+    one_error_line(capsys.readouterr().err, "--figure", "f.xyz")
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "pngs").mkdir()
+    assert cli.main(["sample", str(vae_run), "--out", str(tmp_path / "pngs")]) == 2
+    one_error_line(capsys.readouterr().err, "--out", "folder")
+    assert not (tmp_path / "pngs.png").exists()
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["train", "--dataset", "onehot", "--method", "iop", "--j1", HUGE], "--j1"),
+    (["train", "--dataset", "onehot", "--method", "iop", "--j2", HUGE], "--j2"),
+    (["train", "--dataset", "onehot", "--method", "vae", "--valid-samples", HUGE],
+     "--valid-samples"),
+    (["train", "--dataset", "onehot", "--method", "vae", "--samples", HUGE], "--samples"),
+    (["table2", "--datasets", "onehot", "--tight-samples", HUGE], "--tight-samples"),
+])
+def test_size_options_are_checked_against_the_machine_before_any_work(tmp_path, capsys, argv,
+                                                                     said):
+    assert cli.main(argv + ["--out", str(tmp_path / "runs")]) == 2
+    one_error_line(capsys.readouterr().err, said, HUGE)
+    assert not (tmp_path / "runs").exists() or argv[0] == "train"
+
+
+def test_sample_n_is_checked_against_memory(vae_run, tmp_path, capsys):
+    assert cli.main(["sample", str(vae_run), "--n", str(10 ** 9), "--out",
+                     str(tmp_path / "s.png")]) == 2
+    one_error_line(capsys.readouterr().err, "--n", "not enough memory")
+
+
+def test_reproduce_onehot_checks_prior_samples_against_memory(capsys):
+    with pytest.raises(SystemExit):
+        reproduce_onehot.parse_args(["--prior-samples", HUGE])
+    assert "--prior-samples" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "config-json", "inflating"])
+def test_checkpoints_that_are_no_npz_file_are_refused_at_once(vae_run, tmp_path, capsys, kind):
+    """A FIFO hung, /dev/zero never ended, a JSON file got NumPy's allow_pickle hint, a
+    compressed .npz inflated 17 MB to 4.9 GB."""
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "checkpoint.npz"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "config-json":
+        path = vae_run / "config.json"
+    else:
+        with np.load(vae_run / "checkpoint.npz") as archive:
+            arrays = {k: archive[k] for k in archive.files}
+        arrays["model/padding"] = np.zeros(2 ** 24, np.float32)
+        np.savez_compressed(path, **arrays)
+    assert cli.main(["evaluate", str(path)]) == 2
+    one_error_line(capsys.readouterr().err, str(path))
+
+
+def test_a_fifo_as_result_file_is_refused(tmp_path, capsys):
+    path = tmp_path / "results" / "onehot-vae-seed0.json"
+    path.parent.mkdir()
+    os.mkfifo(path)
+    assert table2(tmp_path) == 2
+    one_error_line(capsys.readouterr().err, str(path), "not a regular file")
+
+
+@pytest.mark.parametrize("extra, said", [
+    (["--methods", "vae", "vae"], "--methods"),
+    (["--components", "10", "10"], "--components"),
+])
+def test_values_given_twice_are_refused_before_training(tmp_path, capsys, extra, said):
+    argv = ["figure3" if said == "--components" else "table2", "--out", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "r"), "--seeds", "0", *TINY, *extra]
+    if said == "--components":
+        argv += ["--dataset", "onehot"]
+    assert cli.main(argv) == 2
+    one_error_line(capsys.readouterr().err, said)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_bad_backend_under_jobs_is_one_line_before_any_worker(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "iopvae.py"), "table2", "--datasets", "onehot", "--seeds",
+         "0", "--jobs", "2", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r")],
+        env={**os.environ, "AUTOGRAD_LITE_BACKEND": "bogus"}, capture_output=True, text=True,
+        timeout=120)
+    assert result.returncode == 2
+    one_error_line(result.stderr, "AUTOGRAD_LITE_BACKEND")
+
+
+def test_select_refuses_lr_which_it_would_ignore(tmp_path, capsys):
+    assert cli.main(["select", "--dataset", "onehot", "--lr", "0.5", "--out",
+                     str(tmp_path / "runs"), "--results", str(tmp_path / "r")]) == 2
+    one_error_line(capsys.readouterr().err, "--lr", "--lrs")
+
+
+def test_welch_p_with_one_run_says_so_instead_of_nan():
+    paper = {"iop": (10.0, 1.0), "vamp": (8.0, 1.0), "vae": (5.0, 1.0)}
+    text = goal_summary({"iop": [9.0], "vae": [4.0, 6.0]}, paper)
+    assert "nan" not in text and "Welch p = n/a (one run)" in text
+
+
+def test_resume_with_an_earlier_end_is_refused(vae_run, capsys):
+    assert cli.main(["train", "--dataset", "onehot", "--method", "vae", "--resume", "--out",
+                     str(vae_run), "--epochs", "1"]) == 2
+    one_error_line(capsys.readouterr().err, "--epochs 1", "2 epochs")
+
+
+def test_stale_temporary_pngs_of_killed_samples_are_removed(vae_run, tmp_path, capsys):
+    png = tmp_path / "s.png"
+    stale, fresh = tmp_path / ".s.png.abc.tmp", tmp_path / ".s.png.def.tmp"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    assert cli.main(["sample", str(vae_run), "--n", "4", "--out", str(png)]) == 0
+    assert png.is_file() and not stale.exists() and fresh.exists()
+
+
+def test_an_ascii_terminal_gets_the_error_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "iopvae.py"), "readme", "--readme", str(tmp_path / "é.md")],
+        env={**os.environ, "PYTHONIOENCODING": "ascii"}, capture_output=True, timeout=120)
+    assert result.returncode == 2
+    err = result.stderr.decode("ascii")
+    assert err.startswith("error: --readme") and "codec" not in err and "Traceback" not in err
+
+
+def test_killing_table2_with_sigkill_stops_its_workers(tmp_path):
+    """After kill -9 of the `table2 --jobs 2` parent, its workers went on training."""
+    grid = subprocess.Popen(
+        [sys.executable, str(ROOT / "iopvae.py"), "table2", "--datasets", "onehot", "--methods",
+         "vae", "iop", "--seeds", "0", "--jobs", "2", "--out", str(tmp_path / "runs"),
+         "--results", str(tmp_path / "results"), "--epochs", "100000", "--hidden", "8",
+         "--patience", "0"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    locks = [tmp_path / "runs" / name / ".lock" for name in ("onehot-vae-seed0",
+                                                              "onehot-iop-seed0")]
+    deadline = time.time() + 120
+    while not all(p.exists() and p.read_text().strip() for p in locks):
+        assert time.time() < deadline and grid.poll() is None, "the workers did not start"
+        time.sleep(0.2)
+    workers = [int(p.read_text()) for p in locks]
+    grid.send_signal(signal.SIGKILL)
+    grid.wait(timeout=60)
+    deadline = time.time() + 60
+    while any(alive(pid) for pid in workers):
+        assert time.time() < deadline, "a worker outlived its grid"
+        time.sleep(0.2)
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
