@@ -40,7 +40,7 @@ import os
 import sys
 import time
 
-from autograd_lite.files import atomic_write
+from autograd_lite.files import atomic_write, save_png
 
 OPTIMUM = -math.log(4)
 ALL_METHODS = ("vae", "avb", "vamp", "iop")
@@ -234,8 +234,10 @@ def plot_figures(results, out, warmup):
     axes[0][0].legend(markerscale=4, fontsize=8, loc="upper left")
     fig.suptitle("Figure 1: samples of q(z|x) for the OneHot test data")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "figure1_posteriors.png"), dpi=110)
-    plt.close(fig)
+    try:
+        save_png(fig, os.path.join(out, "figure1_posteriors.png"), dpi=110)
+    finally:
+        plt.close(fig)
 
     fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.6), squeeze=False, sharey=True)
     for ax, r in zip(axes[0], results):
@@ -256,8 +258,10 @@ def plot_figures(results, out, warmup):
                  f"{FIGURE2_EVERY} epochs ({VALID_SAMPLES} posterior samples per validation "
                  "point)")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "figure2_elbo.png"), dpi=110)
-    plt.close(fig)
+    try:
+        save_png(fig, os.path.join(out, "figure2_elbo.png"), dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def plot_density_ratio(result, out, settings):
@@ -293,8 +297,10 @@ def plot_density_ratio(result, out, settings):
                  f"{settings['epochs']} epochs): black lines enclose 95% (dashed) and 50% of "
                  "q(z), where T's z1 lie; the dotted circle 95% of N(0, I), where its z0 lie")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "figure_density_ratio.png"), dpi=110)
-    plt.close(fig)
+    try:
+        save_png(fig, os.path.join(out, "figure_density_ratio.png"), dpi=110)
+    finally:
+        plt.close(fig)
     numbers = {"epochs": settings["epochs"], "seed": settings["seed"],
                **{k: v for k, v in grid.items() if not isinstance(v, list)}}
     atomic_write(os.path.join(out, "density_ratio.json"),
@@ -361,6 +367,16 @@ def parse_args(argv):
     given = [word.split("=")[0] for word in (sys.argv[1:] if argv is None else argv)]
     overridden = [o for o in ("--epochs", "--warmup", "--prior-samples", "--is-samples")
                   if o in given]
+    import runs  # here: a --help needs no model code
+    try:  # the Monte Carlo's log p(x|z) of every prior sample for each of 1,000 test points
+        runs.fits(f"--prior-samples {args.prior_samples}", args.prior_samples * 1000 * 16,
+                  "the Monte Carlo's log p(x|z) table")
+        runs.fits(f"--is-samples {args.is_samples}", args.is_samples * 100 * 16,
+                  "a batch's importance weights")
+    except ValueError as exc:
+        parser.error(str(exc))
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out} is a file, not a folder")
     if args.quick and overridden:
         print(f"warning: --quick overrides {', '.join(overridden)}", file=sys.stderr)
     args.warmup = min(args.warmup, args.epochs)

@@ -16,8 +16,10 @@ import glob
 import json
 import math
 import os
+import stat
 import sys
 import time
+import zipfile
 
 import numpy as np
 
@@ -26,7 +28,7 @@ import datasets
 import estimators
 import iopvae
 from autograd_lite import nn
-from autograd_lite.files import atomic_write
+from autograd_lite.files import atomic_write, loads_json, png_path, save_png
 
 # =============================================================================
 # 1. Configuration.
@@ -368,10 +370,11 @@ def read_checkpoint(path):
         path = os.path.join(path, "checkpoint.npz")
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path} not found")
+    check_npz_file(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
-        meta = json.loads(str(arrays.pop("meta")))
+        meta = loads_json(str(arrays.pop("meta")))
         meta["config"] = Config(**meta["config"]).checked_types().validate()
         check_meta(meta)
     except Exception as exc:
@@ -384,7 +387,52 @@ def read_checkpoint(path):
             raise CheckpointError(f"checkpoint {path}: {name} holds "
                                   f"{np.size(value) - np.isfinite(value).sum()} non-finite "
                                   "values (NaN or infinite weights): not usable")
+        if name.startswith(("model/", "best/")) and np.abs(value).max(initial=0) > MAX_WEIGHT:
+            raise CheckpointError(f"checkpoint {path}: {name} holds weights up to "
+                                  f"{np.abs(value).max():.3g}, beyond {MAX_WEIGHT:g} (no "
+                                  "trained network comes near): not usable")
     return meta, arrays
+
+
+# A weight beyond this is absurd: Adam moves a weight by about the step size per step
+# (1e-3 x 17,000 steps of 1,000 FreyFaces epochs: 17), and 1e6 times an input of order 1
+# overflows exp() of a float32 (beyond 88).
+MAX_WEIGHT = 1e6
+NPZ_SLACK = 2 ** 20  # what an uncompressed .npz may hold beyond its file size: headers
+
+
+def check_npz_file(path):
+    """Refuse, before NumPy reads it, a checkpoint that is not a regular file (a FIFO
+    would hang, /dev/zero never end), not a zip archive (NumPy's error would suggest
+    unsafe loading), or whose arrays would inflate beyond the file's size (checkpoints
+    are written uncompressed, so a compressed one is crafted: it is refused, as the data
+    loader refuses a gzip file beyond its expected size)."""
+    def refuse(why):
+        raise CheckpointError(f"checkpoint {path} is not a readable iopvae checkpoint: {why}")
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            refuse("not a regular file")
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                refuse("not an .npz archive")
+        total = 0
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                total += member.file_size
+                with archive.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(f)
+                    total += math.prod(shape) * dtype.itemsize
+    except OSError as exc:
+        refuse(exc.strerror or str(exc))
+    except (ValueError, zipfile.BadZipFile, EOFError, TypeError) as exc:
+        refuse(f"{type(exc).__name__}: {exc}"[:200])
+    if total > 2 * info.st_size + NPZ_SLACK:
+        refuse(f"its arrays would take {total:,} bytes, from a file of {info.st_size:,} "
+               "(an .npz written by this program is not compressed)")
 
 
 META_TYPES = {"epoch": int, "bad_epochs": int, "best_epoch": int, "dim": int,
@@ -406,6 +454,75 @@ def check_meta(meta):
     if shape is not None and (len(shape) != 2 or not all(isinstance(n, int) for n in shape)
                               or shape[0] * shape[1] != meta["dim"]):
         raise ValueError(f"image_shape {shape} does not hold dim {meta['dim']} pixels")
+    if not 0 <= meta["best_epoch"] <= meta["epoch"] or meta["bad_epochs"] < 0:
+        raise ValueError(f"epoch {meta['epoch']}, best_epoch {meta['best_epoch']}, bad_epochs "
+                         f"{meta['bad_epochs']}: not counts of this run's epochs")
+    history = meta["history"]
+    if len(history) != meta["epoch"]:
+        raise ValueError(f"history holds {len(history)} records for epoch {meta['epoch']}")
+    for i, record in enumerate(history):
+        if not (isinstance(record, dict) and record.get("epoch") == i + 1
+                and all(_finite(record.get(k)) for k in ("beta", "loss", "valid_elbo"))
+                and (record.get("disc_loss") is None or _finite(record["disc_loss"]))):
+            raise ValueError(f"history record {i} is {record!r:.80}, not epoch {i + 1}'s "
+                             "numbers")
+    c = meta["config"].resolved()
+    fits(f"the checkpoint's dim {meta['dim']}", 8 * 4 * 2 * meta["dim"] * (c.hidden + c.latent),
+         "its networks' weights and their optimizer moments")
+
+
+def _finite(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
+        value)
+
+
+def machine_memory():
+    """This machine's memory in bytes (``os.sysconf``, else /proc/meminfo; None if
+    neither says)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def fits(said, needed, what):
+    """Refuse, in a line naming ``said`` (the options and their values), ``needed``
+    bytes (for ``what``) beyond this machine's memory: before any work, not as a
+    MemoryError (or the kernel's kill) later."""
+    memory = machine_memory()
+    if memory and needed > memory:
+        raise ValueError(f"not enough memory: {said} needs about {needed / 2 ** 30:,.3g} GiB "
+                         f"for {what}, more than this machine's {memory / 2 ** 30:.3g} GiB")
+
+
+MAX_EPOCHS_PER_ROUND = 10_000  # --j1, --j2: the paper's are 1 and 10
+
+
+def check_sizes(config, dim, samples=(), points=100):
+    """Refuse, before any work, sizes this machine cannot run: ``--j1`` or ``--j2`` beyond
+    ``MAX_EPOCHS_PER_ROUND`` (one round would take days), and ``--valid-samples``,
+    ``--batch-size``, ``--hidden`` or the importance samples ``samples`` (option, S)
+    whose arrays exceed its memory (``dim``: the data's dimension)."""
+    c = config.resolved()
+    for name in ("j1", "j2"):
+        if getattr(c, name) > MAX_EPOCHS_PER_ROUND:
+            raise ValueError(f"--{name} {getattr(c, name)}: more than {MAX_EPOCHS_PER_ROUND:,} "
+                             "epochs per round (the paper: j1 1, j2 10) would take days a round")
+    width = 8 * 4 * (dim + 2 * c.hidden + 4 * c.latent)  # float64 and temporaries, per row
+    fits(f"--hidden {c.hidden} with --latent {c.latent}",
+         8 * 4 * 2 * c.hidden * (dim + c.hidden + c.latent), "the weights")
+    fits(f"--batch-size {c.batch_size} with --valid-samples {c.valid_samples}",
+         width * c.batch_size * c.valid_samples, "a validation batch")
+    for option, value in samples:  # (S, points) log-weights, float32 and float64
+        fits(f"{option} {value}", 16 * points * value, "a batch's importance weights")
 
 
 def _sub_state(arrays, prefix):
@@ -465,7 +582,30 @@ def load_model(path, best=True):
     model.eval()
     model.image_shape = meta.get("image_shape")
     model.split_id = meta.get("split_id")
+    check_outputs(model, f"checkpoint {path}")
     return model, config
+
+
+PROBES = 16  # N(0, I) draws that check_outputs decodes
+
+
+def check_outputs(model, source):
+    """The one check of a model's outputs that every command (evaluate, sample,
+    sample --sir, the grid's evaluation) passes through ``load_model``: the decoder
+    (and IOP's T) on ``PROBES`` draws of N(0, I) (a generator of its own: no number of
+    the command changes) must give finite numbers; ``read_checkpoint`` has refused
+    non-finite and absurd weights before."""
+    z = ag.Tensor(ag.as_array(np.random.default_rng(0).standard_normal(
+        (PROBES, model.latent)).astype(np.float32)))
+    with ag.no_grad(), np.errstate(all="ignore"):
+        decoded = model.decoder(z)
+        outputs = {"decoder": decoded if isinstance(decoded, tuple) else (decoded,)}
+        if isinstance(model, iopvae.ImplicitOptimalPrior):
+            outputs["density ratio T"] = (model.density_ratio(z),)
+        for name, tensors in outputs.items():
+            if not all(np.isfinite(ag.to_numpy(t.data)).all() for t in tensors):
+                raise ValueError(f"{source}: its {name} gives numbers that are not finite: "
+                                 "its weights are not usable")
 
 
 def _load_data(name, data_dir):
@@ -515,6 +655,7 @@ def command_train(args):
     given = config_options_given(args)
     config = Config(**given).resolved().validate()
     positive("--samples", args.samples)
+    check_sizes(config, DATA_DIMS.get(config.dataset, 784), [("--samples", args.samples)])
     out = args.out or os.path.join("runs", f"{config.dataset}-{config.method}-seed{config.seed}")
     lock_run_folder(out)
     if args.resume:
@@ -525,6 +666,9 @@ def command_train(args):
             print("--resume continues with the checkpoint's configuration; ignored: " + ", ".join(
                 f"--{name.replace('_', '-')} {value} (checkpoint: {kept})"
                 for name, value, kept in ignored))
+        if args.epochs is not None and args.epochs < meta["epoch"]:
+            raise ValueError(f"--epochs {args.epochs}: {out} has trained {meta['epoch']} epochs "
+                             "already; give a later end to continue it")
         data = _load_data(config.dataset, args.data_dir or config.data_dir)
         trainer = resume_trainer(out, data, out)
         print(f"resuming {out} at epoch {trainer.epoch}")
@@ -541,6 +685,9 @@ def command_train(args):
           f"latent {config.latent}); checkpoints in {out}")
     trainer.train(args.epochs if args.resume else None)
     report_evaluation(trainer.best_model(), data, args.samples, trainer.rng, source=out)
+
+
+DATA_DIMS = {"onehot": 4, "freyfaces": 560}  # the rest: 784 (28 x 28 images)
 
 
 def impossible(value, likelihood):
@@ -570,7 +717,8 @@ def aggregated_posterior_components(model, data):
 def report_evaluation(model, data, samples, rng, split="test", source="the model"):
     """Print the ELBO and log-likelihood of ``split``; refuse non-finite numbers (naming
     ``source``), flag impossible ones, and for IOP print log Z beside its estimate."""
-    x = ag.as_array(getattr(data, split))
+    # the training split as the model saw it (binarised, for MNIST), never gray pixels
+    x = ag.as_array(training_images(data) if split == "train" else getattr(data, split))
     with np.errstate(over="ignore", invalid="ignore"):  # non-finite numbers: refused below
         numbers = {"elbo": float(iopvae.elbo(model, x, rng))}
         if model.explicit_posterior:
@@ -611,6 +759,7 @@ def command_evaluate(args):
     positive("--samples", args.samples)
     non_negative("--seed", args.seed)
     model, config = load_model(args.checkpoint)
+    check_sizes(config, model.decoder.dim, [("--samples", args.samples)])
     data = load_run_data(args.checkpoint, model, config, args.data_dir)
     report_evaluation(model, data, args.samples, ag.default_rng(args.seed), args.split,
                       source=f"checkpoint {args.checkpoint}")
@@ -621,12 +770,13 @@ def command_sample(args):
     non_negative("--seed", args.seed)
     run_dir = (args.checkpoint if os.path.isdir(args.checkpoint)
                else os.path.dirname(os.path.abspath(args.checkpoint)))
-    out = args.out or os.path.join(run_dir, "samples.png")
-    if not os.path.splitext(out)[1]:
-        out += ".png"
-    elif os.path.splitext(out)[1].lower() != ".png":
-        raise ValueError(f"--out {out}: the samples are written as a PNG; name it NAME.png")
+    out = png_path("--out", args.out or os.path.join(run_dir, "samples.png"))
     model, config = load_model(args.checkpoint)
+    dim = model.decoder.dim
+    pixels = 1.3 * (0.6 * 120) ** 2 * max(1, dim / 784)  # a 0.6-inch tile at 120 dpi
+    fits(f"--n {args.n}", args.n * (8 * 4 * (dim + 2 * config.hidden + 21 * config.latent)
+                                     + 4 * 8 * pixels), "the samples and their image")
+    remove_stale_temporaries(out)
     iop = isinstance(model, iopvae.ImplicitOptimalPrior)
     if args.sir and not iop:
         print(f"warning: --sir applies to IOP only; {model.name} samples its own prior")
@@ -669,9 +819,24 @@ def save_image_grid(images, image_shape, path):
     ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
     ax.axis("off")
     try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+        save_png(fig, path, dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
+
+
+STALE_SECONDS = 600  # no PNG takes this long to write
+
+
+def remove_stale_temporaries(path):
+    """Remove the temporary files that killed writes of ``path`` left (older than
+    ``STALE_SECONDS``, so that a write under way now keeps its own)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp")):
+        try:
+            if time.time() - os.stat(stale).st_mtime > STALE_SECONDS:
+                os.remove(stale)
+        except FileNotFoundError:
+            pass
 
 
 # =============================================================================

@@ -1,13 +1,13 @@
 """The experiment commands: ``table2``, ``select``, ``curves``, ``figure3``, ``readme``
 and ``run``, added to cli.py's parser by ``add_commands``, with their option checks."""
-import json
 import os
 import shlex
 
+import autograd_lite as ag
 import datasets
 import iopvae
 import runs
-from autograd_lite.files import atomic_write
+from autograd_lite.files import atomic_write, png_path
 from experiments.figures import draw_curves, figure3, stopping_table
 from experiments.grid import (
     GRID_FIXED,
@@ -22,11 +22,13 @@ from experiments.grid import (
     run_command,
     run_grid,
     run_one,
+    stop_with_parent,
 )
 from experiments.readme import fill_readme, readme_tables
 from experiments.results import load_results, read_results_folder, write_json
 from experiments.selection import (
     candidates,
+    read_selection,
     refuse_other_selection,
     select,
     selected_settings,
@@ -63,6 +65,12 @@ def check_options(args):
     components = getattr(args, "components", None)
     for k in components if isinstance(components, list) else [components or 0]:
         runs.non_negative("--components", k)
+    for option in ("components", "methods", "datasets", "lrs", "pseudo_inits"):
+        values = getattr(args, option, None)
+        if isinstance(values, list) and len(set(values)) < len(values):
+            raise ValueError(f"--{option.replace('_', '-')} {' '.join(map(str, values))}: a "
+                             "value given twice would train the same runs twice")
+    ag.backend_name()  # a bad AUTOGRAD_LITE_BACKEND: one line here, not in every worker
     for option, folder in (("--out", args.out), ("--results", args.results)):
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise ValueError(f"{option} {folder} is a file, not a folder")
@@ -73,8 +81,12 @@ def _config_values(args):
     after ``check_options``."""
     check_options(args)
     args.data_dir = args.data_dir or ""
-    return {k: v for k, v in runs.config_options_given(args).items()
-            if k not in GRID_FIXED + ("data_dir",)}
+    values = {k: v for k, v in runs.config_options_given(args).items()
+              if k not in GRID_FIXED + ("data_dir",)}
+    config = runs.Config(**values).validate()
+    runs.check_sizes(config, 784, [("--samples", args.samples),  # 784: the largest data
+                                   ("--tight-samples", args.tight_samples)])
+    return values
 
 
 def _grid_options(parser):
@@ -121,6 +133,8 @@ def command_table2(args):
 
 def command_figure3(args):
     ks = [0 if k == paper_k(args.dataset) else k for k in args.components]
+    path = png_path("--figure", args.figure or os.path.join(
+        os.path.dirname(os.path.normpath(args.results)), f"figure3_{args.dataset}.png"))
     values, settings = _config_values(args), None
     if args.selected:
         values, settings = selected_settings(args.results, args.dataset, values,
@@ -129,22 +143,21 @@ def command_figure3(args):
                  + grid([args.dataset], ["iop"], args.seeds, settings=settings))
     if not _run_or_print(grid_runs, args, values):
         return
-    path = args.figure or os.path.join(os.path.dirname(os.path.normpath(args.results)),
-                                       f"figure3_{args.dataset}.png")
     numbers = figure3(load_results(grid_runs, args.results, args.data_dir), args.dataset, path)
     print(f"wrote {path}: VampPrior K = {numbers['K']}")
 
 
 def command_select(args):
+    for name, instead in (("lr", "--lrs"), ("pseudo_init", "--pseudo-inits")):
+        if getattr(args, name, None) is not None:
+            raise ValueError(f"--{name.replace('_', '-')} does not apply to select, which "
+                             f"tries the candidates of {instead}")
     cands = {m: candidates(m, args.lrs, args.pseudo_inits) for m in args.methods}
     ks = (0 if args.components == paper_k(args.dataset) else args.components,)
     todo = grid([args.dataset], args.methods, args.seeds, ks, cands)
     values = _config_values(args)
     path = selection_path(args.results, args.dataset)
-    earlier = None
-    if os.path.exists(path):
-        with open(path) as f:
-            earlier = json.load(f)
+    earlier = read_selection(path) if os.path.exists(path) else None
     refuse_other_selection(earlier, args.dataset, values, args.seeds)  # before any training
     if not _run_or_print(todo, args, values):
         return
@@ -156,19 +169,21 @@ def command_select(args):
 
 
 def command_curves(args):
+    runs.non_negative("--compare-patience", args.compare_patience)
+    path = png_path("--figure", args.figure or os.path.join(
+        os.path.dirname(os.path.normpath(args.results)), f"{args.dataset}_curves.png"))
     found = [r for r in read_results_folder(args.results, args.dataset)
              if (not args.match or any(m in r["run"] for m in args.match))
              and (not args.seeds or r["seed"] in args.seeds)]
     if not found:
         raise ValueError(f"no {args.dataset} results with a history in {args.results}")
-    path = args.figure or os.path.join(os.path.dirname(os.path.normpath(args.results)),
-                                       f"{args.dataset}_curves.png")
     draw_curves(found, path)
     print(stopping_table(found, args.compare_patience))
     print(f"\nwrote {path}")
 
 
 def command_run(args):
+    stop_with_parent()
     run = Run(args.dataset, args.method, args.seed, args.components,
               as_settings(parse_settings(args.settings)))
     run_one(run, _config_values(args), args.out, args.results, args.samples,
@@ -176,9 +191,16 @@ def command_run(args):
 
 
 def command_readme(args):
-    with open(args.readme) as f:
+    if not os.path.isfile(args.readme):
+        raise ValueError(f"--readme {args.readme}: not a file")
+    if not os.path.isdir(args.results):
+        raise ValueError(f"--results {args.results}: not a folder")
+    with open(args.readme, encoding="utf-8") as f:
         text = f.read()
-    filled = fill_readme(text, readme_tables(args.results))
+    try:
+        filled = fill_readme(text, readme_tables(args.results), args.allow_fewer_rows)
+    except ValueError as exc:
+        raise ValueError(f"{args.readme} not updated: {exc}") from None
     atomic_write(args.readme, lambda f: f.write(filled), mode="w")
     print(f"{args.readme}: {'updated' if filled != text else 'already up to date'}")
 
@@ -244,6 +266,8 @@ def add_commands(sub):
                                       "committed results")
     m.add_argument("--readme", default="README.md", help="the file (default: README.md)")
     m.add_argument("--results", default="results", help="the results folder (default: results)")
+    m.add_argument("--allow-fewer-rows", action="store_true",
+                   help="let a table lose rows (else refused: results are missing)")
     m.set_defaults(run=command_readme)
 
     r = sub.add_parser("run", help="one run of the grid: train or resume, then evaluate")

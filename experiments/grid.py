@@ -82,10 +82,16 @@ def parse_settings(words):
     for word in words or ():
         key, sep, text = word.partition("=")
         if not sep or key not in types:
-            raise ValueError(f"setting {word!r}: expected NAME=VALUE with NAME a Config field")
+            raise ValueError(f"--settings {word!r}: expected NAME=VALUE with NAME a Config field")
+        if key in GRID_FIXED + ("data_dir",):
+            raise ValueError(f"--settings {word!r}: {key} is set by the option --"
+                             f"{key.replace('_', '-')}, not as a setting")
         kind = {"int": int, "float": float, "str": str}[getattr(types[key], "__name__",
                                                                 types[key])]
-        values[key] = kind(text)
+        try:
+            values[key] = kind(text)
+        except ValueError:
+            raise ValueError(f"--settings {word!r}: {key} must be a {kind.__name__}") from None
     return values
 
 
@@ -278,6 +284,37 @@ def run_command(run, args, config_values, python=sys.executable):
     return words
 
 
+PARENT_PIPE = "IOPVAE_PARENT_PIPE"  # a worker's end of the pipe its grid holds open
+
+
+def stop_with_parent():
+    """In a worker of ``run_grid``: stop this process (SIGTERM) when the grid that
+    started it is gone, seen as the end of the pipe named by ``$IOPVAE_PARENT_PIPE``."""
+    fd = os.environ.pop(PARENT_PIPE, None)
+    if fd is None or not fd.isdigit():
+        return
+
+    def watch():
+        try:
+            while os.read(int(fd), 1):
+                pass
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def last_line(path):
+    """The last non-empty line of the text file ``path`` ("" if none), shortened."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 4096))
+            lines = f.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1][:200] if lines else ""
+
+
 class RunFailed(ValueError):
     """A worker process of the grid exited with an error (its train.log says why)."""
 
@@ -310,17 +347,30 @@ def run_grid(todo, args, config_values):
 
     def work(run):
         os.makedirs(os.path.join(args.out, run.name), exist_ok=True)
-        with open(os.path.join(args.out, run.name, "train.log"), "a") as log:
+        log_path = os.path.join(args.out, run.name, "train.log")
+        with open(log_path, "a") as log:  # appended to: a log, not a result
             with starting:  # no new worker once stop_workers has begun
                 if stopped:
                     return 128 + stopped[0]
-                worker = subprocess.Popen(run_command(run, args, config_values), stdout=log,
-                                          stderr=subprocess.STDOUT,
-                                          env={**os.environ, **SINGLE_THREAD})
+                # the worker watches the read end: when this process dies, however it
+                # dies (kill -9 too), the kernel closes the write end and the worker stops
+                watch, alive = os.pipe()
+                try:
+                    worker = subprocess.Popen(run_command(run, args, config_values),
+                                              stdout=log, stderr=subprocess.STDOUT,
+                                              pass_fds=(watch,),
+                                              env={**os.environ, **SINGLE_THREAD,
+                                                   PARENT_PIPE: str(watch)})
+                finally:
+                    os.close(watch)
                 workers.append(worker)
-            code = worker.wait()
-        print(f"{run.name}: {'done' if code == 0 else 'FAILED'}"
-              f" (log: {os.path.join(args.out, run.name, 'train.log')})", flush=True)
+            try:
+                code = worker.wait()
+            finally:
+                os.close(alive)
+        why = "" if code == 0 else f": {last_line(log_path)}"
+        print(f"{run.name}: {'done' if code == 0 else 'FAILED'}{why} (log: {log_path})",
+              flush=True)
         return code
 
     def stop_workers(signum, frame):

@@ -1,11 +1,11 @@
 """The settings chosen on validation, never on test: the candidates of each method,
 the pick (the best mean validation log-likelihood) and the selection file."""
-import json
 import os
 
 import numpy as np
 
-from experiments.results import invalid
+import runs
+from experiments.results import check_number, invalid, read_json
 
 SCORE = ("mean over the seeds of the validation log-likelihood (importance sampling, "
          "S = 10 as in the test column) of each run's kept weights; for IOP the estimate "
@@ -22,6 +22,70 @@ def candidates(method, lrs, pseudo_inits):
 
 def selection_path(results, dataset):
     return os.path.join(results, f"{dataset}-selection.json")
+
+
+PER_RUN = ("dataset", "method", "seed", "components", "data_dir")  # grid.GRID_FIXED, data_dir
+SETTING_FIELDS = tuple(f for f in runs.Config.__dataclass_fields__ if f not in PER_RUN)
+METHODS = runs.CHOICES["method"]
+
+
+def _checked_values(values, where):
+    """``values`` (Config values of a selection), refused naming ``where`` and the field
+    unless each is a Config field a selection may hold, of its type and in range."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} is {values!r:.60}, not an object of settings")
+    unknown = [k for k in values if k not in SETTING_FIELDS]
+    if unknown:
+        raise ValueError(f"{where} holds {', '.join(map(repr, unknown))}, which a selection "
+                         f"cannot set (it may set: {', '.join(SETTING_FIELDS)})")
+    try:
+        runs.Config(**values).checked_types().validate()
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    return values
+
+
+def check_selection(doc):
+    """ValueError naming the first field of a selection file that is missing or wrong."""
+    _checked_values(doc.get("config"), "config")
+    seeds = doc.get("seeds")
+    if not (isinstance(seeds, list) and seeds
+            and all(type(s) is int and s >= 0 for s in seeds)):
+        raise ValueError(f"seeds is {seeds!r:.60}, not a list of seeds")
+    methods = doc.get("methods")
+    if not isinstance(methods, dict) or not methods:
+        raise ValueError(f"methods is {methods!r:.60}, not an object of picks per method")
+    for method, entry in methods.items():
+        if method not in METHODS:
+            raise ValueError(f"methods holds {method!r:.40}, not one of {', '.join(METHODS)}")
+        if not isinstance(entry, dict):
+            raise ValueError(f"methods.{method} is {entry!r:.60}, not an object")
+        _checked_values(entry.get("pick"), f"methods.{method}.pick")
+        _checked_values({**doc["config"], **entry["pick"]}, f"methods.{method}.pick")
+        cands = entry.get("candidates")
+        if not isinstance(cands, list):
+            raise ValueError(f"methods.{method}.candidates is {cands!r:.60}, not a list")
+        for i, row in enumerate(cands):
+            where = f"methods.{method}.candidates[{i}]"
+            if not isinstance(row, dict):
+                raise ValueError(f"{where} is {row!r:.60}, not an object")
+            _checked_values(row.get("settings"), where + ".settings")
+            for key in ("mean", "std"):
+                check_number(where, key, row.get(key))
+            if not isinstance(row.get("runs"), list):
+                raise ValueError(f"{where}.runs is {row.get('runs')!r:.60}, not a list")
+    return doc
+
+
+def read_selection(path):
+    """The selection file ``path``, checked (``check_selection``): one line naming the
+    file and the field when it is damaged or hand-edited wrongly."""
+    doc = read_json(path, what="selection file")
+    try:
+        return check_selection(doc)
+    except ValueError as exc:
+        raise ValueError(f"selection file {path} is not usable ({exc}); fix it or move it "
+                         "away and run `select` again") from None
 
 
 def select(found, dataset, config_values, seeds, components, earlier=None):
@@ -89,8 +153,7 @@ def selected_settings(results, dataset, given, methods):
     path = selection_path(results, dataset)
     if not os.path.exists(path):
         raise ValueError(f"{path} not found: run `select --dataset {dataset}` first")
-    with open(path) as f:
-        doc = json.load(f)
+    doc = read_selection(path)
     differ = {k: (v, doc["config"][k]) for k, v in given.items()
               if k in doc["config"] and doc["config"][k] != v}
     if differ:
