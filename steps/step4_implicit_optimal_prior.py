@@ -36,7 +36,7 @@ parser.add_argument("--out", default=os.path.join("out", "steps"), help="folder 
 args, _ = parser.parse_known_args()
 
 # %% The settings (the paper: 500 hidden units, 1,000 epochs, warm-up 100, J1 = 1, J2 = 10)
-HIDDEN, EPOCHS, WARMUP, LR, K, SEED, J1, J2, KEEP = 64, 100, 10, 1e-3, 100, 0, 1, 10, 0.5
+HIDDEN, EPOCHS, WARMUP, LR, K, SEED, J1, J2, KEEP = 128, 60, 10, 1e-3, 100, 0, 1, 10, 0.5
 if args.quick:
     HIDDEN, EPOCHS, WARMUP, J2 = 8, 3, 1, 2
 ag.set_backend("numpy")
@@ -128,7 +128,7 @@ print(f"wrote {path}")
 # every round, and so does the estimate; it can even sit above −ln 4, where no true ELBO can.
 # Once T tells q(z) from N(0, I) almost without error (its loss near 0), the logistic loss no
 # longer fixes T's size where q(z) lies, and the swings grow. Nor must q(z) stay inside the
-# circle of N(0, I): the prior is q(z) itself, so the whole cloud may drift (here it does).
+# circle of N(0, I): the prior is q(z) itself, so the whole cloud may drift (`HIDDEN = 64`).
 #
 # ## Exercises (answers: docs/exercises.md)
 # 1. Detach z before T (`model.density_ratio(z.detach())` inside Eq. 19): what gradient does
