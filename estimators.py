@@ -9,7 +9,8 @@ These go further, each to answer one question about a trained model:
 - ``density_ratio_log_normalizer``: log Z, how far N(z) exp T(z) is from a density;
 - ``prior_log_likelihood``: log p(x) by plain Monte Carlo over the prior (Eq. 1), exact
   enough in OneHot's two latent dimensions;
-- ``sir_prior_sample``: IOP's prior sampled without data, through T alone.
+- ``sir_prior_sample``: IOP's prior sampled without data, through T alone;
+- ``density_ratio_against_truth``: T beside the exact log-ratio it estimates.
 """
 import math
 
@@ -17,6 +18,7 @@ import numpy as np
 
 import autograd_lite as ag
 from iopvae import (
+    density_ratio_loss,
     evaluation,
     importance_sampled_log_likelihood,
     log_aggregated_posterior,
@@ -140,3 +142,27 @@ def sir_prior_sample(model, n, rng, candidates=None):
     # probability w_i / total (never one of weight 0); min() guards rounding at the top
     idx = xp.searchsorted(cumulative, rng.random(n) * cumulative[-1], side="right")
     return z[xp.minimum(idx, m - 1)]
+
+
+def density_ratio_against_truth(model, components, rng, samples=3000):
+    """IOP's T against the log-ratio it estimates, ln q(z)/N(z) (Eq. 14), with q(z) the
+    exact aggregated posterior of the training points given by their ``components``
+    (Eq. 8).  On ``samples`` draws of each class, T in eval mode: T's loss (-Eq. 20),
+    E_q[T], the exact E_q[ln q(z)/N(z)] = KL(q(z) || N(0, I)) with its Monte Carlo
+    standard error, and the correlation of T with the true log-ratio under q(z)."""
+    mu_n, logvar_n = components
+    idx = rng.integers(0, mu_n.shape[0], samples)
+    with evaluation(model):
+        z1 = reparameterize(ag.Tensor(mu_n[idx]), ag.Tensor(logvar_n[idx]),
+                            standard_normal(rng, (samples, model.latent)))   # z1 ~ q(z)
+        z0 = standard_normal(rng, (samples, model.latent))                     # z0 ~ N(0, I)
+        t1, t0 = (model.density_ratio(z).data.astype(np.float64) for z in (z1, z0))
+        loss = density_ratio_loss(ag.Tensor(t1), ag.Tensor(t0)).data
+    z = z1.data.astype(np.float64)
+    truth = log_aggregated_posterior(z, components) - log_standard_normal(ag.Tensor(z)).data
+    covariance = ((t1 - t1.mean()) * (truth - truth.mean())).mean()
+    loss, mean_t, kl, se, covariance, spread = ag.read_numbers(
+        loss, t1.mean(), truth.mean(), truth.std() / math.sqrt(samples - 1), covariance,
+        t1.std() * truth.std())
+    return {"t_loss": loss, "mean_t": mean_t, "exact_kl": kl, "exact_kl_se": se,
+            "correlation": covariance / spread if spread > 0 else None}  # None: T constant

@@ -145,11 +145,15 @@ class Decoder(nn.Module):
 
 # ==== 3. The density ratio trick (Eqs. 12-14): T tells z1 ~ q(z) from z0 ~ p(z) ===
 class DensityRatio(nn.Module):
-    """T_psi(z), the classifier's logit: two tanh layers with dropout (keep 0.5); trained
+    """T_psi(z), the classifier's logit: two tanh layers with dropout (keep 0.5) after each,
+    or (``dropout="last"``, as the authors' code) before the output layer alone; trained
     by Eq. (20), its optimum is T*(z) = ln q_phi(z) / p(z) (Eq. 14).  AVB's T(x, z) too."""
 
-    def __init__(self, dim, hidden, rng, keep=0.5):
-        self.body = nn.mlp((dim, hidden, hidden), "tanh", dropout_keep=keep, rng=rng)
+    def __init__(self, dim, hidden, rng, keep=0.5, dropout="every"):
+        every = keep if dropout == "every" else None
+        self.body = nn.mlp((dim, hidden, hidden), "tanh", dropout_keep=every, rng=rng)
+        if dropout == "last" and keep < 1.0:
+            self.body.layers.append(nn.Dropout(keep, rng))
         self.head = nn.Linear(hidden, 1, rng)
 
     def forward(self, z):
@@ -271,11 +275,11 @@ class StandardVAE(VAEMethod):
 class VampPrior(StandardVAE):
     """VAE with the VampPrior p(z) = (1/K) sum_k q(z | u_k) (Eq. 9), pseudo-inputs u_k
     clipped into [0, 1].  ``pseudo_init``: U[0, 1] (``"uniform"``), training points
-    (``"data"``) or 0.5 + N(0, 0.01^2) (``"constant"``, the failure case: they never
-    separate and the prior stays one Gaussian)."""
+    (``"data"``; plus N(0, 0.01^2), ``"noisy_data"``, as VampPrior's code) or 0.5 + N(0,
+    0.01^2) (``"constant"``, the failure case: the prior stays one Gaussian)."""
 
     name = "vamp"
-    PSEUDO_INITS = ("uniform", "data", "constant")
+    PSEUDO_INITS = ("uniform", "data", "noisy_data", "constant")
 
     def __init__(self, dim, likelihood, latent, hidden, rng,
                  decoder_logvar_bounds=DECODER_LOGVAR_BOUNDS,
@@ -283,7 +287,7 @@ class VampPrior(StandardVAE):
                  components=500, pseudo_init="uniform"):
         super().__init__(dim, likelihood, latent, hidden, rng, decoder_logvar_bounds,
                          encoder_logvar_bounds)
-        if pseudo_init == "uniform" or pseudo_init == "data":
+        if pseudo_init in ("uniform", "data", "noisy_data"):
             u = rng.random((components, dim), dtype=np.float32)
         elif pseudo_init == "constant":
             u = 0.5 + 0.01 * rng.standard_normal((components, dim), dtype=np.float32)
@@ -293,14 +297,16 @@ class VampPrior(StandardVAE):
         self.pseudo_init = pseudo_init
 
     def init_from_data(self, train_x, rng):
-        """For ``pseudo_init="data"``: start from K random training points."""
-        if self.pseudo_init == "data":
-            n, k = train_x.shape[0], self.pseudo_inputs.shape[0]
+        """For the starts from data: K distinct random training points (plus noise)."""
+        n, k = train_x.shape[0], self.pseudo_inputs.shape[0]
+        if self.pseudo_init in ("data", "noisy_data"):
             if k > n:
-                raise ValueError(f"pseudo_init='data' needs at least K = {k} training points "
-                                 f"(got {n})")
-            idx = shuffled(n, rng)[:k]                     # K distinct points
-            self.pseudo_inputs.data = train_x[idx].copy()
+                raise ValueError(f"pseudo_init={self.pseudo_init!r} needs at least K = {k} "
+                                 f"training points (got {n})")
+            u = train_x[shuffled(n, rng)[:k]].copy()
+            if self.pseudo_init == "noisy_data":
+                u = u + 0.01 * rng.standard_normal(u.shape, u.dtype)
+            self.pseudo_inputs.data = u
 
     def vae_parameters(self):
         return super().vae_parameters() + [self.pseudo_inputs]
@@ -353,11 +359,10 @@ class ImplicitOptimalPrior(StandardVAE):
 
     def __init__(self, dim, likelihood, latent, hidden, rng,
                  decoder_logvar_bounds=DECODER_LOGVAR_BOUNDS,
-                 encoder_logvar_bounds=ENCODER_LOGVAR_BOUNDS,
-                 keep=0.5):
+                 encoder_logvar_bounds=ENCODER_LOGVAR_BOUNDS, keep=0.5, dropout="every"):
         super().__init__(dim, likelihood, latent, hidden, rng, decoder_logvar_bounds,
                          encoder_logvar_bounds)
-        self.density_ratio = DensityRatio(latent, hidden, rng, keep)
+        self.density_ratio = DensityRatio(latent, hidden, rng, keep, dropout)
 
     def objective_terms(self, x, rng):
         """The three terms of Eq. (19) per point at one z = mu + sigma * eps (Eq. 18):
@@ -593,8 +598,7 @@ class Trainer:
         return None, (ag.Tensor(mu[idx]), ag.Tensor(logvar[idx]))
 
     def converged(self):
-        """Early stopping: ``patience`` epochs after the warm-up without a better
-        validation ELBO (never, with patience 0)."""
+        """Early stopping: ``patience`` epochs without a better validation ELBO (0: never)."""
         return self.patience > 0 and self.bad_epochs >= self.patience
 
     def early_stopping(self, record):
@@ -631,14 +635,12 @@ def row_batches(x, batch_size):
 
 
 def log_mean_exp(a, axis):
-    """log mean(exp(a)) along ``axis`` of a plain array, with the max shift of
-    ``logsumexp``: the Monte Carlo average of weights kept in log space."""
+    """log mean(exp(a)) along ``axis`` of a plain array, max-shifted (``logsumexp``)."""
     return ag.logsumexp(ag.Tensor(a), axis=axis).data - math.log(a.shape[axis])
 
 
 def mean_elbo_terms(model, x, rng, batch_size=100, samples=1):
-    """Means over the rows of ``x`` of E_q[log p(x|z)] and of the KL estimate, with
-    ``samples`` posterior draws per row (more draws: a less noisy curve)."""
+    """Means over the rows of ``x`` of E_q[log p(x|z)] and the KL, ``samples`` draws a row."""
     reconstruction, kl = 0.0, 0.0
     with evaluation(model):
         for _ in range(samples):

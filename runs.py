@@ -34,7 +34,8 @@ from autograd_lite.files import atomic_write, loads_json, png_path, save_png
 # 1. Configuration.
 # =============================================================================
 CHOICES = {"dataset": datasets.DATASETS, "method": tuple(sorted(iopvae.METHODS)),
-           "pseudo_init": iopvae.VampPrior.PSEUDO_INITS}
+           "pseudo_init": iopvae.VampPrior.PSEUDO_INITS,
+           "density_ratio_dropout": ("every", "last")}
 
 
 def option(default, text):
@@ -62,12 +63,16 @@ class Config:
     j1: int = option(1, "VAE epochs per round (Algorithm 1, lines 2-6)")
     j2: int = option(10, "density-ratio epochs per round (Algorithm 1, lines 7-12)")
     keep: float = option(0.5, "dropout keep probability of T")
+    density_ratio_dropout: str = option("every", "where IOP's T drops out: after every hidden "
+                                                 "layer, or before its output layer alone "
+                                                 "(last, as the authors' code)")
     valid_samples: int = option(1, "posterior samples per validation point for the "
                                    "validation ELBO of each epoch")
     components: int = option(0, "VampPrior's K; 0: the paper's (50 OneHot, 1000 OMNIGLOT, "
                                 "500 else)")
     pseudo_init: str = option("uniform", "start of VampPrior's pseudo-inputs: U[0, 1], "
-                                         "training points, or 0.5 + noise (the failure case)")
+                                         "training points (noisy_data: plus N(0, 0.01^2)), "
+                                         "or 0.5 + noise (the failure case)")
     noise_dim: int = option(10, "AVB's eps dimension")
     decoder_logvar_min: float = option(iopvae.DECODER_LOGVAR_BOUNDS[0],
                                        "lower bound of the Gaussian decoder's log-variance")
@@ -128,6 +133,7 @@ class Config:
 
 APPLIES_TO = {"components": ("vamp",), "pseudo_init": ("vamp",), "noise_dim": ("avb",),
               "lr_density_ratio": ("iop", "avb"), "j2": ("iop", "avb"), "keep": ("iop", "avb"),
+              "density_ratio_dropout": ("iop",),
               "encoder_logvar_min": ("vae", "vamp", "iop"),
               "encoder_logvar_max": ("vae", "vamp", "iop")}  # AVB's encoder has no variance
 
@@ -148,7 +154,8 @@ def build_model(config, dim, likelihood, rng):
     if c.method == "vamp":
         return iopvae.VampPrior(**common, components=c.components, pseudo_init=c.pseudo_init)
     if c.method == "iop":
-        return iopvae.ImplicitOptimalPrior(**common, keep=c.keep)
+        return iopvae.ImplicitOptimalPrior(**common, keep=c.keep,
+                                           dropout=c.density_ratio_dropout)
     return iopvae.StandardVAE(**common)
 
 
@@ -245,9 +252,13 @@ class Trainer(iopvae.Trainer):
         self.log(self.progress(record))
         self.round_start = time.time()
 
+    measures = ()  # functions (trainer, record) -> None, called by ``measure``
+
     def measure(self, record):
-        """Called after every accepted round with its record; reproduce_onehot.py adds
-        Figure 2's numbers here.  Nothing by default."""
+        """Called after every accepted round with its record, before the checkpoint: each
+        of ``measures`` may add numbers to it (reproduce_onehot.py overrides it)."""
+        for function in self.measures:
+            function(self, record)
 
     def progress(self, record):
         """One line per round: losses, validation ELBO, beta, time and ETA."""

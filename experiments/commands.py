@@ -152,7 +152,8 @@ def command_select(args):
         if getattr(args, name, None) is not None:
             raise ValueError(f"--{name.replace('_', '-')} does not apply to select, which "
                              f"tries the candidates of {instead}")
-    cands = {m: candidates(m, args.lrs, args.pseudo_inits) for m in args.methods}
+    cands = {m: candidates(m, args.lrs, args.pseudo_inits, args.density_ratio_dropouts)
+             for m in args.methods}
     ks = (0 if args.components == paper_k(args.dataset) else args.components,)
     todo = grid([args.dataset], args.methods, args.seeds, ks, cands)
     values = _config_values(args)
@@ -230,6 +231,9 @@ def add_commands(sub):
                    choices=iopvae.VampPrior.PSEUDO_INITS,
                    help="candidate starts of VampPrior's pseudo-inputs (default: uniform "
                         "constant)")
+    c.add_argument("--density-ratio-dropouts", nargs="+", default=["every"],
+                   choices=("every", "last"),
+                   help="candidate places of IOP's dropout in T (default: every)")
     c.add_argument("--components", type=int, default=0,
                    help="VampPrior's K in the screen (0: the paper's)")
     _grid_options(c)

@@ -167,6 +167,14 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
         # the same weights with N(0, I) as the prior: what T adds to IOP's score
         result["log_likelihood_normal_prior"] = float(iopvae.test_log_likelihood(
             model, test, samples, rng, log_prior=iopvae.log_standard_normal).mean())
+        # T against the exact log-ratio, at the kept epoch (its own random stream) and,
+        # where measured, along training
+        result["density_ratio_truth"] = {"epoch": meta["best_epoch"], **(
+            estimators.density_ratio_against_truth(model, components,
+                                                   ag.default_rng(20_000 + config.seed)))}
+        result["density_ratio_truth_along_training"] = [
+            {"epoch": r["epoch"], **r["density_ratio_truth"]} for r in history
+            if "density_ratio_truth" in r]
     result["elbo_terms"] = elbo_terms_by_split(model, data, rng)
     result["evaluation_seconds"] = time.time() - started
     return result
@@ -254,6 +262,8 @@ def run_one(run, config_values, out, results, samples, tight_samples, data_dir="
     else:
         trainer = runs.Trainer(asked, data, path, log)
     trainer.resume_hint = "run the same command again to continue"
+    if run.method == "iop":
+        trainer.measures = (density_ratio_along_training,)
     log(f"== {run.name}: epoch {trainer.epoch} of {trainer.config.epochs}")
     trainer.train()
     result = evaluate_run(path, samples, tight_samples, data_dir)
@@ -263,6 +273,20 @@ def run_one(run, config_values, out, results, samples, tight_samples, data_dir="
     log(f"== {run.name}: test log-likelihood (S={samples}) {result['log_likelihood']:.2f}"
         + (" INVALID: above 0 on binary data" if invalid(result) else ""))
     return result
+
+
+TRUTH_POINTS = (0.25, 0.5, 0.75)  # fractions of the epochs where T meets the truth
+
+
+def density_ratio_along_training(trainer, record):
+    """A ``runs.Trainer`` measure: at a quarter, half and three quarters of the epochs,
+    IOP's T against the exact log-ratio it estimates (kept in the round's record, so in
+    the checkpoint), with a random stream of its own: training is the same with it."""
+    if record["epoch"] in {round(f * trainer.epochs) for f in TRUTH_POINTS}:
+        components = runs.aggregated_posterior_components(trainer.model, trainer.data)
+        rng = ag.default_rng(30_000 + trainer.config.seed + record["epoch"])
+        record["density_ratio_truth"] = estimators.density_ratio_against_truth(
+            trainer.model, components, rng)
 
 
 # --- the grid: in worker processes, or as commands -------------------------------------

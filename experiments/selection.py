@@ -12,9 +12,13 @@ SCORE = ("mean over the seeds of the validation log-likelihood (importance sampl
          "with log N(z) + T(z) as the log prior")
 
 
-def candidates(method, lrs, pseudo_inits):
+def candidates(method, lrs, pseudo_inits, dropouts=("every",)):
     """The candidate settings of ``method``: each step size and, for VampPrior, each
-    start of the pseudo-inputs."""
+    start of the pseudo-inputs; for IOP, each place of T's dropout (the default,
+    ``every``, left out of the settings, so its runs keep their names)."""
+    if method == "iop":
+        return [{"lr": lr, **({} if d == "every" else {"density_ratio_dropout": d})}
+                for lr in lrs for d in dropouts]
     inits = pseudo_inits if method == "vamp" else [None]
     return [{"lr": lr, **({"pseudo_init": init} if init else {})}
             for lr in lrs for init in inits]

@@ -223,7 +223,9 @@ def test_every_option_has_help_and_table2_reuses_the_train_options():
             assert options["table2"][field.name].help == train.help, field.name
     assert options["train"]["dataset"].choices == datasets.DATASETS
     assert sorted(options["train"]["method"].choices) == ["avb", "iop", "vae", "vamp"]
-    assert list(options["train"]["pseudo_init"].choices) == ["uniform", "data", "constant"]
+    assert list(options["train"]["pseudo_init"].choices) == ["uniform", "data", "noisy_data",
+                                                             "constant"]
+    assert list(options["train"]["density_ratio_dropout"].choices) == ["every", "last"]
 
 
 def test_resume_names_the_options_it_ignores(iop_run, tmp_path, capsys):

@@ -1,0 +1,51 @@
+"""The screen's extra candidates: where IOP's T drops out, and VampPrior's start from
+training images plus noise."""
+import numpy as np
+
+import autograd_lite as ag
+import iopvae
+import runs
+from autograd_lite import nn
+from experiments.selection import candidates
+
+
+def kinds(module):
+    return [type(layer).__name__ for layer in module.body.layers]
+
+
+def test_t_drops_out_after_every_hidden_layer_or_before_its_output_alone():
+    every = iopvae.DensityRatio(3, 8, np.random.default_rng(0))
+    last = iopvae.DensityRatio(3, 8, np.random.default_rng(0), dropout="last")
+    assert kinds(every) == ["Linear", "Activation", "Dropout"] * 2
+    assert kinds(last) == ["Linear", "Activation"] * 2 + ["Dropout"]
+    assert all(np.array_equal(a, b) for a, b in zip(every.state_dict().values(),
+                                                     last.state_dict().values()))
+    assert "Dropout" not in kinds(iopvae.DensityRatio(3, 8, np.random.default_rng(0),
+                                                      keep=1.0, dropout="last"))
+    model = runs.build_model(runs.Config(method="iop", hidden=8,
+                                         density_ratio_dropout="last"), 4, "bernoulli",
+                             ag.default_rng(0))
+    assert kinds(model.density_ratio) == kinds(last)
+
+
+def test_vampprior_starts_from_training_points_plus_small_noise():
+    train = np.random.default_rng(1).random((30, 6)).astype(np.float32)
+    starts = {}
+    for init in ("data", "noisy_data"):
+        model = iopvae.VampPrior(6, "bernoulli", 2, 8, np.random.default_rng(0), components=5,
+                                 pseudo_init=init)
+        model.init_from_data(train, np.random.default_rng(2))
+        starts[init] = ag.to_numpy(model.pseudo_inputs.data)
+    picked = [np.flatnonzero((train == row).all(axis=1)) for row in starts["data"]]
+    assert all(len(p) == 1 for p in picked) and len({int(p[0]) for p in picked}) == 5
+    noise = starts["noisy_data"] - starts["data"]       # the same points, then the noise
+    assert 0.005 < noise.std() < 0.02 and np.abs(noise).max() < 0.1
+    assert isinstance(model.pseudo_inputs, nn.Parameter)
+
+
+def test_the_screen_names_the_dropout_candidate_and_keeps_the_default_runs_names():
+    assert candidates("iop", [3e-4], ["uniform"], ["every", "last"]) == [
+        {"lr": 3e-4}, {"lr": 3e-4, "density_ratio_dropout": "last"}]
+    assert candidates("vamp", [3e-4], ["uniform", "noisy_data"], ["every", "last"]) == [
+        {"lr": 3e-4, "pseudo_init": "uniform"}, {"lr": 3e-4, "pseudo_init": "noisy_data"}]
+    assert candidates("vae", [1e-4, 1e-3], ["uniform"]) == [{"lr": 1e-4}, {"lr": 1e-3}]
