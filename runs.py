@@ -328,7 +328,9 @@ def save_checkpoint(trainer, path):
             arrays.update({f"{prefix}/{k}": v for k, v in opt.state_dict(device=True).items()})
     meta = {"config": dataclasses.asdict(trainer.config), "epoch": trainer.epoch,
             "history": trainer.history, "bad_epochs": trainer.bad_epochs,
-            "best_epoch": trainer.best["epoch"], "best_valid_elbo": trainer.best["valid_elbo"],
+            "best_epoch": trainer.best["epoch"],  # none yet during the warm-up: null, not -inf
+            "best_valid_elbo": (trainer.best["valid_elbo"] if trainer.best["state"] is not None
+                                else None),
             "rng_state": rng_state(trainer.rng), "format": 1,
             "dim": trainer.data.dim, "likelihood": trainer.data.likelihood,
             "split_id": trainer.data.split_id,
@@ -385,7 +387,9 @@ def read_checkpoint(path):
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
-        meta = loads_json(str(arrays.pop("meta")))
+        # checkpoints written before null stood for "no best epoch yet" held -Infinity there
+        meta = loads_json(str(arrays.pop("meta")).replace('"best_valid_elbo": -Infinity',
+                                                          '"best_valid_elbo": null'))
         meta["config"] = Config(**meta["config"]).checked_types().validate()
         check_meta(meta)
     except Exception as exc:
@@ -447,7 +451,7 @@ def check_npz_file(path):
 
 
 META_TYPES = {"epoch": int, "bad_epochs": int, "best_epoch": int, "dim": int,
-              "best_valid_elbo": (int, float), "history": list, "likelihood": str,
+              "best_valid_elbo": (int, float, type(None)), "history": list, "likelihood": str,
               "rng_state": (dict, type(None)), "split_id": (str, type(None)),
               "image_shape": (list, type(None))}
 
@@ -565,8 +569,9 @@ def resume_trainer(path, data, out_dir, log=print):
         raise CheckpointError(f"checkpoint {path} does not match its configuration ({exc})") \
             from None
     best = {k: ag.as_array(v) for k, v in _sub_state(arrays, "best").items()}  # on the device
-    trainer.best = {"epoch": meta["best_epoch"], "valid_elbo": meta["best_valid_elbo"],
-                    "state": best or None}
+    trainer.best = {"epoch": meta["best_epoch"], "state": best or None,
+                    "valid_elbo": -math.inf if meta["best_valid_elbo"] is None
+                    else meta["best_valid_elbo"]}
     trainer.epoch, trainer.history = meta["epoch"], meta["history"]
     trainer.saved_epoch = meta["epoch"]
     trainer.bad_epochs = meta["bad_epochs"]

@@ -379,13 +379,33 @@ def test_the_checksum_hint_names_no_option_that_train_lacks():
 
 # --- checkpoints ---------------------------------------------------------------------------
 @pytest.mark.parametrize("field, value", [("epoch", "three"), ("history", 5),
-                                          ("best_valid_elbo", None), ("dim", "4")])
+                                          ("best_valid_elbo", "high"), ("dim", "4")])
 def test_checkpoint_meta_of_the_wrong_type_is_refused(vae_run, tmp_path, field, value):
     def change(arrays, meta):
         meta[field] = value
     bad = damaged_copy(vae_run, tmp_path / "meta", change)
     with pytest.raises(runs.CheckpointError, match=field):
         runs.read_checkpoint(str(bad))
+
+
+def test_a_checkpoint_before_the_end_of_the_warm_up_resumes(tmp_path):
+    """Before the warm-up ends there is no best epoch: its validation ELBO is written as
+    null (JSON has no -inf), and a checkpoint of older code, with -Infinity there, still
+    reads; both resume with no best weights."""
+    out = tmp_path / "early"
+    assert cli.main(["train", "--dataset", "onehot", "--method", "vae", "--epochs", "1",
+                     "--warmup", "5", "--hidden", "8", "--samples", "2", "--out",
+                     str(out)]) == 0
+    meta, _ = runs.read_checkpoint(str(out))
+    assert meta["best_valid_elbo"] is None and meta["best_epoch"] == 0
+
+    def as_older_code_wrote_it(arrays, meta):
+        meta["best_valid_elbo"] = -math.inf            # json.dumps writes -Infinity
+    older = damaged_copy(out, tmp_path / "older", as_older_code_wrote_it)
+    data = datasets.load("onehot")
+    for folder in (out, older):
+        trainer = runs.resume_trainer(str(folder), data, None, log=lambda line: None)
+        assert trainer.best["valid_elbo"] == -math.inf and trainer.best["state"] is None
 
 
 def test_a_wrong_image_shape_names_the_checkpoint(vae_run, tmp_path, capsys):
