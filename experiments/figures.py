@@ -10,13 +10,17 @@ from experiments.grid import METHODS, paper_k
 from experiments.results import write_json
 
 
+def _save(fig, path, dpi):
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_png(fig, path, dpi=dpi)
+
+
 def figure3(results, dataset, path):
     """VampPrior's test log-likelihood against K (mean ± std over seeds) with IOP's as a
     dashed line (its estimate) and a dotted line (exact); writes ``path`` (PNG) and
     the numbers beside it (JSON)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: nothing global to close
 
     default_k = paper_k(dataset)
     vamp, iop = {}, []
@@ -28,7 +32,8 @@ def figure3(results, dataset, path):
     ks = sorted(vamp)
     mean = np.array([np.mean(vamp[k]) for k in ks])
     std = np.array([np.std(vamp[k], ddof=1) if len(vamp[k]) > 1 else 0.0 for k in ks])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3, label="VampPrior")
     ax.fill_between(ks, mean - std, mean + std, alpha=0.2)
     numbers = {"dataset": dataset, "K": ks, "vampprior": {str(k): vamp[k] for k in ks}}
@@ -54,12 +59,7 @@ def figure3(results, dataset, path):
     ax.set_ylabel(f"Test log-likelihood (S = {S})")
     ax.set_title(f"{dataset}: VampPrior against K (mean ± std over seeds)")
     ax.legend(loc="center right", fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    try:
-        save_png(fig, path, dpi=120)
-    finally:
-        plt.close(fig)
+    _save(fig, path, dpi=120)
     write_json(os.path.splitext(path)[0] + ".json", numbers)
     return numbers
 
@@ -113,12 +113,11 @@ def stopping_table(found, patience):
 def draw_curves(found, path):
     """One panel per method, one line per run (colour: its settings): the validation
     ELBO of every epoch after the warm-up."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: nothing global to close
 
     methods = [m for m in METHODS if any(r["method"] == m for r in found)]
-    fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 4), squeeze=False)
+    fig = Figure(figsize=(5.5 * len(methods), 4))
+    axes = fig.subplots(1, len(methods), squeeze=False)
     for ax, method in zip(axes[0], methods):
         runs_here = [r for r in found if r["method"] == method]
         labels = sorted({settings_label(r) for r in runs_here})
@@ -140,9 +139,4 @@ def draw_curves(found, path):
         ax.set_xlabel("epoch (after the warm-up)")
         ax.set_ylabel("validation ELBO (1 sample per point)")
         ax.legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    try:
-        save_png(fig, path, dpi=110)
-    finally:
-        plt.close(fig)
+    _save(fig, path, dpi=110)

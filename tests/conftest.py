@@ -47,3 +47,49 @@ def make_tensor():
     def make(value, requires_grad=False):
         return ag.Tensor(ag.as_array(np.asarray(value)), requires_grad=requires_grad)
     return make
+
+
+# --- runs and checks shared by the tests of the program's promises -----------------------
+TINY = ["--epochs", "2", "--hidden", "8", "--warmup", "1"]
+
+
+def one_error_line(err, *names):
+    """``err`` is one ``error:`` line, no traceback, naming each of ``names``, and never
+    a temporary file's name or NumPy's hint about unsafe loading."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    assert "allow_pickle" not in lines[0] and ".tmp" not in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    import cli
+    out = tmp_path_factory.mktemp("runs") / "vae"
+    assert cli.main(["train", "--dataset", "onehot", "--method", "vae", *TINY, "--samples", "2",
+                     "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def iop_run(tmp_path_factory):
+    import cli
+    out = tmp_path_factory.mktemp("runs") / "iop"
+    assert cli.main(["train", "--dataset", "onehot", "--method", "iop", *TINY, "--j2", "1",
+                     "--samples", "2", "--out", str(out)]) == 0
+    return out
+
+
+def damaged_copy(run, folder, change):
+    """A copy of ``run``'s checkpoint in ``folder`` with ``change(arrays, meta)`` applied."""
+    import json
+    with np.load(run / "checkpoint.npz") as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    meta = json.loads(str(arrays["meta"]))
+    change(arrays, meta)
+    arrays["meta"] = np.array(json.dumps(meta))
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "checkpoint.npz", **arrays)
+    return folder

@@ -26,47 +26,10 @@ import iopvae  # noqa: E402
 import reproduce_onehot  # noqa: E402
 import runs  # noqa: E402
 from autograd_lite.files import atomic_write  # noqa: E402
+from conftest import TINY, damaged_copy, one_error_line  # noqa: E402
 from experiments.grid import Run, asked_config  # noqa: E402
 from experiments.results import write_json  # noqa: E402
 from experiments.tables import table  # noqa: E402
-
-TINY = ["--epochs", "2", "--hidden", "8", "--warmup", "1"]
-
-
-def one_error_line(err, *names):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    for name in names:
-        assert name in lines[0], (name, lines[0])
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def vae_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("promises") / "vae"
-    assert cli.main(["train", "--dataset", "onehot", "--method", "vae", *TINY, "--samples", "2",
-                     "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def iop_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("promises") / "iop"
-    assert cli.main(["train", "--dataset", "onehot", "--method", "iop", *TINY, "--j2", "1",
-                     "--samples", "2", "--out", str(out)]) == 0
-    return out
-
-
-def damaged_copy(run, folder, change):
-    """A copy of ``run``'s checkpoint in ``folder`` with ``change(arrays, meta)`` applied."""
-    with np.load(run / "checkpoint.npz") as archive:
-        arrays = {k: archive[k] for k in archive.files}
-    meta = json.loads(str(arrays["meta"]))
-    change(arrays, meta)
-    arrays["meta"] = np.array(json.dumps(meta))
-    folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / "checkpoint.npz", **arrays)
-    return folder
 
 
 def first_weight(arrays):
