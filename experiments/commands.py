@@ -15,6 +15,8 @@ from experiments.grid import (
     SINGLE_THREAD,
     Run,
     as_settings,
+    diverged_path,
+    diverged_runs,
     grid,
     paper_k,
     parse_settings,
@@ -124,6 +126,11 @@ def command_table2(args):
     if not _run_or_print(grid_runs, args, values):
         return
     text = table(load_results(grid_runs, args.results, args.data_dir))
+    diverged = diverged_runs(grid_runs, args.results, values, args.data_dir)
+    if diverged:
+        print(f"not in the table, diverged: {', '.join(r.name for r in diverged)} (their "
+              f"{', '.join(os.path.basename(diverged_path(r, args.results)) for r in diverged)}"
+              " say where; delete one to train its run again)")
     print(f"\nTest log-likelihood (importance sampling; mean ± std over seeds; bold: best or "
           f"not different from it, Welch t-test at 5 %, on S = {args.samples})\n")
     print(text)
@@ -163,7 +170,8 @@ def command_select(args):
     if not _run_or_print(todo, args, values):
         return
     doc = select(load_results(todo, args.results, args.data_dir), args.dataset, values,
-                 args.seeds, args.components or paper_k(args.dataset), earlier)
+                 args.seeds, args.components or paper_k(args.dataset), earlier,
+                 diverged_runs(todo, args.results, values, args.data_dir))
     write_json(path, doc)
     print(selection_table(doc))
     print(f"\nwrote {path}; `table2 --selected` and `figure3 --selected` train with the picks")

@@ -38,8 +38,10 @@ import iopvae
 import runs
 from experiments.results import (
     current_split_ids,
+    differences,
     has_result,
     invalid,
+    read_json,
     refuse_other_settings,
     write_json,
 )
@@ -265,7 +267,15 @@ def run_one(run, config_values, out, results, samples, tight_samples, data_dir="
     if run.method == "iop":
         trainer.measures = (density_ratio_along_training,)
     log(f"== {run.name}: epoch {trainer.epoch} of {trainer.config.epochs}")
-    trainer.train()
+    try:
+        trainer.train()
+    except runs.TrainingDiverged as exc:  # recorded: a rerun of the grid does not retry it
+        os.makedirs(results, exist_ok=True)
+        write_json(diverged_path(run, results), {
+            "run": run.name, "dataset": run.dataset, "method": run.method, "seed": run.seed,
+            "config": dataclasses.asdict(asked), "split_id": data.split_id,
+            "diverged": str(exc)})
+        raise
     result = evaluate_run(path, samples, tight_samples, data_dir)
     for target in (os.path.join(path, "result.json"), os.path.join(results, run.name + ".json")):
         os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -346,12 +356,39 @@ class RunFailed(ValueError):
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def diverged_path(run, results):
+    return os.path.join(results, run.name + ".diverged.json")
+
+
+def read_diverged(run, results, asked):
+    """The record of ``run``'s divergence under the ``asked`` settings, or None (none, or
+    one under other settings: then the run is tried again)."""
+    path = diverged_path(run, results)
+    if not os.path.exists(path):
+        return None
+    record = read_json(path, "; delete it to train the run again")
+    if not isinstance(record.get("diverged"), str) or not isinstance(record.get("config"),
+                                                                     dict):
+        raise ValueError(f"{path} is not a record of a divergence; delete it to train the "
+                         "run again")
+    return None if differences(record["config"], asked) else record
+
+
+def diverged_runs(todo, results, config_values, data_dir=""):
+    """The runs of ``todo`` that diverged under these settings, with their records."""
+    found = {run: read_diverged(run, results, asked_config(run, config_values, data_dir))
+             for run in todo}
+    return {run: record for run, record in found.items() if record is not None}
+
+
 def pending_runs(todo, args, config_values):
-    """The runs of ``todo`` without a result for these settings on the data's split now."""
+    """The runs of ``todo`` without a result for these settings on the data's split now,
+    and that did not diverge under them."""
     splits = current_split_ids(todo, args.data_dir)
-    return [r for r in todo if not has_result(r, args.results, args.samples, args.tight_samples,
-                                              splits[r.dataset],
-                                              asked_config(r, config_values, args.data_dir))]
+    diverged = diverged_runs(todo, args.results, config_values, args.data_dir)
+    return [r for r in todo if r not in diverged
+            and not has_result(r, args.results, args.samples, args.tight_samples,
+                               splits[r.dataset], asked_config(r, config_values, args.data_dir))]
 
 
 def run_grid(todo, args, config_values):
@@ -360,12 +397,15 @@ def run_grid(todo, args, config_values):
     to this process is passed on to the workers (each run's lock keeps a second grid
     from training a run a worker still trains)."""
     pending = pending_runs(todo, args, config_values)
-    print(f"{len(todo) - len(pending)} of {len(todo)} runs already evaluated; "
+    print(f"{len(todo) - len(pending)} of {len(todo)} runs already evaluated (or diverged); "
           f"{len(pending)} to run with {args.jobs} worker(s)", flush=True)
     if args.jobs <= 1:
         for run in pending:
-            run_one(run, config_values, args.out, args.results, args.samples,
-                    args.tight_samples, args.data_dir)
+            try:
+                run_one(run, config_values, args.out, args.results, args.samples,
+                        args.tight_samples, args.data_dir)
+            except runs.TrainingDiverged as exc:  # recorded; the other runs go on
+                print(f"{run.name}: diverged ({exc})", flush=True)
         return
     workers, starting, stopped = [], threading.Lock(), []
 
@@ -392,10 +432,11 @@ def run_grid(todo, args, config_values):
                 code = worker.wait()
             finally:
                 os.close(alive)
+        diverged = code != 0 and os.path.exists(diverged_path(run, args.results))
         why = "" if code == 0 else f": {last_line(log_path)}"
-        print(f"{run.name}: {'done' if code == 0 else 'FAILED'}{why} (log: {log_path})",
-              flush=True)
-        return code
+        said = "done" if code == 0 else "diverged" if diverged else "FAILED"
+        print(f"{run.name}: {said}{why} (log: {log_path})", flush=True)
+        return 0 if diverged else code  # a divergence is a result of the grid, kept
 
     def stop_workers(signum, frame):
         with starting:

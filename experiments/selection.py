@@ -78,6 +78,11 @@ def check_selection(doc):
                 check_number(where, key, row.get(key))
             if not isinstance(row.get("runs"), list):
                 raise ValueError(f"{where}.runs is {row.get('runs')!r:.60}, not a list")
+        for i, row in enumerate(entry.get("diverged", [])):
+            where = f"methods.{method}.diverged[{i}]"
+            if not isinstance(row, dict) or not isinstance(row.get("runs"), list):
+                raise ValueError(f"{where} is {row!r:.60}, not an object with its runs")
+            _checked_values(row.get("settings"), where + ".settings")
     return doc
 
 
@@ -92,17 +97,22 @@ def read_selection(path):
                          "away and run `select` again") from None
 
 
-def select(found, dataset, config_values, seeds, components, earlier=None):
+def select(found, dataset, config_values, seeds, components, earlier=None, diverged=None):
     """Per method, every candidate's validation scores and the pick: the candidate with
     the best mean (``SCORE``).  The test set plays no part.  ``earlier``: a selection
-    made before with the same options, whose other methods are kept."""
+    made before with the same options, whose other methods are kept.  ``diverged``: the
+    records of runs that diverged, by run; a candidate with one is listed apart and
+    never picked."""
     refuse_other_selection(earlier, dataset, config_values, seeds)
-    by_candidate = {}
+    by_candidate, failed = {}, {}
+    for run, record in (diverged or {}).items():
+        failed.setdefault(run.method, {}).setdefault(run.settings, []).append(record["run"])
     for run, r in found.items():
-        by_candidate.setdefault(run.method, {}).setdefault(run.settings, []).append(r)
+        if run.settings not in failed.get(run.method, {}):
+            by_candidate.setdefault(run.method, {}).setdefault(run.settings, []).append(r)
     methods = {}
-    for method, cands in by_candidate.items():
-        rows = []
+    for method in [*by_candidate, *(m for m in failed if m not in by_candidate)]:
+        cands, rows = by_candidate.get(method, {}), []
         for settings, rs in cands.items():
             scores = [r["valid_log_likelihood"] for r in rs]
             rows.append({"settings": dict(settings), "runs": [r["run"] for r in rs],
@@ -114,9 +124,11 @@ def select(found, dataset, config_values, seeds, components, earlier=None):
         valid = [row for row in rows if not row["invalid"]]
         if not valid:
             raise ValueError(f"every {method} candidate has an impossible result (above 0 "
-                             "on binary data): none can be picked")
+                             "on binary data) or diverged: none can be picked")
         best = max(valid, key=lambda row: row["mean"])
-        methods[method] = {"pick": best["settings"], "candidates": rows}
+        methods[method] = {"pick": best["settings"], "candidates": rows,
+                           "diverged": [{"settings": dict(settings), "runs": names}
+                                        for settings, names in failed.get(method, {}).items()]}
         if method == "vamp":
             methods[method]["components"] = components
     kept = {m: e for m, e in (earlier or {}).get("methods", {}).items() if m not in methods}
@@ -146,6 +158,9 @@ def selection_table(doc):
             outside = f"{100 * np.mean(outside):.1f}%" if outside else ""
             rows.append(f"| {method} | {tags} | {row['mean']:.2f} ± {row['std']:.2f} | "
                         f"{len(row['runs'])} | {pick} | {outside} |")
+        for row in entry.get("diverged", []):
+            tags = ", ".join(f"{k} = {v}" for k, v in row["settings"].items())
+            rows.append(f"| {method} | {tags} | diverged: {', '.join(row['runs'])} | | | |")
     return "\n".join(rows)
 
 

@@ -502,3 +502,26 @@ def test_readme_tables_add_the_eight_run_table_and_the_goal_once_table2_json_exi
     assert tables["freyfaces-table2"].splitlines()[0] == "| method | runs | paper (S = 10) |"
     assert "of the means holds" in tables["freyfaces-goal"]
     assert tables["freyfaces-goal"].startswith("- iop: ours − paper -0.77")
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_diverging_candidate_is_recorded_and_left_out_of_the_pick(tmp_path, capsys, jobs):
+    """A step size that diverges no longer aborts the screen on every rerun: the run's
+    divergence is recorded beside the results, the candidate is listed as diverged and
+    never picked, and a rerun does not train it again."""
+    argv = ["select", "--dataset", "onehot", "--methods", "vae", "--lrs", "0.001", "100",
+            "--seeds", "0", "--epochs", "3", "--warmup", "1", "--hidden", "8",
+            "--samples", "2", "--tight-samples", "2", "--jobs", jobs,
+            "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "diverged: onehot-vae-lr=100.0-seed0" in out
+    doc = json.loads((tmp_path / "results" / "onehot-selection.json").read_text())
+    assert doc["methods"]["vae"]["pick"] == {"lr": 0.001}
+    assert doc["methods"]["vae"]["diverged"] == [{"settings": {"lr": 100.0},
+                                                  "runs": ["onehot-vae-lr=100.0-seed0"]}]
+    record = json.loads((tmp_path / "results" / "onehot-vae-lr=100.0-seed0.diverged.json")
+                        .read_text())
+    assert "diverged at epoch" in record["diverged"]
+    assert cli.main(argv) == 0
+    assert "2 of 2 runs already evaluated (or diverged); 0 to run" in capsys.readouterr().out
