@@ -41,6 +41,9 @@ import time
 import xml.etree.ElementTree as ElementTree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from autograd_lite.files import atomic_write  # noqa: E402  (numpy only: no device touched)
+
 PARTS = ("device", "tests", "bench_step", "mnist_epochs", "onehot_quick")
 # seconds per part on the GPU: 465 in all, under the 8 minutes with the start-up; the dry
 # run's parts are small (about 40 CPU seconds in all) but may share a busy machine
@@ -156,8 +159,7 @@ def run_part(name, command, limit, out_dir, env=None):
         status = f"stopped at its time limit ({limit} s)"
         output = "".join(x.decode() if isinstance(x, bytes) else (x or "")
                          for x in (exc.stdout, exc.stderr))
-    with open(os.path.join(out_dir, f"{name}.log"), "w") as f:
-        f.write(output)
+    atomic_write(os.path.join(out_dir, f"{name}.log"), lambda f: f.write(output), mode="w")
     record = {"status": status, "seconds": round(time.perf_counter() - started, 1),
               "limit_s": limit, "log": f"{name}.log"}
     for line in output.splitlines():
@@ -225,11 +227,11 @@ def check(args):
                                      for r in json.load(f)["methods"]}
         report["parts"][name] = record
     report["seconds"] = round(sum(p["seconds"] for p in report["parts"].values()), 1)
-    with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    atomic_write(os.path.join(args.out, "gpu_check.json"),
+                 lambda f: f.write(json.dumps(report, indent=2)), mode="w")
     table = format_table(report)
-    with open(os.path.join(args.out, "gpu_check.txt"), "w") as f:
-        f.write(table + "\n")
+    atomic_write(os.path.join(args.out, "gpu_check.txt"), lambda f: f.write(table + "\n"),
+                 mode="w")
     print(table)
     return 0 if all(p["status"] == "ok" for p in report["parts"].values()) else 1
 

@@ -32,6 +32,7 @@ import autograd_lite as ag  # noqa: E402
 import datasets  # noqa: E402
 import estimators  # noqa: E402
 import iopvae  # noqa: E402
+from autograd_lite.files import save_png  # noqa: E402
 from autograd_lite.optim import Adam  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -108,5 +109,5 @@ ax.set(xlabel="z1", ylabel="z2", title=f"samples of q(z|x), {title}")
 ax.legend(markerscale=4, fontsize=8)
 os.makedirs(args.out, exist_ok=True)
 path = os.path.join(args.out, f"posterior-{args.method}.png")
-fig.savefig(path, dpi=110, bbox_inches="tight")
+save_png(fig, path, dpi=110, bbox_inches="tight")
 print(f"wrote {path}")
