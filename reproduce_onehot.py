@@ -293,9 +293,9 @@ def plot_density_ratio(result, out, settings):
         ax.add_patch(plt.Circle((0, 0), radius, fill=False, color="m", lw=1.2, ls=":"))
         fig.colorbar(image, ax=ax, extend="both")
         ax.set(title=title, xlabel="z1", ylabel="z2", aspect="equal")
-    fig.suptitle("The density ratio trick on OneHot (IOP, "
-                 f"{settings['epochs']} epochs): black lines enclose 95% (dashed) and 50% of "
-                 "q(z), where T's z1 lie; the dotted circle 95% of N(0, I), where its z0 lie")
+    fig.suptitle(f"The density ratio trick on OneHot (IOP, {settings['epochs']} epochs)\n"
+                 "black lines enclose 95% (dashed) and 50% of q(z), where T's z1 lie; "
+                 "the dotted circle 95% of N(0, I), where its z0 lie")
     fig.tight_layout()
     try:
         save_png(fig, os.path.join(out, "figure_density_ratio.png"), dpi=110)
