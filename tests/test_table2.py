@@ -162,7 +162,7 @@ def test_table2_headline_is_S10_with_a_tighter_column(tmp_path, monkeypatch, cap
         for split in terms.values():   # binary data: log p(x|z) < 0; KL > 0 but for IOP's
             assert split["reconstruction"] < 0 and (method == "iop" or split["kl"] > 0)
     assert cli.main(argv) == 0
-    assert "3 of 3 runs already evaluated; 0 to run" in capsys.readouterr().out
+    assert "3 of 3 runs already evaluated (or diverged); 0 to run" in capsys.readouterr().out
 
 
 def test_print_commands_and_run_one_command(tmp_path, capsys):
