@@ -186,6 +186,10 @@ def command_curves(args):
              and (not args.seeds or r["seed"] in args.seeds)]
     if not found:
         raise ValueError(f"no {args.dataset} results with a history in {args.results}")
+    others = sorted({r["method"] for r in found} - set(METHODS))
+    if others:  # a grid never makes them; a panel per method would have none to draw
+        raise ValueError(f"{args.results}: results of {', '.join(others)}, which curves does "
+                         f"not draw (it draws {', '.join(METHODS)}); move them away")
     draw_curves(found, path)
     print(stopping_table(found, args.compare_patience))
     print(f"\nwrote {path}")

@@ -385,6 +385,20 @@ def test_curves_results_that_cannot_be_drawn_are_one_error_line(tmp_path, capsys
     one_error_line(capsys.readouterr().err, str(path), field)
 
 
+def test_curves_of_a_method_it_does_not_draw_is_one_error_line(tmp_path, capsys):
+    """An AVB result (which no grid makes) left curves with no panel to draw: matplotlib's
+    "Number of columns must be a positive integer, not 0" and no file named."""
+    folder = curves_folder(tmp_path)
+    for path in folder.glob("*.json"):
+        r = json.loads(path.read_text())
+        r["method"] = "avb"
+        path.write_text(json.dumps(r))
+    assert cli.main(["curves", "--dataset", "onehot", "--results", str(folder),
+                     "--figure", str(tmp_path / "c.png")]) == 2
+    one_error_line(capsys.readouterr().err, str(folder), "avb")
+    assert not (tmp_path / "c.png").exists()
+
+
 @pytest.mark.parametrize("value", ['"abc"', "[1, 2]", "true"])
 def test_a_result_number_of_the_wrong_type_is_one_error_line(tmp_path, capsys, value):
     result = fake_result(Run("onehot", "vae", 0), -2.0)
