@@ -10,7 +10,8 @@ One module per job; each imports only those above it in this list:
 
 - ``stats``: Welch's t-test, the methods not worse than the best, ours against the paper;
 - ``results``: the per-run result files, read, checked and written;
-- ``grid``: the runs of a grid, one run trained and evaluated, the worker processes;
+- ``grid``: the runs of a grid, one run trained and evaluated;
+- ``workers``: the grid's unfinished runs in worker processes;
 - ``tables``: Table 2 beside the paper's numbers, the causes tables, the goal;
 - ``readme``: the README's generated tables;
 - ``figures``: Figure 3 and the validation curves;

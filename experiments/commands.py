@@ -12,19 +12,13 @@ from experiments.figures import draw_curves, figure3, stopping_table
 from experiments.grid import (
     GRID_FIXED,
     METHODS,
-    SINGLE_THREAD,
     Run,
     as_settings,
     diverged_path,
-    diverged_runs,
     grid,
     paper_k,
     parse_settings,
-    pending_runs,
-    run_command,
-    run_grid,
     run_one,
-    stop_with_parent,
 )
 from experiments.readme import fill_readme, readme_tables
 from experiments.results import load_results, read_results_folder, write_json
@@ -38,6 +32,14 @@ from experiments.selection import (
     selection_table,
 )
 from experiments.tables import table
+from experiments.workers import (
+    SINGLE_THREAD,
+    diverged_runs,
+    pending_runs,
+    run_command,
+    run_grid,
+    stop_with_parent,
+)
 
 
 def _common_options(parser):

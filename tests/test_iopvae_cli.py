@@ -266,7 +266,7 @@ FLOORS = {"autograd_lite": 0, "datasets": 1, "iopvae_torch": 1, "iopvae": 2, "es
           "runs": 4, "experiments": 5, "check_gradients": 5, "reproduce_onehot": 5, "cli": 6}
 # the modules of the package experiments/, on floors of their own inside it
 EXPERIMENT_FLOORS = {"stats": 0, "results": 0, "grid": 1, "selection": 1, "tables": 2,
-                     "figures": 2, "readme": 3, "commands": 4}
+                     "figures": 2, "workers": 2, "readme": 3, "commands": 4}
 
 
 def _first_party_imports(path):

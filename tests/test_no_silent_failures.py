@@ -197,7 +197,7 @@ PROGRAM = ["cli.py", "runs.py", "iopvae.py", "estimators.py", "datasets.py",
 WRITER = ("autograd_lite/files.py",)  # atomic_write itself
 ALLOWED = {  # (file, what): why it is not a whole-file write
     ("runs.py", "open"): "RUN/.lock, held by flock for the process's life, never data",
-    ("experiments/grid.py", "open"): "a worker's train.log, appended to as it trains",
+    ("experiments/workers.py", "open"): "a worker's train.log, appended to as it trains",
     ("autograd_lite/cupy_api.py", "write_text"): "a developer's tool refreshing a snapshot",
     ("autograd_lite/cupy_sim.py", "dump"): "CuPy's ndarray.dump(file), mirrored for its API",
     ("benchmarks/bench_step.py", "open"): "/proc/self/clear_refs, a kernel control file",
