@@ -495,10 +495,12 @@ def test_reproduce_onehot_checks_prior_samples_against_memory(capsys):
     assert "--prior-samples" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "config-json", "inflating"])
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "config-json", "inflating",
+                                  "dangling-link", "link-to-json"])
 def test_checkpoints_that_are_no_npz_file_are_refused_at_once(vae_run, tmp_path, capsys, kind):
-    """A FIFO hung, /dev/zero never ended, a JSON file got NumPy's allow_pickle hint, a
-    compressed .npz inflated 17 MB to 4.9 GB."""
+    """A FIFO hung, /dev/zero never ended, a JSON file (also through a link) got NumPy's
+    allow_pickle hint, a compressed .npz inflated 17 MB to 4.9 GB; a link to nothing is a
+    checkpoint not found.  Each is said once, in one line."""
     run = tmp_path / "run"
     run.mkdir()
     path = run / "checkpoint.npz"
@@ -508,13 +510,18 @@ def test_checkpoints_that_are_no_npz_file_are_refused_at_once(vae_run, tmp_path,
         path.symlink_to("/dev/zero")
     elif kind == "config-json":
         path = vae_run / "config.json"
+    elif kind == "dangling-link":
+        path.symlink_to(tmp_path / "nowhere.npz")
+    elif kind == "link-to-json":
+        path.symlink_to(vae_run / "config.json")
     else:
         with np.load(vae_run / "checkpoint.npz") as archive:
             arrays = {k: archive[k] for k in archive.files}
         arrays["model/padding"] = np.zeros(2 ** 24, np.float32)
         np.savez_compressed(path, **arrays)
     assert cli.main(["evaluate", str(path)]) == 2
-    one_error_line(capsys.readouterr().err, str(path))
+    line = one_error_line(capsys.readouterr().err, str(path))
+    assert line.count("not a readable") <= 1, line
 
 
 def test_a_fifo_as_result_file_is_refused(tmp_path, capsys):
