@@ -8,7 +8,6 @@ import errno
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -591,34 +590,3 @@ def test_an_ascii_terminal_gets_the_error_line(tmp_path):
     assert result.returncode == 2
     err = result.stderr.decode("ascii")
     assert err.startswith("error: --readme") and "codec" not in err and "Traceback" not in err
-
-
-def test_killing_table2_with_sigkill_stops_its_workers(tmp_path):
-    """After kill -9 of the `table2 --jobs 2` parent, its workers went on training."""
-    grid = subprocess.Popen(
-        [sys.executable, str(ROOT / "iopvae.py"), "table2", "--datasets", "onehot", "--methods",
-         "vae", "iop", "--seeds", "0", "--jobs", "2", "--out", str(tmp_path / "runs"),
-         "--results", str(tmp_path / "results"), "--epochs", "100000", "--hidden", "8",
-         "--patience", "0"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    locks = [tmp_path / "runs" / name / ".lock" for name in ("onehot-vae-seed0",
-                                                              "onehot-iop-seed0")]
-    deadline = time.time() + 120
-    while not all(p.exists() and p.read_text().strip() for p in locks):
-        assert time.time() < deadline and grid.poll() is None, "the workers did not start"
-        time.sleep(0.2)
-    workers = [int(p.read_text()) for p in locks]
-    grid.send_signal(signal.SIGKILL)
-    grid.wait(timeout=60)
-    deadline = time.time() + 60
-    while any(alive(pid) for pid in workers):
-        assert time.time() < deadline, "a worker outlived its grid"
-        time.sleep(0.2)
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except (ProcessLookupError, FileNotFoundError):
-        return False

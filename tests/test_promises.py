@@ -408,8 +408,10 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_continue(tmp_path, monkeypa
     assert runs.read_checkpoint(str(out))[0]["epoch"] == 3
 
 
-def test_killing_table2_stops_its_workers(tmp_path):
-    """SIGTERM to `table2 --jobs 2` left its workers training as orphans."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
+def test_killing_table2_stops_its_workers(tmp_path, sig):
+    """SIGTERM to `table2 --jobs 2` left its workers training as orphans; after kill -9
+    they went on too (each now watches a pipe its grid holds)."""
     grid = subprocess.Popen(
         [sys.executable, str(ROOT / "iopvae.py"), "table2", "--datasets", "onehot", "--methods",
          "vae", "iop", "--seeds", "0", "--jobs", "2", "--out", str(tmp_path / "runs"),
@@ -422,7 +424,7 @@ def test_killing_table2_stops_its_workers(tmp_path):
         assert time.time() < deadline and grid.poll() is None, "the workers did not start"
         time.sleep(0.2)
     workers = [int(p.read_text()) for p in locks]
-    grid.send_signal(signal.SIGTERM)
+    grid.send_signal(sig)
     assert grid.wait(timeout=60) != 0
     deadline = time.time() + 60
     while any(alive(pid) for pid in workers):
