@@ -9,8 +9,9 @@
 (``python cli.py ...`` is the same command line.)  This is the top floor: it imports
 the modules below it and none imports them back (iopvae.py's ``__main__`` block, the
 documented entry point, hands over to it), so imports run one way, cli -> experiments,
-check_gradients -> runs -> estimators -> iopvae -> datasets -> autograd_lite.  The
-commands themselves live where their work is: train, evaluate and sample in runs.py;
+check_gradients, reproduce_onehot -> run_commands -> checkpoints -> runs -> estimators ->
+iopvae -> datasets -> autograd_lite.  The commands themselves live where their work is:
+train, evaluate and sample in run_commands.py;
 table2, select, curves, figure3, readme and run in the package experiments/
 (experiments/commands.py); gradcheck in check_gradients.py.
 """
@@ -19,8 +20,10 @@ import sys
 
 import autograd_lite as ag
 import check_gradients
+import checkpoints
 import datasets
 import iopvae
+import run_commands
 import runs
 from experiments import commands as experiment_commands
 
@@ -38,7 +41,7 @@ def build_parser():
                             "sets a new end)")
     train.add_argument("--samples", type=int, default=10,
                        help="importance samples for the final test log-likelihood (default: 10)")
-    train.set_defaults(run=runs.command_train)
+    train.set_defaults(run=run_commands.command_train)
 
     evaluate = sub.add_parser("evaluate", help="test ELBO and importance-sampled log-likelihood")
     evaluate.add_argument("checkpoint", help="a run folder or its checkpoint.npz")
@@ -48,7 +51,7 @@ def build_parser():
                           help="which split to score (default: test)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     evaluate.add_argument("--data-dir", default="", help="data folder (default: the run's)")
-    evaluate.set_defaults(run=runs.command_evaluate)
+    evaluate.set_defaults(run=run_commands.command_evaluate)
 
     sample = sub.add_parser("sample", help="decode samples from the model's prior into a PNG")
     sample.add_argument("checkpoint", help="a run folder or its checkpoint.npz")
@@ -59,7 +62,7 @@ def build_parser():
     sample.add_argument("--out", default="", help="PNG file (default: RUN/samples.png)")
     sample.add_argument("--data-dir", default="",
                         help="data folder, for IOP's ancestral sampling (default: the run's)")
-    sample.set_defaults(run=runs.command_sample)
+    sample.set_defaults(run=run_commands.command_sample)
 
     experiment_commands.add_commands(sub)
 
@@ -81,7 +84,7 @@ def run_command_line(parser, argv=None):
     args = parser.parse_args(argv)
     try:
         status = args.run(args)
-    except (ValueError, OSError, runs.CheckpointError, runs.TrainingDiverged,
+    except (ValueError, OSError, checkpoints.CheckpointError, runs.TrainingDiverged,
             ag.BackendError, datasets.DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
 The paper alone, top to bottom in its order: 1. distributions; 2. networks (Sec. 5.2);
 3. the density ratio trick (Eqs. 12-14); 4. the four methods behind one contract
 (``VAEMethod``); 5. Algorithm 1 (``Trainer.train``); 6. the importance-sampled log p(x).
-Runs (configurations, checkpoints, logs) are in runs.py, estimators beyond the paper in
+Runs (configurations, logs) are in runs.py and checkpoints.py, estimators beyond the paper in
 estimators.py, the command line in cli.py (``python iopvae.py train ...`` hands over to it).
 
 Array code asks ``autograd_lite`` for the array module, so it runs on NumPy or CuPy

@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 import autograd_lite as ag
+import checkpoints
 import estimators
 import iopvae
 import runs
@@ -107,9 +108,9 @@ def grid(data_sets, methods, seeds, components=(0,), settings=None):
 def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_samples=100_000):
     """Test ELBO and importance-sampled log-likelihoods of a run's best weights."""
     started = time.time()
-    meta, _ = runs.read_checkpoint(path)
-    model, config = runs.load_model(path)
-    data = runs.load_run_data(path, model, config, data_dir)
+    meta, _ = checkpoints.read_checkpoint(path)
+    model, config = checkpoints.load_model(path)
+    data = checkpoints.load_run_data(path, model, config, data_dir)
     test = ag.as_array(data.test)
     rng = ag.default_rng(10_000 + config.seed)
 
@@ -143,7 +144,7 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
     if model.explicit_posterior:
         result["encoder_logvar_at_bounds"] = encoder_logvar_at_bounds(model, test)
     if config.method == "iop":
-        components = runs.aggregated_posterior_components(model, data)
+        components = checkpoints.aggregated_posterior_components(model, data)
 
         def exact(s):
             return float(estimators.exact_aggregated_log_likelihood(model, test, components, s,
@@ -179,7 +180,7 @@ def elbo_terms_by_split(model, data, rng, samples=10):
     binarised in training) and over the test images, ``samples`` draws per image: which
     term the ELBO's gap between the two lies in (an over-fitting prior shows in the KL)."""
     terms = {}
-    for split, x in (("train", runs.training_images(data)), ("test", data.test)):
+    for split, x in (("train", checkpoints.training_images(data)), ("test", data.test)):
         reconstruction, kl = iopvae.mean_elbo_terms(model, ag.as_array(x), rng, samples=samples)
         terms[split] = {"reconstruction": float(reconstruction), "kl": float(kl)}
     return terms
@@ -241,15 +242,15 @@ def run_one(run, config_values, out, results, samples, tight_samples, data_dir="
     ``result.json`` in its folder and ``<name>.json`` in ``results``; returns the result."""
     path = os.path.join(out, run.name)
     asked = asked_config(run, config_values, data_dir)
-    runs.lock_run_folder(path)
-    data = runs._load_data(run.dataset, data_dir)
+    checkpoints.lock_run_folder(path)
+    data = checkpoints._load_data(run.dataset, data_dir)
     if os.path.exists(os.path.join(path, "checkpoint.npz")):
-        meta, _ = runs.read_checkpoint(path)
+        meta, _ = checkpoints.read_checkpoint(path)
         refuse_other_settings(run.name, path, meta["config"], asked)
         if meta["epoch"] > asked.epochs:
             raise ValueError(f"run {run.name} in {path} has trained {meta['epoch']} epochs, "
                              f"more than --epochs {asked.epochs}")
-        trainer = runs.resume_trainer(path, data, path, log)
+        trainer = checkpoints.resume_trainer(path, data, path, log)
         trainer.config = dataclasses.replace(trainer.config, epochs=asked.epochs)
         trainer.epochs = asked.epochs  # a new end, as with train --resume --epochs
     else:
@@ -289,7 +290,7 @@ def density_ratio_along_training(trainer, record):
     IOP's T against the exact log-ratio it estimates (kept in the round's record, so in
     the checkpoint), with a random stream of its own: training is the same with it."""
     if record["epoch"] in {round(f * trainer.epochs) for f in TRUTH_POINTS}:
-        components = runs.aggregated_posterior_components(trainer.model, trainer.data)
+        components = checkpoints.aggregated_posterior_components(trainer.model, trainer.data)
         rng = ag.default_rng(30_000 + trainer.config.seed + record["epoch"])
         record["density_ratio_truth"] = estimators.density_ratio_against_truth(
             trainer.model, components, rng)

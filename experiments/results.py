@@ -6,6 +6,8 @@ import json
 import math
 import os
 
+import checkpoints
+import run_commands
 import runs
 from autograd_lite.files import atomic_write, read_json_file
 
@@ -102,7 +104,8 @@ def check_result_types(result):
 
 def current_split_ids(todo, data_dir=""):
     """The split id of each data set of the runs ``todo``, as the data load now."""
-    return {d: runs._load_data(d, data_dir).split_id for d in sorted({r.dataset for r in todo})}
+    return {d: checkpoints._load_data(d, data_dir).split_id
+            for d in sorted({r.dataset for r in todo})}
 
 
 def has_result(run, results, samples, tight_samples, split_id=None, asked=None):
@@ -143,7 +146,7 @@ def refuse_other_settings(name, where, stored, asked):
 def invalid(result):
     """A result with an estimate above 0 on binary data (impossible: log p(x) <= 0);
     shown as INVALID and never ranked."""
-    return any(runs.impossible(result[key], result.get("likelihood"))
+    return any(run_commands.impossible(result[key], result.get("likelihood"))
                for key in ("test_elbo", "log_likelihood", "log_likelihood_tight",
                            "valid_log_likelihood")
                if result.get(key) is not None)

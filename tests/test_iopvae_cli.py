@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import checkpoints  # noqa: E402
 import cli  # noqa: E402
 import datasets  # noqa: E402
 import runs  # noqa: E402
@@ -44,7 +45,7 @@ def test_train_writes_checkpoint_and_reports(iop_run, capsys):
     config = json.loads((iop_run / "config.json").read_text())
     assert config["method"] == "iop" and config["hidden"] == 16 and config["j2"] == 1
     assert config["epochs"] == 2 and config["latent"] == 2
-    meta, _ = runs.read_checkpoint(str(iop_run))
+    meta, _ = checkpoints.read_checkpoint(str(iop_run))
     assert meta["epoch"] == 2 and len(meta["history"]) == 2
 
 
@@ -72,7 +73,7 @@ def test_train_resume_continues(iop_run, tmp_path, capsys):
     assert cli.main(["train", "--dataset", "onehot", "--method", "iop", "--epochs", "3",
                         "--resume", "--samples", "3", "--out", str(out)]) == 0
     assert "resuming" in capsys.readouterr().out
-    meta, _ = runs.read_checkpoint(str(out))
+    meta, _ = checkpoints.read_checkpoint(str(out))
     assert meta["epoch"] == 3
 
 
@@ -141,7 +142,7 @@ def test_mnist_shaped_run_and_evaluate_on_every_backend(method, tiny_mnist, tmp_
     png = tmp_path / "samples.png"
     assert cli.main(["sample", str(out), "--n", "4", "--out", str(png)]) == 0
     assert png.read_bytes()[:8] == PNG_MAGIC
-    meta, _ = runs.read_checkpoint(str(out))
+    meta, _ = checkpoints.read_checkpoint(str(out))
     assert meta["image_shape"] == [28, 28] and meta["split_id"].startswith("mnist:160/40/40:")
 
 
@@ -242,7 +243,7 @@ def test_resume_names_the_options_it_ignores(iop_run, tmp_path, capsys):
     assert len(lines) == 1
     assert "--hidden 32 (checkpoint: 16)" in lines[0] and "--lr 0.01" in lines[0]
     assert "--j2" not in lines[0] and "--epochs" not in lines[0]
-    meta, _ = runs.read_checkpoint(str(out))
+    meta, _ = checkpoints.read_checkpoint(str(out))
     assert meta["epoch"] == 3 and meta["config"].hidden == 16
 
 
@@ -263,7 +264,8 @@ def test_iopvae_py_hands_its_command_line_to_cli(tmp_path):
 
 
 FLOORS = {"autograd_lite": 0, "datasets": 1, "iopvae_torch": 1, "iopvae": 2, "estimators": 3,
-          "runs": 4, "experiments": 5, "check_gradients": 5, "reproduce_onehot": 5, "cli": 6}
+          "runs": 4, "checkpoints": 5, "run_commands": 6, "experiments": 7, "check_gradients": 7,
+          "reproduce_onehot": 7, "cli": 8}
 # the modules of the package experiments/, on floors of their own inside it
 EXPERIMENT_FLOORS = {"stats": 0, "results": 0, "grid": 1, "selection": 1, "tables": 2,
                      "figures": 2, "workers": 2, "readme": 3, "commands": 4}
@@ -303,8 +305,9 @@ def _floor(module, other):
 
 def test_imports_run_one_way_down_the_floors():
     """No module imports one on its own floor or above it (no import circle, not even a
-    lazy one inside a function): cli -> experiments, check_gradients -> runs ->
-    estimators -> iopvae -> datasets -> autograd_lite; inside experiments/, commands ->
+    lazy one inside a function): cli -> experiments, check_gradients, reproduce_onehot ->
+    run_commands -> checkpoints -> runs -> estimators -> iopvae -> datasets ->
+    autograd_lite; inside experiments/, commands ->
     readme -> tables, figures -> grid, selection -> results, stats."""
     package = sorted((ROOT / "experiments").glob("*.py"))
     upward = []

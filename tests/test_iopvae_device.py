@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import autograd_lite as ag
+import checkpoints
 import datasets
 import estimators
 import iopvae
@@ -162,7 +163,7 @@ def test_checkpoint_and_resume_on_every_backend(on_backend, tmp_path):
     for name in ("C", "D"):
         shutil.copytree(tmp_path / "B", tmp_path / name)
         lines = []
-        resumed = runs.resume_trainer(str(tmp_path / name), data, str(tmp_path / name),
+        resumed = checkpoints.resume_trainer(str(tmp_path / name), data, str(tmp_path / name),
                                       lines.append)
         assert resumed.epoch == 2 and resumed.history == first.history
         assert_same_arrays(resumed.model.state_dict(), first.model.state_dict())

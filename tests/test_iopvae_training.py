@@ -21,6 +21,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import autograd_lite as ag  # noqa: E402
+import checkpoints  # noqa: E402
 import datasets  # noqa: E402
 import estimators  # noqa: E402
 import iopvae  # noqa: E402
@@ -141,7 +142,7 @@ def test_resume_is_bit_identical(method, data_kind, onehot, tmp_path):
     straight.train(4)
     first = runs.Trainer(_config(method, **latent), data, str(tmp_path / "B"), quiet)
     first.train(2)
-    resumed = runs.resume_trainer(str(tmp_path / "B"), data, str(tmp_path / "B"), quiet)
+    resumed = checkpoints.resume_trainer(str(tmp_path / "B"), data, str(tmp_path / "B"), quiet)
     assert resumed.epoch == 2
     resumed.train(4)
     assert resumed.epoch == 4
@@ -153,8 +154,8 @@ def test_resume_is_bit_identical(method, data_kind, onehot, tmp_path):
     assert straight.best["epoch"] == resumed.best["epoch"]
     _assert_states_equal(straight.best["state"], resumed.best["state"])
     # the checkpoints on disk agree too
-    meta_a, arrays_a = runs.read_checkpoint(str(tmp_path / "A"))
-    meta_b, arrays_b = runs.read_checkpoint(str(tmp_path / "B" / "checkpoint.npz"))
+    meta_a, arrays_a = checkpoints.read_checkpoint(str(tmp_path / "A"))
+    meta_b, arrays_b = checkpoints.read_checkpoint(str(tmp_path / "B" / "checkpoint.npz"))
     assert meta_a["epoch"] == meta_b["epoch"] == 4
     _assert_states_equal(arrays_a, arrays_b)
 
@@ -170,7 +171,7 @@ def test_checkpoint_files_written_atomically(onehot, tmp_path, monkeypatch):
     config = json.loads((out / "config.json").read_text())
     assert config == dataclasses.asdict(trainer.config)
     assert runs.Config(**config) == trainer.config
-    meta, arrays = runs.read_checkpoint(str(out))
+    meta, arrays = checkpoints.read_checkpoint(str(out))
     assert meta["epoch"] == 2 and meta["config"] == trainer.config
     assert meta["dim"] == 4 and meta["likelihood"] == "bernoulli"
     assert any(k.startswith("opt_disc/") for k in arrays)
@@ -183,7 +184,7 @@ def test_checkpoint_files_written_atomically(onehot, tmp_path, monkeypatch):
         trainer.train(3)
     monkeypatch.undo()
     assert sorted(os.listdir(out)) == ["checkpoint.npz", "config.json"]
-    meta_after, _ = runs.read_checkpoint(str(out))
+    meta_after, _ = checkpoints.read_checkpoint(str(out))
     assert meta_after["epoch"] == 2
 
 
@@ -205,10 +206,10 @@ def test_bad_checkpoint_raises_checkpoint_error_naming_the_path(damage, onehot, 
         with np.load(path) as archive:
             arrays = {k: archive[k] for k in archive.files if k != "meta"}
         np.savez(path, **arrays)
-    for call in (lambda: runs.read_checkpoint(str(path)),
-                 lambda: runs.resume_trainer(str(path), onehot, str(out), quiet),
-                 lambda: runs.load_model(str(path))):
-        with pytest.raises(runs.CheckpointError) as info:
+    for call in (lambda: checkpoints.read_checkpoint(str(path)),
+                 lambda: checkpoints.resume_trainer(str(path), onehot, str(out), quiet),
+                 lambda: checkpoints.load_model(str(path))):
+        with pytest.raises(checkpoints.CheckpointError) as info:
             call()
         assert str(path) in str(info.value)
         assert "\n" not in str(info.value)
@@ -226,9 +227,9 @@ def test_checkpoint_of_another_configuration_is_rejected(onehot, tmp_path):
     meta["config"]["hidden"] = 24
     arrays["meta"] = np.array(json.dumps(meta))
     np.savez(path, **arrays)
-    for call in (lambda: runs.load_model(str(path)),
-                 lambda: runs.resume_trainer(str(path), onehot, str(out), quiet)):
-        with pytest.raises(runs.CheckpointError, match="does not match"):
+    for call in (lambda: checkpoints.load_model(str(path)),
+                 lambda: checkpoints.resume_trainer(str(path), onehot, str(out), quiet)):
+        with pytest.raises(checkpoints.CheckpointError, match="does not match"):
             call()
 
 
@@ -243,12 +244,12 @@ def test_load_model_restores_best_weights(onehot, tmp_path, monkeypatch):
     trainer.log = lambda line: snapshots.append(trainer.model.state_dict())
     trainer.train()
     assert trainer.best["epoch"] == 2 and len(snapshots) == 4
-    model, config = runs.load_model(str(out))
+    model, config = checkpoints.load_model(str(out))
     assert config == trainer.config
     assert not any(m.training for m in model.modules())
     _assert_states_equal(model.state_dict(), snapshots[1])
     assert any(not np.array_equal(snapshots[1][k], snapshots[3][k]) for k in snapshots[1])
-    last, _ = runs.load_model(str(out), best=False)
+    last, _ = checkpoints.load_model(str(out), best=False)
     _assert_states_equal(last.state_dict(), snapshots[3])
     _assert_states_equal(trainer.best_model().state_dict(), snapshots[1])
 
@@ -278,12 +279,12 @@ def test_divergence_raises_and_keeps_last_good_checkpoint(where, onehot, tmp_pat
         trainer.train()
     message = str(info.value)
     assert "epoch 3" in message and str(out) in message
-    meta, arrays = runs.read_checkpoint(str(out))
+    meta, arrays = checkpoints.read_checkpoint(str(out))
     assert meta["epoch"] == 2 and len(meta["history"]) == 2
     for name, value in arrays.items():
         if value.dtype.kind == "f":
             assert np.all(np.isfinite(value)), name
-    model, _ = runs.load_model(str(out), best=False)
+    model, _ = checkpoints.load_model(str(out), best=False)
     assert all(np.all(np.isfinite(p.data)) for p in model.parameters())
 
 

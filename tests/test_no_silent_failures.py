@@ -20,9 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import checkpoints  # noqa: E402
 import cli  # noqa: E402
 import datasets  # noqa: E402
 import reproduce_onehot  # noqa: E402
+import run_commands  # noqa: E402
 import runs  # noqa: E402
 from conftest import TINY, damaged_copy, one_error_line  # noqa: E402
 from experiments.figures import stopping_point, stopping_table  # noqa: E402
@@ -290,7 +292,7 @@ def test_5_the_output_check_serves_every_command(iop_run, monkeypatch):
                         lambda self, z: runs.ag.Tensor(runs.ag.as_array(
                             np.full((z.shape[0], self.dim), np.nan, np.float32))))
     with pytest.raises(ValueError, match="decoder gives numbers that are not finite"):
-        runs.load_model(str(iop_run))
+        checkpoints.load_model(str(iop_run))
 
 
 def test_6_compare_patience_0_never_stops_as_in_training(tmp_path, capsys):
@@ -321,9 +323,9 @@ def test_7_evaluate_split_train_scores_the_binarised_training_images(monkeypatch
                             image_shape=None)
     model = type("M", (), {"explicit_posterior": False, "has_discriminator": False,
                            "name": "m"})()
-    runs.report_evaluation(model, data, 1, None, split="train")
+    run_commands.report_evaluation(model, data, 1, None, split="train")
     assert set(np.unique(seen[0])) <= {0.0, 1.0}
-    assert np.array_equal(seen[0], runs.training_images(data))
+    assert np.array_equal(seen[0], checkpoints.training_images(data))
 
 
 # === one atomic writer: its errors ======================================================

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import checkpoints  # noqa: E402
 import cli  # noqa: E402
 import datasets  # noqa: E402
 import iopvae  # noqa: E402
@@ -73,8 +74,8 @@ def test_weights_stored_as_integers_are_refused(vae_run, tmp_path):
         key = first_weight(arrays)
         arrays[key] = arrays[key].astype(np.int64)
     bad = damaged_copy(vae_run, tmp_path / "int", as_int)
-    with pytest.raises(runs.CheckpointError, match="int64"):
-        runs.read_checkpoint(str(bad))
+    with pytest.raises(checkpoints.CheckpointError, match="int64"):
+        checkpoints.read_checkpoint(str(bad))
 
 
 def test_a_nan_result_is_never_written(tmp_path):
@@ -88,8 +89,9 @@ def test_a_nan_result_is_never_written(tmp_path):
 def hold_lock(folder):
     """Another process that holds ``folder``'s lock until killed."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time, runs; runs.lock_run_folder(sys.argv[1]); "
-         "print('locked', flush=True); time.sleep(120)", str(folder)],
+        [sys.executable, "-c", "import sys, time, checkpoints; "
+         "checkpoints.lock_run_folder(sys.argv[1]); print('locked', flush=True); "
+         "time.sleep(120)", str(folder)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     return holder
@@ -97,7 +99,7 @@ def hold_lock(folder):
 
 def release(folder):
     """Let go of this process's lock on ``folder``, as if the process had ended."""
-    runs._HELD_LOCKS.pop(os.path.abspath(folder)).close()
+    checkpoints._HELD_LOCKS.pop(os.path.abspath(folder)).close()
 
 
 def test_a_second_process_on_a_run_folder_is_refused(tmp_path, capsys):
@@ -127,7 +129,7 @@ def test_stale_temporary_files_of_killed_writes_are_removed(tmp_path):
     for path in stale:
         path.write_bytes(b"x" * 1000)
     (folder / "keep.tmp").write_bytes(b"not ours")
-    runs.lock_run_folder(folder)
+    checkpoints.lock_run_folder(folder)
     assert not any(path.exists() for path in stale) and (folder / "keep.tmp").exists()
 
 
@@ -256,7 +258,7 @@ def test_table2_refuses_runs_made_with_other_settings_and_extends_epochs(tmp_pat
     assert cli.main([*base[:-6], "--hidden", "16", "--warmup", "1", "--epochs", "1"]) == 2
     one_error_line(capsys.readouterr().err, "--hidden 16 (stored: 8)", "--patience")
     assert cli.main([*base, "--epochs", "2"]) == 0  # extends the run to two epochs
-    meta, _ = runs.read_checkpoint(str(tmp_path / "runs" / "onehot-vae-seed0"))
+    meta, _ = checkpoints.read_checkpoint(str(tmp_path / "runs" / "onehot-vae-seed0"))
     assert meta["epoch"] == 2 and meta["config"].epochs == 2
     result = json.loads((tmp_path / "results" / "onehot-vae-seed0.json").read_text())
     assert result["epochs_trained"] == 2 and result["config"]["epochs"] == 2
@@ -347,8 +349,8 @@ def test_checkpoint_meta_of_the_wrong_type_is_refused(vae_run, tmp_path, field, 
     def change(arrays, meta):
         meta[field] = value
     bad = damaged_copy(vae_run, tmp_path / "meta", change)
-    with pytest.raises(runs.CheckpointError, match=field):
-        runs.read_checkpoint(str(bad))
+    with pytest.raises(checkpoints.CheckpointError, match=field):
+        checkpoints.read_checkpoint(str(bad))
 
 
 def test_a_checkpoint_before_the_end_of_the_warm_up_resumes(tmp_path):
@@ -359,7 +361,7 @@ def test_a_checkpoint_before_the_end_of_the_warm_up_resumes(tmp_path):
     assert cli.main(["train", "--dataset", "onehot", "--method", "vae", "--epochs", "1",
                      "--warmup", "5", "--hidden", "8", "--samples", "2", "--out",
                      str(out)]) == 0
-    meta, _ = runs.read_checkpoint(str(out))
+    meta, _ = checkpoints.read_checkpoint(str(out))
     assert meta["best_valid_elbo"] is None and meta["best_epoch"] == 0
 
     def as_older_code_wrote_it(arrays, meta):
@@ -367,7 +369,7 @@ def test_a_checkpoint_before_the_end_of_the_warm_up_resumes(tmp_path):
     older = damaged_copy(out, tmp_path / "older", as_older_code_wrote_it)
     data = datasets.load("onehot")
     for folder in (out, older):
-        trainer = runs.resume_trainer(str(folder), data, None, log=lambda line: None)
+        trainer = checkpoints.resume_trainer(str(folder), data, None, log=lambda line: None)
         assert trainer.best["valid_elbo"] == -math.inf and trainer.best["state"] is None
 
 
@@ -400,12 +402,12 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_continue(tmp_path, monkeypa
             "8", "--warmup", "1", "--samples", "2", "--out", str(out)]
     assert cli.main(argv) == 130
     assert capsys.readouterr().err.strip() == "interrupted at epoch 1; continue with --resume"
-    meta, _ = runs.read_checkpoint(str(out))
+    meta, _ = checkpoints.read_checkpoint(str(out))
     assert meta["epoch"] == 1
     monkeypatch.undo()
     release(out)  # as if in a new process
     assert cli.main([*argv, "--resume"]) == 0
-    assert runs.read_checkpoint(str(out))[0]["epoch"] == 3
+    assert checkpoints.read_checkpoint(str(out))[0]["epoch"] == 3
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])

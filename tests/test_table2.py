@@ -16,6 +16,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import autograd_lite as ag  # noqa: E402
+import checkpoints  # noqa: E402
 import cli  # noqa: E402
 import datasets  # noqa: E402
 import experiments.tables  # noqa: E402
@@ -61,8 +62,9 @@ def test_seed1_run_is_evaluated_on_test_points_it_never_trained_on(tmp_path, mon
     seed-1 test images were seed-0 training images."""
     data_dir = fake_freyfaces(tmp_path / "data", monkeypatch)
     loads = []
-    real_load = runs._load_data
-    monkeypatch.setattr(runs, "_load_data", lambda *a: loads.append(real_load(*a)) or loads[-1])
+    real_load = checkpoints._load_data
+    monkeypatch.setattr(checkpoints, "_load_data",
+                        lambda *a: loads.append(real_load(*a)) or loads[-1])
     out = tmp_path / "run"
     assert cli.main(["train", "--dataset", "freyfaces", "--method", "vae", *TINY, "--seed",
                         "1", "--samples", "2", "--out", str(out),
@@ -135,7 +137,7 @@ def test_table2_headline_is_S10_with_a_tighter_column(tmp_path, monkeypatch, cap
     """Defect 2: the headline column uses S = 10 (the paper's), a second column a
     tighter S, and both say which; IOP gets its exact value and log Z.  A second
     call finds every result and trains nothing."""
-    monkeypatch.setattr(runs, "_load_data", lambda name, data_dir: small_mnist())
+    monkeypatch.setattr(checkpoints, "_load_data", lambda name, data_dir: small_mnist())
     argv = ["table2", "--datasets", "mnist", "--seeds", "0", *TINY, "--tight-samples", "20",
             "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
     assert cli.main(argv) == 0
@@ -381,9 +383,9 @@ def test_elbo_terms_by_split_gives_each_split_its_own_terms():
     other = elbo_terms_by_split(model, data, ag.default_rng(1), samples=50)
     assert other["train"]["kl"] != pytest.approx(other["test"]["kl"], rel=1e-3)
     # gray training images are binarised as in training: log p(x|z) is a log-probability
-    binarised = runs.training_images(data)
+    binarised = checkpoints.training_images(data)
     assert set(np.unique(binarised)) == {0.0, 1.0}
-    assert np.array_equal(binarised, runs.training_images(data))   # one fixed draw
+    assert np.array_equal(binarised, checkpoints.training_images(data))   # one fixed draw
 
 
 # --- the README's generated tables ------------------------------------------------------
