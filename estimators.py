@@ -153,9 +153,9 @@ def density_ratio_against_truth(model, components, rng, samples=3000):
     mu_n, logvar_n = components
     idx = rng.integers(0, mu_n.shape[0], samples)
     with evaluation(model):
-        z1 = reparameterize(ag.Tensor(mu_n[idx]), ag.Tensor(logvar_n[idx]),
-                            standard_normal(rng, (samples, model.latent)))   # z1 ~ q(z)
-        z0 = standard_normal(rng, (samples, model.latent))                     # z0 ~ N(0, I)
+        q = (ag.Tensor(mu_n[idx]), ag.Tensor(logvar_n[idx]))       # q(z|x) of random x_n
+        z1 = model.aggregated_posterior_sample(None, rng, q)      # z1 ~ q(z)
+        z0 = standard_normal(rng, z1.shape)                       # z0 ~ N(0, I)
         t1, t0 = (model.density_ratio(z).data.astype(np.float64) for z in (z1, z0))
         loss = density_ratio_loss(ag.Tensor(t1), ag.Tensor(t0)).data
     z = z1.data.astype(np.float64)

@@ -150,7 +150,7 @@ class DensityRatio(nn.Module):
     by Eq. (20), its optimum is T*(z) = ln q_phi(z) / p(z) (Eq. 14).  AVB's T(x, z) too."""
 
     def __init__(self, dim, hidden, rng, keep=0.5, dropout="every"):
-        every = keep if dropout == "every" else None
+        every = {"every": keep, "last": None}[dropout]  # where the dropout layers go
         self.body = nn.mlp((dim, hidden, hidden), "tanh", dropout_keep=every, rng=rng)
         if dropout == "last" and keep < 1.0:
             self.body.layers.append(nn.Dropout(keep, rng))

@@ -213,8 +213,7 @@ class Trainer(iopvae.Trainer):
         tightest variance below about 4e3); or T's loss (Eq. 20) exceeds
         ``DIVERGED_DENSITY_RATIO_LOSS`` = 10 x 2 log 2, ten times that of T = 0, a
         classifier that guesses (a working T stays below 2 log 2)."""
-        now = time.time()
-        record["seconds"], self.round_start = now - self.round_start, now
+        record["seconds"] = time.time() - self.round_start  # after_round restarts the clock
         bound = DIVERGED_NATS_PER_DIMENSION * self.train_x.shape[1]
         for key, name, limit in (("loss", "the VAE loss", bound),
                                  ("disc_loss", "T's loss", DIVERGED_DENSITY_RATIO_LOSS),

@@ -246,7 +246,7 @@ def add_commands(sub):
                    help="candidate starts of VampPrior's pseudo-inputs (default: uniform "
                         "constant)")
     c.add_argument("--density-ratio-dropouts", nargs="+", default=["every"],
-                   choices=("every", "last"),
+                   choices=runs.CHOICES["density_ratio_dropout"],
                    help="candidate places of IOP's dropout in T (default: every)")
     c.add_argument("--components", type=int, default=0,
                    help="VampPrior's K in the screen (0: the paper's)")

@@ -5,7 +5,6 @@ import numpy as np
 import autograd_lite as ag
 import iopvae
 import runs
-from autograd_lite import nn
 from experiments.selection import candidates
 
 
@@ -40,7 +39,6 @@ def test_vampprior_starts_from_training_points_plus_small_noise():
     assert all(len(p) == 1 for p in picked) and len({int(p[0]) for p in picked}) == 5
     noise = starts["noisy_data"] - starts["data"]       # the same points, then the noise
     assert 0.005 < noise.std() < 0.02 and np.abs(noise).max() < 0.1
-    assert isinstance(model.pseudo_inputs, nn.Parameter)
 
 
 def test_the_screen_names_the_dropout_candidate_and_keeps_the_default_runs_names():
