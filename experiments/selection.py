@@ -100,9 +100,11 @@ def read_selection(path):
 def select(found, dataset, config_values, seeds, components, earlier=None, diverged=None):
     """Per method, every candidate's validation scores and the pick: the candidate with
     the best mean (``SCORE``).  The test set plays no part.  ``earlier``: a selection
-    made before with the same options, whose other methods are kept.  ``diverged``: the
-    records of runs that diverged, by run; a candidate with one is listed apart and
-    never picked."""
+    made before with the same options, whose other methods are kept, and whose other
+    candidates of the same methods (VampPrior's at the same K) stay in the running, so
+    that a screen may go in stages (step sizes first, then other settings at the picked
+    step size).  ``diverged``: the records of runs that diverged, by run; a candidate
+    with one is listed apart and never picked."""
     refuse_other_selection(earlier, dataset, config_values, seeds)
     by_candidate, failed = {}, {}
     for run, record in (diverged or {}).items():
@@ -121,6 +123,9 @@ def select(found, dataset, config_values, seeds, components, earlier=None, diver
                          "invalid": any(map(invalid, rs))})
             if method == "vamp":  # VampPrior's pseudo-inputs stuck outside [0, 1] at the end
                 rows[-1]["pseudo_inputs_outside"] = [r["pseudo_inputs_outside"] for r in rs]
+        gone = _earlier_entry(earlier, method, components)
+        tried = [row["settings"] for row in rows] + [dict(s) for s in failed.get(method, {})]
+        rows += [row for row in gone.get("candidates", []) if row["settings"] not in tried]
         valid = [row for row in rows if not row["invalid"]]
         if not valid:
             raise ValueError(f"every {method} candidate has an impossible result (above 0 "
@@ -128,12 +133,23 @@ def select(found, dataset, config_values, seeds, components, earlier=None, diver
         best = max(valid, key=lambda row: row["mean"])
         methods[method] = {"pick": best["settings"], "candidates": rows,
                            "diverged": [{"settings": dict(settings), "runs": names}
-                                        for settings, names in failed.get(method, {}).items()]}
+                                        for settings, names in failed.get(method, {}).items()]
+                           + [row for row in gone.get("diverged", [])
+                              if row["settings"] not in tried]}
         if method == "vamp":
             methods[method]["components"] = components
     kept = {m: e for m, e in (earlier or {}).get("methods", {}).items() if m not in methods}
     return {"dataset": dataset, "score": SCORE, "seeds": list(seeds),
             "config": config_values, "methods": {**kept, **methods}}
+
+
+def _earlier_entry(earlier, method, components):
+    """The entry of ``method`` in the ``earlier`` selection whose candidates stay in the
+    running: none for VampPrior at another K (its candidates would not compare)."""
+    entry = (earlier or {}).get("methods", {}).get(method, {})
+    if method == "vamp" and entry.get("components") != components:
+        return {}
+    return entry
 
 
 def refuse_other_selection(earlier, dataset, config_values, seeds):

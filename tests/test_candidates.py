@@ -5,7 +5,8 @@ import numpy as np
 import autograd_lite as ag
 import iopvae
 import runs
-from experiments.selection import candidates
+from experiments.grid import Run, as_settings
+from experiments.selection import candidates, select
 
 
 def kinds(module):
@@ -47,3 +48,41 @@ def test_the_screen_names_the_dropout_candidate_and_keeps_the_default_runs_names
     assert candidates("vamp", [3e-4], ["uniform", "noisy_data"], ["every", "last"]) == [
         {"lr": 3e-4, "pseudo_init": "uniform"}, {"lr": 3e-4, "pseudo_init": "noisy_data"}]
     assert candidates("vae", [1e-4, 1e-3], ["uniform"]) == [{"lr": 1e-4}, {"lr": 1e-3}]
+
+
+def _found(method, values_by_seed):
+    """Results as `select` reads them: {Run: result} for each (settings, seed, score)."""
+    found = {}
+    for values, seed, score in values_by_seed:
+        run = Run("freyfaces", method, seed, settings=as_settings(values))
+        found[run] = {"run": run.name, "valid_log_likelihood": score,
+                      "test_log_likelihood": -1.0, "pseudo_inputs_outside": 0.0}
+    return found
+
+
+def test_a_screen_in_stages_keeps_the_earlier_candidates_in_the_running():
+    """Step sizes first, then T's dropout at the picked step size: the second `select`
+    keeps the first one's candidates, and picks over all of them."""
+    config = {"patience": 0}
+    first = select(_found("iop", [({"lr": 1e-4}, 0, 10.0), ({"lr": 3e-4}, 0, 12.0)]),
+                   "freyfaces", config, [0], 500)
+    assert first["methods"]["iop"]["pick"] == {"lr": 3e-4}
+    last = {"lr": 3e-4, "density_ratio_dropout": "last"}
+    second = select(_found("iop", [({"lr": 3e-4}, 0, 12.0), (last, 0, 11.0)]),
+                    "freyfaces", config, [0], 500, earlier=first)
+    rows = second["methods"]["iop"]["candidates"]
+    assert [row["settings"] for row in rows] == [{"lr": 3e-4}, last, {"lr": 1e-4}]
+    assert second["methods"]["iop"]["pick"] == {"lr": 3e-4}
+    # an earlier candidate better than the new ones stays the pick
+    third = select(_found("iop", [(last, 0, 9.0)]), "freyfaces", config, [0], 500,
+                   earlier={**first, "methods": {"iop": {
+                       **first["methods"]["iop"], "pick": {"lr": 1e-4},
+                       "candidates": [{**first["methods"]["iop"]["candidates"][0],
+                                       "mean": 20.0}]}}})
+    assert third["methods"]["iop"]["pick"] == {"lr": 1e-4}
+    # VampPrior's candidates at another K do not compare: only the new ones are kept
+    vamp = _found("vamp", [({"lr": 1e-4, "pseudo_init": "uniform"}, 0, 10.0)])
+    at_100 = select(vamp, "freyfaces", config, [0], 100)
+    at_500 = select(_found("vamp", [({"lr": 3e-4, "pseudo_init": "uniform"}, 0, 5.0)]),
+                    "freyfaces", config, [0], 500, earlier=at_100)
+    assert [row["settings"]["lr"] for row in at_500["methods"]["vamp"]["candidates"]] == [3e-4]
