@@ -4,7 +4,14 @@ import os
 import re
 
 from experiments.results import read_json
-from experiments.tables import PAPER_TABLE2, causes_summary, goal_summary, picked_values
+from experiments.tables import (
+    PAPER_TABLE2,
+    causes_summary,
+    goal_summary,
+    listed_paths,
+    picked_values,
+    table,
+)
 
 README_COLUMNS = ("method", "runs", "test LL, S = 10", "test LL, S = 1000", "IOP log Z",
                   "paper (S = 10)", "ours − paper, S = 10")
@@ -21,15 +28,13 @@ def columns(markdown, names):
 
 def readme_tables(results):
     """The README's generated tables by name: FreyFaces's Table 2 row at the selected
-    settings and whether the goal holds (from ``table2/table2.json``), and the causes,
-    one row each."""
+    settings and whether the goal holds (from the runs ``table2/table2.json`` lists),
+    and the causes, one row each."""
     tables = {"freyfaces-causes": causes_summary(results)}
     path = os.path.join(results, "table2", "table2.json")
-    if os.path.exists(path):
-        markdown = read_json(path).get("markdown")
-        if not isinstance(markdown, str) or not markdown.startswith("|"):
-            raise ValueError(f"{path}: markdown is {markdown!r:.60}, not a table")
-        tables["freyfaces-table2"] = columns(markdown, README_COLUMNS)
+    if os.path.exists(path):  # the table made again from the result files it lists
+        listed = {p: read_json(p) for p in listed_paths(path)}
+        tables["freyfaces-table2"] = columns(table(listed), README_COLUMNS)
         tables["freyfaces-goal"] = goal_summary(picked_values(results),
                                                 PAPER_TABLE2["freyfaces"])
     return tables

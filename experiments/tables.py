@@ -8,7 +8,14 @@ import numpy as np
 
 from experiments.grid import METHODS, paper_k
 from experiments.results import check_number, invalid, read_json
-from experiments.stats import _change, _mean_std, against_paper, not_worse_than_best, welch_t_test
+from experiments.stats import (
+    _change,
+    _mean_std,
+    against_paper,
+    gap_against_paper,
+    not_worse_than_best,
+    welch_t_test,
+)
 
 PAPER_TABLE2 = {  # Table 2 of the paper: test log-likelihood, mean and std over 8 runs
     "mnist": {"vae": (-85.84, 0.07), "vamp": (-83.90, 0.08), "iop": (-83.21, 0.13)},
@@ -127,16 +134,19 @@ CAUSES = (  # (cause, method, what is held fixed, before, after): globs under re
            f"freyfaces-causes/old-split/*-{method}-*", "table2/table2.json") for method in METHODS)
 
 
+def listed_paths(listed):
+    """The result files of the runs that the table file ``listed`` (table2.json) lists."""
+    names = read_json(listed).get("runs")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{listed}: runs is {names!r:.60}, not a list of run names")
+    return [os.path.join(os.path.dirname(listed), name + ".json") for name in names]
+
+
 def _test_values(results, pattern, method):
     """The S = 10 test log-likelihoods of ``method`` in the result files ``pattern``."""
     if pattern.endswith("table2.json"):  # the runs of that table
         listed = os.path.join(results, pattern)
-        if not os.path.exists(listed):
-            return []
-        names = read_json(listed).get("runs")
-        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-            raise ValueError(f"{listed}: runs is {names!r:.60}, not a list of run names")
-        paths = [os.path.join(os.path.dirname(listed), name + ".json") for name in names]
+        paths = listed_paths(listed) if os.path.exists(listed) else []
     else:
         paths = sorted(glob.glob(os.path.join(results, pattern + ".json")))
     found = ((path, read_json(path)) for path in paths)
@@ -184,13 +194,19 @@ PAPER_ORDER = ("iop", "vamp", "vae")  # the paper's ranking on every data set, b
 
 
 def goal_summary(values, paper, order=PAPER_ORDER):
-    """Whether each method is within the paper's spread and whether the paper's order
+    """Whether each method is within the paper's spread, whether each gap to the
+    paper's weakest method is the paper's gap, and whether the paper's order
     of the means holds, from ``values`` (method -> test log-likelihoods): markdown
     lines, with Welch's p-value for every pair that the paper's order ranks."""
     present = [m for m in order if m in values]
     means = {m: float(np.mean(values[m])) for m in present}
     pairs = list(itertools.combinations(present, 2))
     lines = [f"- {m}: ours − paper {against_paper(values[m], paper[m])}" for m in present]
+    base = order[-1]
+    if base in values:  # each gap to the paper's weakest method, ours against the paper's
+        lines += [f"- {m} − {base}: ours " + gap_against_paper(values[m], values[base],
+                                                               paper[m], paper[base])
+                  for m in present if m != base]
     broken = [(a, b) for a, b in pairs if means[a] < means[b]]
     tests = ", ".join(f"{a} − {b} = {means[a] - means[b]:+.2f} "
                       f"(Welch p = {_p_value(values[a], values[b])})" for a, b in pairs)

@@ -30,7 +30,7 @@ from experiments.grid import (  # noqa: E402
     encoder_logvar_at_bounds,
     parse_settings,
 )
-from experiments.readme import columns, fill_readme, readme_tables  # noqa: E402
+from experiments.readme import README_COLUMNS, columns, fill_readme, readme_tables  # noqa: E402
 from experiments.results import load_results  # noqa: E402
 from experiments.stats import against_paper, not_worse_than_best, welch_t_test  # noqa: E402
 from experiments.tables import causes_summary, causes_table, goal_summary  # noqa: E402
@@ -194,7 +194,8 @@ def test_against_paper_is_the_goal_of_two_combined_standard_errors():
     cell = against_paper([1380.0, 1384.0, 1382.0], (1382.53, 3.57))
     two_se = 2 * math.sqrt(np.var([1380.0, 1384.0, 1382.0], ddof=1) / 3 + 3.57 ** 2 / 8)
     assert cell == f"-0.53 (2 SE {two_se:.2f}): within"
-    assert against_paper([1358.0, 1359.0, 1360.0], (1382.53, 3.57)).endswith("outside")
+    assert against_paper([1358.0, 1359.0, 1360.0], (1382.53, 3.57)).endswith("below")
+    assert against_paper([1400.0, 1401.0, 1402.0], (1382.53, 3.57)).endswith("above")
     # one run: the paper's spread alone
     assert against_paper([1381.0], (1382.53, 3.57)) == (
         f"-1.53 (2 SE {2 * 3.57 / math.sqrt(8):.2f}): within")
@@ -471,11 +472,19 @@ def test_goal_summary_says_where_the_paper_is_met_and_where_its_order_fails():
     paper = {"iop": (10.0, 1.0), "vamp": (8.0, 1.0), "vae": (5.0, 1.0)}
     values = {"iop": [6.0, 7.0, 8.0], "vamp": [8.0, 9.0, 10.0], "vae": [4.0, 5.0, 6.0]}
     lines = goal_summary(values, paper).splitlines()
-    assert lines[0].startswith("- iop: ours − paper -3.00 (2 SE ") and lines[0].endswith("outside")
+    assert lines[0].startswith("- iop: ours − paper -3.00 (2 SE ") and lines[0].endswith("below")
     assert lines[1].startswith("- vamp: ours − paper +1.00") and lines[1].endswith("within")
+    # each gap to the VAE against the paper's: 2 SE of the difference, four variances
+    two_se = 2 * math.sqrt(1 / 3 + 1 / 3 + 2 / 8)
+    assert lines[3] == f"- iop − vae: ours +2.00, paper +5.00: -3.00 (2 SE {two_se:.2f}): below"
+    assert lines[4] == f"- vamp − vae: ours +4.00, paper +3.00: +1.00 (2 SE {two_se:.2f}): within"
+    wide = goal_summary({"iop": [20.0, 21.0], "vae": [4.0, 6.0]}, paper).splitlines()
+    assert wide[0].endswith("above") and wide[2].startswith("- iop − vae: ours +15.50, paper")
+    assert wide[2].endswith("above")
+    assert len(goal_summary({"iop": [9.0, 11.0]}, paper).splitlines()) == 2  # no VAE, no gap
     p = {(a, b): f"{welch_t_test(values[a], values[b]):.3f}"
          for a, b in (("iop", "vamp"), ("iop", "vae"), ("vamp", "vae"))}
-    assert lines[3] == ("- the paper's order iop ≥ vamp ≥ vae of the means fails at iop < vamp: "
+    assert lines[5] == ("- the paper's order iop ≥ vamp ≥ vae of the means fails at iop < vamp: "
                         f"iop − vamp = -2.00 (Welch p = {p['iop', 'vamp']}), iop − vae = +2.00 "
                         f"(Welch p = {p['iop', 'vae']}), vamp − vae = +4.00 "
                         f"(Welch p = {p['vamp', 'vae']})")
@@ -496,13 +505,18 @@ def test_readme_tables_add_the_eight_run_table_and_the_goal_once_table2_json_exi
             name = f"freyfaces-{method}-seed{seed}"
             names.append(name)
             (folder / f"{name}.json").write_text(json.dumps(
-                {"method": method, "log_likelihood": base + seed}))
+                {"dataset": "freyfaces", "method": method, "components": 500,
+                 "samples": 10, "tight_samples": 1000, "epochs_trained": 9, "best_epoch": 7,
+                 "log_likelihood": base + seed, "log_likelihood_tight": base + seed + 20,
+                 "log_likelihood_exact": 1.0, "log_likelihood_exact_tight": 2.0,
+                 "log_normalizer": -1.0}))
     assert "freyfaces-goal" not in readme_tables(str(tmp_path))
-    markdown = ("| data set | method | runs | paper (S = 10) |\n|---|---|---|---|\n"
-                "| f | vae | 2 | 1 |")
-    (folder / "table2.json").write_text(json.dumps({"markdown": markdown, "runs": names}))
+    # the table is made again from the runs listed, never taken from the stored markdown
+    (folder / "table2.json").write_text(json.dumps({"markdown": "| stale |", "runs": names}))
     tables = readme_tables(str(tmp_path))
-    assert tables["freyfaces-table2"].splitlines()[0] == "| method | runs | paper (S = 10) |"
+    assert tables["freyfaces-table2"].splitlines()[0] == "| " + " | ".join(README_COLUMNS) + " |"
+    vae_row = tables["freyfaces-table2"].splitlines()[2]
+    assert vae_row.startswith("| vae | 2 | 1380.50 ± 0.71 | 1400.50 ± 0.71 |")
     assert "of the means holds" in tables["freyfaces-goal"]
     assert tables["freyfaces-goal"].startswith("- iop: ours − paper -0.77")
 
