@@ -65,11 +65,14 @@ def figure3(results, dataset, path):
 
 
 def settings_label(result):
-    """The step size (and VampPrior's start and K) of a run, as a legend label."""
+    """The step size (and VampPrior's start and K, IOP's place of T's dropout when not
+    the default) of a run, as a legend label."""
     c = result["config"]
     label = f"lr = {c['lr']:g}"
     if result["method"] == "vamp":
         label += f", {c['pseudo_init']}, K = {c['components']}"
+    if result["method"] == "iop" and c.get("density_ratio_dropout", "every") != "every":
+        label += f", T's dropout {c['density_ratio_dropout']}"
     return label
 
 

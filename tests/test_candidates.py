@@ -5,6 +5,7 @@ import numpy as np
 import autograd_lite as ag
 import iopvae
 import runs
+from experiments.figures import settings_label
 from experiments.grid import Run, as_settings
 from experiments.selection import candidates, select
 
@@ -86,3 +87,17 @@ def test_a_screen_in_stages_keeps_the_earlier_candidates_in_the_running():
     at_500 = select(_found("vamp", [({"lr": 3e-4, "pseudo_init": "uniform"}, 0, 5.0)]),
                     "freyfaces", config, [0], 500, earlier=at_100)
     assert [row["settings"]["lr"] for row in at_500["methods"]["vamp"]["candidates"]] == [3e-4]
+
+
+def test_the_curves_and_tables_tell_every_candidate_apart():
+    """A label per candidate: IOP's T with dropout before its output alone is not drawn
+    or grouped with the default of the same step size."""
+    def result(method, **config):
+        return {"method": method, "config": {"lr": 3e-4, "pseudo_init": "uniform",
+                                             "components": 500, **config}}
+    labels = {settings_label(r) for r in (
+        result("iop"), result("iop", density_ratio_dropout="every"),
+        result("iop", density_ratio_dropout="last"),
+        result("vamp"), result("vamp", pseudo_init="noisy_data"))}
+    assert labels == {"lr = 0.0003", "lr = 0.0003, T's dropout last",
+                      "lr = 0.0003, uniform, K = 500", "lr = 0.0003, noisy_data, K = 500"}
