@@ -114,18 +114,23 @@ def stopping_table(found, patience):
 
 
 def draw_curves(found, path):
-    """One panel per method, one line per run (colour: its settings): the validation
-    ELBO of every epoch after the warm-up."""
+    """One panel per method, one line per run: the validation ELBO of every epoch after
+    the warm-up.  Colour: the step size, the same in every panel; line style: the
+    method's other settings; one legend entry per candidate, with its seeds."""
     from matplotlib.figure import Figure  # no pyplot: nothing global to close
 
     methods = [m for m in METHODS if any(r["method"] == m for r in found)]
+    colours = {lr: f"C{i}" for i, lr in enumerate(sorted({r["config"]["lr"] for r in found}))}
     fig = Figure(figsize=(5.5 * len(methods), 4))
     axes = fig.subplots(1, len(methods), squeeze=False)
     for ax, method in zip(axes[0], methods):
-        runs_here = [r for r in found if r["method"] == method]
-        labels = sorted({settings_label(r) for r in runs_here})
-        colours = {label: f"C{i}" for i, label in enumerate(labels)}
-        values = []
+        runs_here = sorted((r for r in found if r["method"] == method),
+                           key=lambda r: (r["config"]["lr"], settings_label(r), r["seed"]))
+        seeds, styles, values = {}, {}, []
+        for r in runs_here:
+            seeds.setdefault(settings_label(r), []).append(str(r["seed"]))
+            rest = settings_label(r).partition(",")[2]  # what is not the step size
+            styles.setdefault(rest, ("-", "--", ":", "-.")[len(styles) % 4])
         for r in runs_here:
             h = r["history"]
             keep = [i for i, beta in enumerate(h["beta"]) if beta >= 1.0]
@@ -133,8 +138,10 @@ def draw_curves(found, path):
             valid = [h["valid_elbo"][i] for i in keep]
             values += valid
             label = settings_label(r)
-            ax.plot(epochs, valid, lw=0.6, alpha=0.75, color=colours[label],
-                    label=f"{label} (seed {r['seed']})")
+            first = seeds[label][0] == str(r["seed"])
+            ax.plot(epochs, valid, lw=0.6, alpha=0.75, color=colours[r["config"]["lr"]],
+                    ls=styles[label.partition(",")[2]],
+                    label=f"{label} (seeds {', '.join(seeds[label])})" if first else None)
         if values:
             low, high = np.percentile(values, [5, 100])
             ax.set_ylim(low - 0.1 * (high - low), high + 0.05 * (high - low))
