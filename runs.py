@@ -154,8 +154,6 @@ class TrainingDiverged(RuntimeError):
 
 # The divergence rule (Trainer.check): numbers no working run reaches.
 DIVERGED_NATS_PER_DIMENSION = 1e4   # |VAE loss| or |validation ELBO| per point and data dimension
-
-
 DIVERGED_DENSITY_RATIO_LOSS = 10 * 2 * math.log(2)  # T's loss: ten times a coin flip's (1.39)
 
 

@@ -124,24 +124,23 @@ def draw_curves(found, path):
     fig = Figure(figsize=(5.5 * len(methods), 4))
     axes = fig.subplots(1, len(methods), squeeze=False)
     for ax, method in zip(axes[0], methods):
-        runs_here = sorted((r for r in found if r["method"] == method),
-                           key=lambda r: (r["config"]["lr"], settings_label(r), r["seed"]))
-        seeds, styles, values = {}, {}, []
-        for r in runs_here:
-            seeds.setdefault(settings_label(r), []).append(str(r["seed"]))
-            rest = settings_label(r).partition(",")[2]  # what is not the step size
-            styles.setdefault(rest, ("-", "--", ":", "-.")[len(styles) % 4])
-        for r in runs_here:
+        runs_here = sorted(((settings_label(r), r) for r in found if r["method"] == method),
+                           key=lambda lr: (lr[1]["config"]["lr"], lr[0], lr[1]["seed"]))
+        seeds, styles, values, named_already = {}, {}, [], set()
+        for label, r in runs_here:
+            seeds.setdefault(label, []).append(str(r["seed"]))
+        for label, r in runs_here:
             h = r["history"]
             keep = [i for i, beta in enumerate(h["beta"]) if beta >= 1.0]
             epochs = [h["epoch"][i] for i in keep]
             valid = [h["valid_elbo"][i] for i in keep]
             values += valid
-            label = settings_label(r)
-            first = seeds[label][0] == str(r["seed"])
-            ax.plot(epochs, valid, lw=0.6, alpha=0.75, color=colours[r["config"]["lr"]],
-                    ls=styles[label.partition(",")[2]],
-                    label=f"{label} (seeds {', '.join(seeds[label])})" if first else None)
+            rest = label.partition(",")[2]  # the settings other than the step size
+            style = styles.setdefault(rest, ("-", "--", ":", "-.")[len(styles) % 4])
+            named = f"{label} (seeds {', '.join(seeds[label])})"  # one entry per candidate
+            ax.plot(epochs, valid, lw=0.6, alpha=0.75, color=colours[r["config"]["lr"]], ls=style,
+                    label=None if named in named_already else named)
+            named_already.add(named)
         if values:
             low, high = np.percentile(values, [5, 100])
             ax.set_ylim(low - 0.1 * (high - low), high + 0.05 * (high - low))

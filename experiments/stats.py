@@ -62,17 +62,18 @@ def _variance_of_mean(values):
     return values.var(ddof=1) / len(values) if len(values) > 1 else 0.0
 
 
-def _verdict(difference, two_se):
-    """``within`` 2 SE, else which side: ``above`` or ``below`` (never hidden)."""
-    return "within" if abs(difference) <= two_se else "above" if difference > 0 else "below"
+def _cell(difference, two_se):
+    """A difference, twice its standard error and the verdict: ``within`` 2 SE, else
+    which side, ``above`` or ``below`` (never hidden)."""
+    verdict = "within" if abs(difference) <= two_se else "above" if difference > 0 else "below"
+    return f"{difference:+.2f} (2 SE {two_se:.2f}): {verdict}"
 
 
 def against_paper(values, paper):
     """ours - paper and twice its standard error, sqrt(s^2/n + s_paper^2/8) (the paper's
-    8 runs), as a table cell: the goal is |ours - paper| <= 2 SE (``_verdict``)."""
-    difference = np.mean(values) - paper[0]
+    8 runs), as a table cell: the goal is |ours - paper| <= 2 SE (``_cell``)."""
     two_se = 2 * math.sqrt(_variance_of_mean(values) + paper[1] ** 2 / PAPER_RUNS)
-    return f"{difference:+.2f} (2 SE {two_se:.2f}): {_verdict(difference, two_se)}"
+    return _cell(np.mean(values) - paper[0], two_se)
 
 
 def gap_against_paper(values, base, paper, paper_base):
@@ -81,9 +82,7 @@ def gap_against_paper(values, base, paper, paper_base):
     ours, theirs = np.mean(values) - np.mean(base), paper[0] - paper_base[0]
     two_se = 2 * math.sqrt(_variance_of_mean(values) + _variance_of_mean(base)
                            + (paper[1] ** 2 + paper_base[1] ** 2) / PAPER_RUNS)
-    difference = ours - theirs
-    return (f"{ours:+.2f}, paper {theirs:+.2f}: {difference:+.2f} (2 SE {two_se:.2f}): "
-            f"{_verdict(difference, two_se)}")
+    return f"{ours:+.2f}, paper {theirs:+.2f}: {_cell(ours - theirs, two_se)}"
 
 
 def _mean_std(values):
