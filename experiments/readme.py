@@ -6,6 +6,7 @@ import re
 from experiments.results import read_json
 from experiments.tables import (
     PAPER_TABLE2,
+    PICKED,
     causes_summary,
     goal_summary,
     listed_paths,
@@ -28,10 +29,10 @@ def columns(markdown, names):
 
 def readme_tables(results):
     """The README's generated tables by name: FreyFaces's Table 2 row at the selected
-    settings and whether the goal holds (from the runs ``table2/table2.json`` lists),
+    settings and whether the goal holds (from the runs that ``PICKED`` lists),
     and the causes, one row each."""
     tables = {"freyfaces-causes": causes_summary(results)}
-    path = os.path.join(results, "table2", "table2.json")
+    path = os.path.join(results, PICKED)
     if os.path.exists(path):  # the table made again from the result files it lists
         listed = {p: read_json(p) for p in listed_paths(path)}
         tables["freyfaces-table2"] = columns(table(listed), README_COLUMNS)

@@ -17,6 +17,7 @@ from experiments.stats import (
     welch_t_test,
 )
 
+PICKED = "table2/table2.json"  # under results/: the table of the eight runs per method at the picks
 PAPER_TABLE2 = {  # Table 2 of the paper: test log-likelihood, mean and std over 8 runs
     "mnist": {"vae": (-85.84, 0.07), "vamp": (-83.90, 0.08), "iop": (-83.21, 0.13)},
     "omniglot": {"vae": (-111.39, 0.11), "vamp": (-110.53, 0.09), "iop": (-108.48, 0.16)},
@@ -131,7 +132,7 @@ CAUSES = (  # (cause, method, what is held fixed, before, after): globs under re
      "freyfaces-causes/decoder-logvar-min-12/*-iop-*",
      "freyfaces-causes/encoder-logvar-min-12/*-iop-*"),
 ) + tuple(("all: the protocol, eight runs (before: the first row)", method, "",
-           f"freyfaces-causes/old-split/*-{method}-*", "table2/table2.json") for method in METHODS)
+           f"freyfaces-causes/old-split/*-{method}-*", PICKED) for method in METHODS)
 
 
 def listed_paths(listed):
@@ -225,7 +226,7 @@ def _p_value(a, b):
 
 
 def picked_values(results):
-    """method -> the S = 10 test log-likelihoods of the runs listed in
-    ``results/table2/table2.json`` (the eight runs per method at the picks)."""
-    values = {m: _test_values(results, "table2/table2.json", m) for m in PAPER_ORDER}
+    """method -> the S = 10 test log-likelihoods of the runs listed in ``results/PICKED``
+    (the eight runs per method at the picks)."""
+    values = {m: _test_values(results, PICKED, m) for m in PAPER_ORDER}
     return {m: v for m, v in values.items() if v}

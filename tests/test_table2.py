@@ -33,7 +33,7 @@ from experiments.grid import (  # noqa: E402
 from experiments.readme import README_COLUMNS, columns, fill_readme, readme_tables  # noqa: E402
 from experiments.results import load_results  # noqa: E402
 from experiments.stats import against_paper, not_worse_than_best, welch_t_test  # noqa: E402
-from experiments.tables import causes_summary, causes_table, goal_summary  # noqa: E402
+from experiments.tables import PICKED, causes_summary, causes_table, goal_summary  # noqa: E402
 
 TINY = ["--epochs", "2", "--hidden", "16", "--j2", "1", "--warmup", "1"]
 
@@ -497,7 +497,8 @@ def test_goal_summary_says_where_the_paper_is_met_and_where_its_order_fails():
 
 
 def test_readme_tables_add_the_eight_run_table_and_the_goal_once_table2_json_exists(tmp_path):
-    folder = tmp_path / "table2"
+    listed = tmp_path / PICKED
+    folder = listed.parent
     folder.mkdir()
     names = []
     for method, base in (("vae", 1380.0), ("vamp", 1390.0), ("iop", 1395.0)):
@@ -512,7 +513,7 @@ def test_readme_tables_add_the_eight_run_table_and_the_goal_once_table2_json_exi
                  "log_normalizer": -1.0}))
     assert "freyfaces-goal" not in readme_tables(str(tmp_path))
     # the table is made again from the runs listed, never taken from the stored markdown
-    (folder / "table2.json").write_text(json.dumps({"markdown": "| stale |", "runs": names}))
+    listed.write_text(json.dumps({"markdown": "| stale |", "runs": names}))
     tables = readme_tables(str(tmp_path))
     assert tables["freyfaces-table2"].splitlines()[0] == "| " + " | ".join(README_COLUMNS) + " |"
     vae_row = tables["freyfaces-table2"].splitlines()[2]
