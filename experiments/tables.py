@@ -80,11 +80,17 @@ _START = "3: pseudo-inputs start at 0.5 + noise (before: U[0, 1])"
 _STOP = "4: train 1,000 epochs, keep the best (before: patience 50)"
 _BOUND = "5: decoder's ln σ² ≥ −12 (before: ≥ −9)"
 _ENCODER = "6: encoder's ln σ² ≥ −12 (before: ≥ −6)"
+_INSIDE = "7: step size picked inside [10⁻⁴, 10⁻³] (before: 10⁻³)"
+_T_DROPOUT = "8: T's dropout before its output layer alone (before: after every layer)"
+_DATA_START = "9: pseudo-inputs start at training images + noise (before: U[0, 1])"
 _SCREEN9 = "freyfaces-causes/decoder-logvar-min-9-screen/"  # the screen at the −9 bound
+_INTERVAL = "freyfaces-lr-screen/"  # the screen of [10⁻⁴, 10⁻³] at K = 500
+_BOUND12 = "authors' split, 1,000 epochs, ln σ² ≥ −12"
 # whether the protocol kept each cause's change ("after"), or tried it and kept "before"
-KEPT = {_SPLIT: "kept", _STEP: "tried, not kept (validation picks 10⁻³)",
+KEPT = {_SPLIT: "kept", _STEP: "tried, not kept (validation picks 10⁻³ over it, then 7)",
         _START: "tried, not kept (validation picks U[0, 1])", _STOP: "kept", _BOUND: "kept",
-        _ENCODER: "tried, not kept (−6 kept)"}
+        _ENCODER: "tried, not kept (−6 kept)",
+        _INSIDE: "kept: 5·10⁻⁴ (vae), 2·10⁻⁴ (vamp), 3·10⁻⁴ (iop)", _T_DROPOUT: "kept"}
 
 
 CAUSES = (  # (cause, method, what is held fixed, before, after): globs under results/
@@ -131,6 +137,19 @@ CAUSES = (  # (cause, method, what is held fixed, before, after): globs under re
     (_ENCODER, "iop", "authors' split, lr 10⁻³, patience 50, decoder's ln σ² ≥ −12",
      "freyfaces-causes/decoder-logvar-min-12/*-iop-*",
      "freyfaces-causes/encoder-logvar-min-12/*-iop-*"),
+    (_INSIDE, "vae", _BOUND12,
+     "table2/*-vae-lr=0.001-seed?", _INTERVAL + "*-vae-lr=0.0005-seed?"),
+    (_INSIDE, "vamp", "K = 500, U[0, 1] start, " + _BOUND12,
+     "table2/*-vamp-lr=0.001-pseudo_init=uniform-seed?",
+     _INTERVAL + "*-vamp-lr=0.0002-pseudo_init=uniform-seed?"),
+    (_INSIDE, "iop", _BOUND12 + ", T's dropout after every layer",
+     "table2/*-iop-lr=0.001-seed?", _INTERVAL + "*-iop-lr=0.0003-seed?"),
+    (_T_DROPOUT, "iop", "lr 3·10⁻⁴, " + _BOUND12,
+     _INTERVAL + "*-iop-lr=0.0003-seed?",
+     _INTERVAL + "*-iop-density_ratio_dropout=last-lr=0.0003-seed[012]"),
+    (_DATA_START, "vamp", "K = 500, lr 2·10⁻⁴, " + _BOUND12,
+     _INTERVAL + "*-vamp-lr=0.0002-pseudo_init=uniform-seed[012]",
+     _INTERVAL + "*-vamp-lr=0.0002-pseudo_init=noisy_data-seed?"),
 ) + tuple(("all: the protocol, eight runs (before: the first row)", method, "",
            f"freyfaces-causes/old-split/*-{method}-*", PICKED) for method in METHODS)
 
