@@ -87,10 +87,10 @@ _SCREEN9 = "freyfaces-causes/decoder-logvar-min-9-screen/"  # the screen at the 
 _INTERVAL = "freyfaces-lr-screen/"  # the screen of [10⁻⁴, 10⁻³] at K = 500
 _BOUND12 = "authors' split, 1,000 epochs, ln σ² ≥ −12"
 # whether the protocol kept each cause's change ("after"), or tried it and kept "before"
-KEPT = {_SPLIT: "kept", _STEP: "tried, not kept (validation picks 10⁻³ over it, then 7)",
+KEPT = {_SPLIT: "kept", _STEP: "tried, not kept (10⁻³ picked; then 7)",
         _START: "tried, not kept (validation picks U[0, 1])", _STOP: "kept", _BOUND: "kept",
         _ENCODER: "tried, not kept (−6 kept)",
-        _INSIDE: "kept: 5·10⁻⁴ (vae), 2·10⁻⁴ (vamp), 3·10⁻⁴ (iop)", _T_DROPOUT: "kept"}
+        _INSIDE: "kept (each pick)", _T_DROPOUT: "kept"}
 
 
 CAUSES = (  # (cause, method, what is held fixed, before, after): globs under results/
