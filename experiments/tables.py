@@ -90,7 +90,8 @@ _BOUND12 = "authors' split, 1,000 epochs, ln σ² ≥ −12"
 KEPT = {_SPLIT: "kept", _STEP: "tried, not kept (10⁻³ picked; then 7)",
         _START: "tried, not kept (validation picks U[0, 1])", _STOP: "kept", _BOUND: "kept",
         _ENCODER: "tried, not kept (−6 kept)",
-        _INSIDE: "kept (each pick)", _T_DROPOUT: "kept"}
+        _INSIDE: "kept (each pick)", _T_DROPOUT: "kept",
+        _DATA_START: "tried, not kept (validation picks U[0, 1])"}
 
 
 CAUSES = (  # (cause, method, what is held fixed, before, after): globs under results/
