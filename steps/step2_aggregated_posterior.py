@@ -57,7 +57,8 @@ for epoch in range(1, EPOCHS + 1):
 # %% [markdown]
 # ## The new idea: Eq. (8) as a log-sum-exp over the N training points
 # Checked against `iopvae.log_aggregated_posterior`. OneHot has four distinct vectors, so the
-# 1,000-component mixture is the 4-component one of `iopvae.log_normal_mixture`: we use that.
+# 1,000-component mixture is the 4-component one of `iopvae.log_normal_mixture`: we use that
+# (equal up to float32 rounding: BLAS may round one row differently at another place).
 
 # %%
 components = iopvae.aggregated_posterior_components(model, train_x)   # (mu_n, logvar_n)

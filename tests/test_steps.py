@@ -56,7 +56,9 @@ def test_step2_the_two_sides_of_the_kl_split_agree(tmp_path):
     text = run_step("step2_aggregated_posterior", out)
     [(numpy_vs_lib, four_vs_all)] = numbers(
         rf"NumPy vs log_aggregated_posterior {NUMBER}, 1,000 vs 4 components {NUMBER}", text)
-    assert numpy_vs_lib < 1e-9 and four_vs_all < 1e-9
+    # the 1,000 rows hold 4 distinct vectors, but BLAS may round the same row's float32
+    # encoding differently at another place in the batch (seen: 2e-9 on AMD EPYC)
+    assert numpy_vs_lib < 1e-9 and four_vs_all < 1e-6
     split = numbers(rf"KL\(q\(z\|x\) \|\| q\(z\)\) = {NUMBER} = {NUMBER} - {NUMBER}", text)
     assert len(split) == 4
     for lhs, kl_normal, ratio in split:                       # Eq. (10), both sides printed
