@@ -1,5 +1,6 @@
 """Every relative link in the README and the guides points at a file that exists and,
 where it names a section (``file.md#section``), at a heading of that file."""
+import os
 import pathlib
 import re
 
@@ -17,14 +18,17 @@ def slug(heading):
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
+def prose(page):
+    """The page's text outside code fences (where a '# comment' is no heading)."""
+    return FENCE.sub("", page.read_text(encoding="utf-8"))
+
+
 def anchors(page):
-    text = FENCE.sub("", page.read_text(encoding="utf-8"))
-    return {slug(m.group(1)) for m in re.finditer(r"^#+ (.+)$", text, re.M)}
+    return {slug(m.group(1)) for m in re.finditer(r"^#+ (.+)$", prose(page), re.M)}
 
 
 def relative_links(page):
-    text = FENCE.sub("", page.read_text(encoding="utf-8"))
-    return [t for t in LINK.findall(text) if not re.match(r"[a-z]+:", t)]
+    return [t for t in LINK.findall(prose(page)) if not re.match(r"[a-z]+:", t)]
 
 
 def test_slug_follows_github():
@@ -39,7 +43,7 @@ def test_relative_links_resolve(page):
         path, _, anchor = target.partition("#")
         file = (page.parent / path).resolve() if path else page
         if not file.exists():
-            broken.append(f"{target} (no file {file.relative_to(ROOT)})")
+            broken.append(f"{target} (no file {os.path.relpath(file, ROOT)})")
         elif anchor and file.suffix == ".md" and anchor not in anchors(file):
             broken.append(f"{target} (no heading with anchor #{anchor})")
     assert not broken, f"{page.name}: broken links: " + "; ".join(broken)
