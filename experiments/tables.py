@@ -17,7 +17,8 @@ from experiments.stats import (
     welch_t_test,
 )
 
-PICKED = "freyfaces-lr-screen/table2.json"  # under results/: the table of the eight runs per method at the picks
+# under results/: the table of the eight runs per method at the picks
+PICKED = "freyfaces-lr-screen/table2.json"
 PAPER_TABLE2 = {  # Table 2 of the paper: test log-likelihood, mean and std over 8 runs
     "mnist": {"vae": (-85.84, 0.07), "vamp": (-83.90, 0.08), "iop": (-83.21, 0.13)},
     "omniglot": {"vae": (-111.39, 0.11), "vamp": (-110.53, 0.09), "iop": (-108.48, 0.16)},

@@ -30,7 +30,7 @@ from conftest import TINY, damaged_copy, one_error_line  # noqa: E402
 from experiments.figures import stopping_point, stopping_table  # noqa: E402
 from experiments.grid import Run, asked_config  # noqa: E402
 from experiments.readme import fill_readme  # noqa: E402
-from experiments.tables import goal_summary  # noqa: E402
+from experiments.tables import PICKED, goal_summary  # noqa: E402
 
 HUGE = str(10 ** 12)
 
@@ -90,11 +90,13 @@ def test_1_fill_readme_wants_one_start_and_one_end_per_block():
 
 
 def test_2_readme_refuses_a_partial_results_folder(tmp_path, capsys):
-    """With --results holding only table2/, the causes table shrank from 7 rows to 2."""
+    """With --results holding only the eight runs' folder, the causes table shrank from 7
+    rows to 2."""
     readme = readme_copy(tmp_path)
     before = readme.read_text()
     partial = tmp_path / "partial"
-    shutil.copytree(ROOT / "results" / "table2", partial / "table2")
+    folder = Path(PICKED).parent  # the folder of the eight runs per method at the picks
+    shutil.copytree(ROOT / "results" / folder, partial / folder)
     argv = ["readme", "--readme", str(readme), "--results", str(partial)]
     assert cli.main(argv) == 2
     one_error_line(capsys.readouterr().err, "freyfaces-causes", "shrink", "1: the authors' split",
