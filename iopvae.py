@@ -3,8 +3,9 @@
 The paper alone, top to bottom in its order: 1. distributions; 2. networks (Sec. 5.2);
 3. the density ratio trick (Eqs. 12-14); 4. the four methods behind one contract
 (``VAEMethod``); 5. Algorithm 1 (``Trainer.train``); 6. the importance-sampled log p(x).
-Runs (configurations, logs) are in runs.py and checkpoints.py, estimators beyond the paper in
-estimators.py, the command line in cli.py (``python iopvae.py train ...`` hands over to it).
+Estimators beyond the paper are in estimators.py; runs, checkpoints, experiments and the
+command line (``iopvae train ...``) are in the package experiments/, which this file never
+imports.
 
 Array code asks ``autograd_lite`` for the array module, so it runs on NumPy or CuPy
 alike; data cross to the device when a data set is loaded, and a round of Algorithm 1
@@ -186,7 +187,7 @@ class VAEMethod(nn.Module):
     (minus the ELBO of Eq. (2): Eq. (3) with N(0, I), the VampPrior of Eq. (9) as the
     prior, or minus Eq. (19) for IOP) and ``vae_parameters``; with a density ratio
     estimator T_psi (``density_ratio``), also ``aggregated_posterior_sample`` (z1,
-    line 9), ``discriminator_loss`` (-Eq. 20) and ``discriminator_parameters``.
+    line 9), ``density_ratio_loss`` (-Eq. 20) and ``density_ratio_parameters``.
     ``explicit_posterior``: whether q(z|x) has a density (importance sampling needs it).
     """
 
@@ -228,7 +229,7 @@ class VAEMethod(nn.Module):
         return self.encoder.parameters() + self.decoder.parameters()
 
     @property
-    def has_discriminator(self):
+    def has_density_ratio(self):
         """Whether the method trains a density ratio estimator T_psi (IOP, AVB)."""
         return self.density_ratio is not None
 
@@ -236,13 +237,13 @@ class VAEMethod(nn.Module):
         """z1 ~ q(z) (methods with a density ratio estimator)."""
         raise NotImplementedError(f"{self.name} has no density ratio estimator")
 
-    def discriminator_loss(self, z1, z0, x=None):
+    def density_ratio_loss(self, z1, z0, x=None):
         """-Eq. (20) on z1 ~ q(z) and z0 ~ p(z) (methods with a density ratio estimator)."""
         raise NotImplementedError(f"{self.name} has no density ratio estimator")
 
-    def discriminator_parameters(self):
+    def density_ratio_parameters(self):
         """psi: the parameters of T_psi (none without one)."""
-        return self.density_ratio.parameters() if self.has_discriminator else []
+        return self.density_ratio.parameters() if self.has_density_ratio else []
 
 
 class StandardVAE(VAEMethod):
@@ -398,7 +399,7 @@ class ImplicitOptimalPrior(StandardVAE):
         mu, logvar = posterior
         return reparameterize(mu, logvar, standard_normal(rng, mu.shape))
 
-    def discriminator_loss(self, z1, z0, x=None):
+    def density_ratio_loss(self, z1, z0, x=None):
         """-Eq. (20): BCE of T on z1 ~ q(z) (label 1) and z0 ~ N(0, I) (label 0)."""
         return density_ratio_loss_on(self.density_ratio, z1, z0)
 
@@ -442,7 +443,7 @@ class AVB(VAEMethod):
         with ag.no_grad():
             return self.posterior_sample(x, rng)
 
-    def discriminator_loss(self, z1, z0, x=None):
+    def density_ratio_loss(self, z1, z0, x=None):
         """T(x, z) separates (x, z1), z1 ~ q(z|x) (label 1) from (x, z0), z0 ~ p(z) (label 0)."""
         return density_ratio_loss_on(self.density_ratio, ag.concatenate([x, z1], axis=1),
                                      ag.concatenate([x, z0], axis=1))
@@ -528,8 +529,8 @@ class Trainer:
         self.train_x, self.valid_x = ag.as_array(data.train), ag.as_array(data.valid)
         model.init_from_data(self.train_x, rng)
         self.vae_opt = Adam(model.vae_parameters(), lr=lr)
-        self.disc_opt = (Adam(model.discriminator_parameters(), lr=lr_density_ratio)
-                         if model.has_discriminator else None)
+        self.density_ratio_opt = (Adam(model.density_ratio_parameters(), lr=lr_density_ratio)
+                         if model.has_density_ratio else None)
         self.epoch, self.history, self.bad_epochs = 0, [], 0
         self.best = {"epoch": 0, "valid_elbo": -math.inf, "state": None}
 
@@ -550,25 +551,25 @@ class Trainer:
                         loss.backward()                        # 4: gradients wrt theta, phi
                         self.vae_opt.step()                    # 5: update theta and phi
                         vae_losses.append(loss.data)
-            disc_losses = None                                 # no T: VAE, VampPrior
-            if model.has_discriminator:
+            density_ratio_losses = None                                 # no T: VAE, VampPrior
+            if model.has_density_ratio:
                 with frozen(model.encoder, model.decoder):     # theta, phi fixed
                     cached = self.round_posteriors()
                     for _ in range(self.j2):                   # 7: for J2 steps (epochs)
-                        disc_losses = []
+                        density_ratio_losses = []
                         for idx in minibatches(n, K, rng):
-                            x, q = self.discriminator_batch(idx, cached)
+                            x, q = self.density_ratio_batch(idx, cached)
                             z1 = model.aggregated_posterior_sample(x, rng, q)  # 9: z1 ~ q(z)
                             z0 = standard_normal(rng, z1.shape)  # 8: z0 ~ p(z) = N(0, I)
-                            loss = model.discriminator_loss(z1, z0, x)  # -Eq. (20)
-                            self.disc_opt.zero_grad()
+                            loss = model.density_ratio_loss(z1, z0, x)  # -Eq. (20)
+                            self.density_ratio_opt.zero_grad()
                             loss.backward()                    # 10: gradient wrt psi
-                            self.disc_opt.step()               # 11: update psi
-                            disc_losses.append(loss.data)
+                            self.density_ratio_opt.step()               # 11: update psi
+                            density_ratio_losses.append(loss.data)
             valid_elbo = elbo(model, self.valid_x, rng, K, self.valid_samples)
-            loss, disc_loss, valid_elbo = ag.read_numbers(  # one device-to-host read a round
-                mean_loss(vae_losses), mean_loss(disc_losses), valid_elbo)
-            record = {"epoch": epoch, "beta": beta, "loss": loss, "disc_loss": disc_loss,
+            loss, t_loss, valid_elbo = ag.read_numbers(  # one device-to-host read a round
+                mean_loss(vae_losses), mean_loss(density_ratio_losses), valid_elbo)
+            record = {"epoch": epoch, "beta": beta, "loss": loss, "disc_loss": t_loss,
                       "valid_elbo": valid_elbo}
             self.check(record)
             self.epoch = epoch
@@ -590,7 +591,7 @@ class Trainer:
             return None
         return aggregated_posterior_components(self.model, self.train_x)
 
-    def discriminator_batch(self, idx, posteriors):
+    def density_ratio_batch(self, idx, posteriors):
         """(x, None) for the points ``idx``, or (None, their rows of ``posteriors``)."""
         if posteriors is None:
             return self.batch(idx), None
@@ -695,6 +696,10 @@ def test_log_likelihood(model, x, samples, rng, batch_size=100, log_prior=None):
                                                  batch_size)
 
 
-if __name__ == "__main__":  # the command line lives in cli.py
-    from cli import main
-    raise SystemExit(main())
+if __name__ == "__main__":  # this file is the paper; the command line is the tools'
+    import sys
+    words = " ".join(sys.argv[1:]) or "--help"
+    print(f"error: iopvae.py holds the paper's code and runs no command; the command line is "
+          f"`iopvae {words}` (after `pip install -e .`), or `python -m experiments {words}` "
+          "from the source tree", file=sys.stderr)
+    sys.exit(2)

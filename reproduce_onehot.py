@@ -120,7 +120,7 @@ def train_one(method, epochs, warmup, seed, prior_samples, is_samples=TEST_IS_SA
 
     import autograd_lite as ag
     import datasets
-    import runs
+    from experiments import runs
 
     data = datasets.load("onehot")
     config = runs.Config(dataset="onehot", method=method, epochs=epochs, warmup=warmup,
@@ -140,7 +140,7 @@ def train_one(method, epochs, warmup, seed, prior_samples, is_samples=TEST_IS_SA
               "figure2": figure2.seconds(), "final": final.seconds()}
     return {"method": method, "history": history,
             "labels": np.tile(data.test.argmax(axis=1), posterior_samples).tolist(),
-            "elbo_is_estimate": bool(trainer.model.has_discriminator),
+            "elbo_is_estimate": bool(trainer.model.has_density_ratio),
             "seconds": training.wall + final.wall, "timing": timing, **scores}
 
 
@@ -367,7 +367,7 @@ def parse_args(argv):
     given = [word.split("=")[0] for word in (sys.argv[1:] if argv is None else argv)]
     overridden = [o for o in ("--epochs", "--warmup", "--prior-samples", "--is-samples")
                   if o in given]
-    import runs  # here: a --help needs no model code
+    from experiments import runs  # here: a --help needs no model code
     try:  # the Monte Carlo's log p(x|z) of every prior sample for each of 1,000 test points
         runs.fits(f"--prior-samples {args.prior_samples}", args.prior_samples * 1000 * 16,
                   "the Monte Carlo's log p(x|z) table")

@@ -5,7 +5,7 @@ array module.  CuPy is imported lazily, only when it is asked for.  Arrays
 cross between host and device only through ``as_array`` and ``to_numpy``
 (``to_numpy_all`` for many at once).
 
-``cupy-sim`` is a simulated GPU (``cupy_sim``): CuPy's API, strictness and
+``cupy-sim`` is a simulated GPU (``autograd_lite.testing.cupy_sim``): CuPy's API, strictness and
 device-resident scalars, computed by NumPy, with every device-to-host
 transfer counted (``count_syncs``).  It runs wherever NumPy does, so code
 meant for CuPy is tested without a GPU.
@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from . import cupy_sim
+from .testing import cupy_sim
 
 _BACKENDS = ("numpy", "cupy", "cupy-sim")
 _DEVICE_BACKENDS = ("cupy", "cupy-sim")

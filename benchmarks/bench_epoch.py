@@ -112,7 +112,7 @@ def main(argv=None):
         os.environ[var] = str(args.threads)
     sys.path.insert(0, os.path.abspath(args.code))
     import autograd_lite as ag
-    import runs
+    from experiments import runs
     ag.set_backend(args.backend)
     encodes_once = hasattr(runs.Trainer, "round_posteriors")
     rounds = ("encode X once per round where not binarized" if encodes_once

@@ -112,7 +112,7 @@ def mnist_epochs_part(backend, data_dir, points, hidden):
     from bench_epoch import load
 
     import autograd_lite as ag
-    import runs
+    from experiments import runs
 
     data, kind = load("mnist", data_dir)
     if points:

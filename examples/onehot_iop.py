@@ -53,8 +53,8 @@ train_x, valid_x, test_x = (ag.as_array(x) for x in (data.train, data.valid, dat
 rng = ag.default_rng(0)
 model = iopvae.METHODS[args.method](data.dim, "bernoulli", latent=2, hidden=args.hidden, rng=rng)
 vae_opt = Adam(model.vae_parameters(), lr=1e-3)               # theta, phi
-if model.has_discriminator:
-    t_opt = Adam(model.discriminator_parameters(), lr=1e-3)   # psi
+if model.has_density_ratio:
+    t_opt = Adam(model.density_ratio_parameters(), lr=1e-3)   # psi
 n, K, warmup = train_x.shape[0], 100, max(1, args.epochs // 10)
 started = time.time()
 
@@ -67,7 +67,7 @@ for epoch in range(1, args.epochs + 1):                       # 1: while not con
             vae_opt.zero_grad()
             loss.backward()
             vae_opt.step()
-    if model.has_discriminator:
+    if model.has_density_ratio:
         with iopvae.frozen(model.encoder, model.decoder):     # 7-12: theta, phi fixed
             for _ in range(10):
                 t_losses = []
@@ -75,7 +75,7 @@ for epoch in range(1, args.epochs + 1):                       # 1: while not con
                     x = ag.Tensor(train_x[idx])
                     z1 = model.aggregated_posterior_sample(x, rng)   # 9: z1 ~ q(z)
                     z0 = iopvae.standard_normal(rng, z1.shape)      # 8: z0 ~ N(0, I)
-                    loss = model.discriminator_loss(z1, z0, x)      # -Eq. (20)
+                    loss = model.density_ratio_loss(z1, z0, x)      # -Eq. (20)
                     t_opt.zero_grad()
                     loss.backward()
                     t_opt.step()
@@ -85,7 +85,7 @@ for epoch in range(1, args.epochs + 1):                       # 1: while not con
         log_px = float(estimators.prior_log_likelihood(model, test_x, 2000, rng,
                                                        data=train_x).mean())
         line = f"epoch {epoch:4d} | beta {beta:.2f} | valid ELBO {elbo:.4f}"
-        if model.has_discriminator:
+        if model.has_density_ratio:
             components = iopvae.aggregated_posterior_components(model, train_x)
             exact = float(estimators.exact_aggregated_elbo(model, valid_x, components, 10, rng))
             line += (f" (estimated) | exact ELBO {exact:.4f} | T loss "
@@ -93,7 +93,7 @@ for epoch in range(1, args.epochs + 1):                       # 1: while not con
         print(f"{line} | optimum {OPTIMUM:.4f} | test log p(x) {log_px:.4f}", flush=True)
 
 print(f"{args.epochs} epochs in {time.time() - started:.0f}s")
-if model.has_discriminator:
+if model.has_density_ratio:
     print("The estimated ELBO uses T(z) where the exact one uses ln q(z)/N(z): it can sit above "
           "-ln 4, where no true ELBO can, by T's error, E[T(z) - ln q(z)/N(z)] over z ~ q(z|x).")
 

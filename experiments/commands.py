@@ -6,8 +6,8 @@ import shlex
 import autograd_lite as ag
 import datasets
 import iopvae
-import runs
 from autograd_lite.files import atomic_write, png_path
+from experiments import runs
 from experiments.figures import draw_curves, figure3, stopping_table
 from experiments.grid import (
     GRID_FIXED,
@@ -111,7 +111,7 @@ def _run_or_print(todo, args, values=None):
     if args.print_commands:
         for run in pending_runs(todo, args, values):
             env = " ".join(f"{k}={v}" for k, v in SINGLE_THREAD.items())
-            print(env, shlex.join(run_command(run, args, values, python="python")))
+            print(env, shlex.join(run_command(run, args, values, program=("iopvae",))))
         return False
     run_grid(todo, args, values)
     return True

@@ -5,7 +5,7 @@ Each (data set, method, seed[, K]) is one *run*: a folder under ``--out`` with i
 checkpoint.  ``run`` trains it (or resumes it, or does nothing if it has finished),
 then evaluates its best weights and writes ``result.json`` there and a copy under
 ``--results``.  ``table2`` runs the grid's unfinished runs in ``--jobs`` worker
-processes (one BLAS thread each, each ``python iopvae.py run ...``) or prints one
+processes (one BLAS thread each, each ``python -m experiments run ...``) or prints one
 ``run`` command per run for a cluster scheduler.
 
 The test log-likelihood is importance-sampled with S = 10 samples (the paper's
@@ -28,10 +28,9 @@ import time
 import numpy as np
 
 import autograd_lite as ag
-import checkpoints
 import estimators
 import iopvae
-import runs
+from experiments import checkpoints, runs
 from experiments.results import (
     invalid,
     refuse_other_settings,
@@ -128,7 +127,7 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
         "seconds_per_epoch": float(np.median([r["seconds"] for r in history])),
         "train_seconds": float(sum(r["seconds"] for r in history)),
         "test_elbo": float(iopvae.elbo(model, test, rng)),
-        "elbo_is_estimate": bool(model.has_discriminator),
+        "elbo_is_estimate": bool(model.has_density_ratio),
         "samples": samples, "tight_samples": tight_samples,
         "log_likelihood": ll(samples), "log_likelihood_tight": ll(tight_samples),
         # the score settings are chosen by (``select``): never the test set

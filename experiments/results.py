@@ -6,10 +6,8 @@ import json
 import math
 import os
 
-import checkpoints
-import run_commands
-import runs
 from autograd_lite.files import atomic_write, read_json_file
+from experiments import checkpoints, run_commands, runs
 
 RESULT_KEYS = ("run", "dataset", "method", "seed", "components", "config", "epochs_trained",
                "best_epoch", "finished", "samples", "tight_samples", "test_elbo",

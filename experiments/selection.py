@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-import runs
+from experiments import runs
 from experiments.results import check_number, invalid, read_json
 
 SCORE = ("mean over the seeds of the validation log-likelihood (importance sampling, "

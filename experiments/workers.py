@@ -1,5 +1,5 @@
 """The grid's unfinished runs, in worker processes (one BLAS thread each, each
-``python iopvae.py run ...``) or printed as commands for a cluster scheduler; a worker
+``python -m experiments run ...``) or printed as commands for a cluster scheduler; a worker
 stops when its grid dies, and a run that diverged is recorded and not tried again."""
 import concurrent.futures
 import os
@@ -8,16 +8,18 @@ import subprocess
 import sys
 import threading
 
-import iopvae
-import runs
+from experiments import runs
 from experiments.grid import asked_config, diverged_path, run_one
 from experiments.results import current_split_ids, differences, has_result, read_json
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the source tree
+PROGRAM = (sys.executable, "-m", "experiments")  # a worker: this Python, this source tree
 
-def run_command(run, args, config_values, python=sys.executable):
+
+def run_command(run, args, config_values, program=PROGRAM):
     """The shell command that does ``run_one`` for ``run`` in a fresh process:
-    ``python iopvae.py run ...`` (iopvae.py hands its command line over to cli.py)."""
-    words = [python, os.path.abspath(iopvae.__file__), "run",
+    ``python -m experiments run ...``, or ``iopvae run ...`` with ``program=("iopvae",)``."""
+    words = [*program, "run",
              "--dataset", run.dataset, "--method", run.method, "--seed", str(run.seed),
              "--out", args.out, "--results", args.results, "--samples", str(args.samples),
              "--tight-samples", str(args.tight_samples)]
@@ -33,6 +35,13 @@ def run_command(run, args, config_values, python=sys.executable):
 
 
 PARENT_PIPE = "IOPVAE_PARENT_PIPE"  # a worker's end of the pipe its grid holds open
+
+
+def worker_environment(watch):
+    """A worker's environment: one BLAS thread, the pipe to watch, and this source tree
+    first on the path (``-m experiments`` finds it installed or not)."""
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, **SINGLE_THREAD, PARENT_PIPE: str(watch), "PYTHONPATH": path}
 
 
 def stop_with_parent():
@@ -133,8 +142,7 @@ def run_grid(todo, args, config_values):
                     worker = subprocess.Popen(run_command(run, args, config_values),
                                               stdout=log, stderr=subprocess.STDOUT,
                                               pass_fds=(watch,),
-                                              env={**os.environ, **SINGLE_THREAD,
-                                                   PARENT_PIPE: str(watch)})
+                                              env=worker_environment(watch))
                 finally:
                     os.close(watch)
                 workers.append(worker)

@@ -46,7 +46,7 @@ OPTIMUM = -math.log(4)
 rng = ag.default_rng(SEED)
 model = iopvae.ImplicitOptimalPrior(4, "bernoulli", latent=2, hidden=HIDDEN, rng=rng, keep=KEEP)
 vae_opt = Adam(model.vae_parameters(), lr=LR)                       # theta, phi
-T_opt = Adam(model.discriminator_parameters(), lr=LR)               # psi
+T_opt = Adam(model.density_ratio_parameters(), lr=LR)               # psi
 
 # %% [markdown]
 # ## The new idea: minus Eq. (19), from its three terms

@@ -59,7 +59,7 @@ same = all(np.array_equal(a.data, b.data) for a, b in zip(vae.vae_parameters(),
                                                            iop.vae_parameters()))
 print(f"check: the same start for both: {same}")
 vae_opt, iop_opt = Adam(vae.vae_parameters(), lr=LR), Adam(iop.vae_parameters(), lr=LR)
-T_opt = Adam(iop.discriminator_parameters(), lr=LR)
+T_opt = Adam(iop.density_ratio_parameters(), lr=LR)
 rng = ag.default_rng(SEED + 1)
 
 # %% Steps 1 and 4's loops, side by side; after each round, T against the exact ratio

@@ -66,7 +66,7 @@ def one_error_line(err, *names):
 
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory):
-    import cli
+    from experiments import cli
     out = tmp_path_factory.mktemp("runs") / "vae"
     assert cli.main(["train", "--dataset", "onehot", "--method", "vae", *TINY, "--samples", "2",
                      "--out", str(out)]) == 0
@@ -75,7 +75,7 @@ def vae_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def iop_run(tmp_path_factory):
-    import cli
+    from experiments import cli
     out = tmp_path_factory.mktemp("runs") / "iop"
     assert cli.main(["train", "--dataset", "onehot", "--method", "iop", *TINY, "--j2", "1",
                      "--samples", "2", "--out", str(out)]) == 0

@@ -82,7 +82,8 @@ def test_cupy_without_a_gpu_raises_the_same_kind_of_error(monkeypatch):
 def test_importing_autograd_lite_does_not_import_cupy():
     """Not even the simulated GPU (nor its API snapshot) imports CuPy."""
     code = ("import sys; sys.path.insert(0, %r); import autograd_lite, autograd_lite.nn, "
-            "autograd_lite.optim, autograd_lite.cupy_api; autograd_lite.set_backend('cupy-sim'); "
+            "autograd_lite.optim, autograd_lite.testing.cupy_api; "
+            "autograd_lite.set_backend('cupy-sim'); "
             "float(autograd_lite.xp().ones(3).sum()); print('cupy' in sys.modules)" % str(ROOT))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={"AUTOGRAD_LITE_BACKEND": "numpy", "PATH": ""})
@@ -91,7 +92,7 @@ def test_importing_autograd_lite_does_not_import_cupy():
 
 def test_only_the_backend_module_imports_cupy():
     """cupy_api imports CuPy as well, inside the function that regenerates the API snapshot
-    by hand (``python -m autograd_lite.cupy_api``); nothing else does."""
+    by hand (``python -m autograd_lite.testing.cupy_api``); nothing else does."""
     for path in Path(ag.__file__).parent.glob("*.py"):
         source = path.read_text()
         if path.name not in ("backend.py", "cupy_api.py"):
@@ -188,7 +189,7 @@ def test_denormals_are_zero_inside_the_block_and_back_after():
 def test_training_runs_with_denormals_flushed():
     """Trainer.train (Algorithm 1) runs inside the block; after it, they are back."""
     import datasets
-    import runs
+    from experiments import runs
 
     seen = []
 

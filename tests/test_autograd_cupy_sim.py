@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import autograd_lite as ag
-from autograd_lite import backend, cupy_api, cupy_sim, nn, optim
+from autograd_lite import backend, nn, optim
+from autograd_lite.testing import cupy_api, cupy_sim
 from conftest import ROOT
 
 
@@ -33,7 +34,7 @@ def test_the_environment_variable_selects_the_simulator():
             "print(ag.backend_name(), type(ag.xp().ones(2)).__module__)" % str(ROOT))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={"AUTOGRAD_LITE_BACKEND": "cupy-sim", "PATH": ""})
-    assert out.stdout.split() == ["cupy-sim", "autograd_lite.cupy_sim"]
+    assert out.stdout.split() == ["cupy-sim", "autograd_lite.testing.cupy_sim"]
 
 
 def test_set_backend_selects_it_and_arrays_say_where_they_live(a):
@@ -159,11 +160,12 @@ def test_the_snapshot_matches_the_installed_cupy():
         import cupy  # noqa: F401  (introspection needs no GPU)
     except Exception as exc:  # ImportError, or a CUDA library failing to load
         pytest.skip(f"CuPy is not importable here ({type(exc).__name__}), so the snapshot "
-                    "cannot be compared; regenerate it with python -m autograd_lite.cupy_api")
+                    "cannot be compared; regenerate it with "
+                    "python -m autograd_lite.testing.cupy_api")
     stored = cupy_api.load()
     if cupy.__version__ != stored["cupy_version"]:
         pytest.skip(f"the snapshot is of CuPy {stored['cupy_version']}, this is CuPy "
-                    f"{cupy.__version__}: compare after python -m autograd_lite.cupy_api")
+                    f"{cupy.__version__}: compare after python -m autograd_lite.testing.cupy_api")
     assert cupy_api.introspect() == stored
 
 

@@ -4,7 +4,7 @@ import numpy as np
 
 import autograd_lite as ag
 import iopvae
-import runs
+from experiments import runs
 from experiments.figures import settings_label
 from experiments.grid import Run, as_settings
 from experiments.selection import candidates, select

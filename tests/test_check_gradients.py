@@ -1,4 +1,4 @@
-"""``python iopvae.py gradcheck`` (check_gradients.py): the table, the exit status, and
+"""``iopvae gradcheck`` (experiments/gradcheck): the table, the exit status, and
 that it catches planted gradient bugs with and without PyTorch."""
 import subprocess
 import sys
@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import check_gradients as cg
-import cli
 import iopvae
-import iopvae_torch
 from autograd_lite import ops
+from experiments import cli
+from experiments.gradcheck import check as cg
+from experiments.gradcheck import torch_mirror
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TORCH = cg.torch_available()
@@ -60,7 +60,7 @@ def test_all_methods_pass_with_a_row_per_parameter(capsys):
     """On the code as it is, every method's check exits 0 and the table has exactly one
     row per parameter of each loss (VAE step; T's loss for IOP and AVB), each with
     both errors printed within the stated tolerances."""
-    assert cg.main(["--method", "all", "--coordinates", "4", "--verbose"]) == 0
+    assert cli.main(["gradcheck", "--method", "all", "--coordinates", "4", "--verbose"]) == 0
     text = capsys.readouterr().out
     rows = table_rows(text)
     assert set(rows) == expected_rows(cg.METHODS)
@@ -82,7 +82,7 @@ def test_default_output_is_one_summary_line_per_method(capsys):
     """Without --verbose: no parameter rows, one line per method with its losses, the
     number of parameters checked and the worst error of each column; the header says
     what 0.7 is and what "vae" means for IOP."""
-    assert cg.main(["--method", "all", "--coordinates", "2"]) == 0
+    assert cli.main(["gradcheck", "--method", "all", "--coordinates", "2"]) == 0
     text = capsys.readouterr().out
     assert table_rows(text) == {}
     summary = {line.split()[0]: line.split() for line in text.splitlines()
@@ -99,7 +99,8 @@ def test_default_output_is_one_summary_line_per_method(capsys):
 
 def test_gaussian_decoder_passes_too(capsys):
     """The Gaussian decoder (sigmoid mean, clipped log-variance) checks out as well."""
-    assert cg.main(["--method", "vae", "--likelihood", "gaussian", "--coordinates", "3"]) == 0
+    assert cli.main(["gradcheck", "--method", "vae", "--likelihood", "gaussian",
+                     "--coordinates", "3"]) == 0
     assert "gaussian decoder" in capsys.readouterr().out
 
 
@@ -110,8 +111,8 @@ def test_iopvae_subcommand_runs_the_same_check(capsys):
 
 
 def test_command_line_exit_status_zero():
-    """``python iopvae.py gradcheck`` as a user runs it: exit status 0 and a table."""
-    done = subprocess.run([sys.executable, "iopvae.py", "gradcheck", "--method", "vae",
+    """``iopvae gradcheck`` as a user runs it: exit status 0 and a table."""
+    done = subprocess.run([sys.executable, "-m", "experiments", "gradcheck", "--method", "vae",
                            "--coordinates", "2", "--verbose"], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -126,7 +127,7 @@ def test_wrong_tanh_backward_fails_and_names_the_rows(tanh_backward_off_by_half,
     tanh layers fail: T's hidden layers in Eq. (20), and the encoders of IOP and AVB
     (whose z feeds T in the VAE step).  Decoders, T's linear head and the methods
     without T pass.  Both columns catch it."""
-    assert cg.main(["--method", "all", "--coordinates", "4"]) == 1
+    assert cli.main(["gradcheck", "--method", "all", "--coordinates", "4"]) == 1
     text = capsys.readouterr().out
     failed = failed_section(text)
     for method, loss, name in expected_rows(cg.METHODS):
@@ -140,7 +141,7 @@ def test_wrong_tanh_backward_fails_and_names_the_rows(tanh_backward_off_by_half,
 
 
 def test_iopvae_subcommand_exits_1_on_a_bug(tanh_backward_off_by_half, capsys):
-    """Through ``python iopvae.py gradcheck`` a failing check ends with exit status 1."""
+    """Through ``iopvae gradcheck`` a failing check ends with exit status 1."""
     assert cli.main(["gradcheck", "--method", "iop", "--coordinates", "3"]) == 1
     assert ("iop", "T", "density_ratio.body.layers.0.W") in failed_section(
         capsys.readouterr().out)
@@ -152,7 +153,7 @@ def test_detaching_z_before_T_in_iop_fails_on_the_encoder(monkeypatch, capsys):
     disagree with the encoder's gradient; decoder and T rows still pass."""
     forward = iopvae.DensityRatio.forward
     monkeypatch.setattr(iopvae.DensityRatio, "forward", lambda self, z: forward(self, z.detach()))
-    assert cg.main(["--method", "iop", "--coordinates", "5"]) == 1
+    assert cli.main(["gradcheck", "--method", "iop", "--coordinates", "5"]) == 1
     failed = failed_section(capsys.readouterr().out)
     assert failed, "no row failed"
     assert all(loss == "vae" and name.startswith("encoder.") for _, loss, name in failed)
@@ -166,7 +167,7 @@ def test_without_torch_the_fd_column_still_runs(no_torch, capsys):
     """With torch unimportable the check still runs, prints how to install the extra,
     leaves the torch column empty, and exits 0 on correct code."""
     assert not cg.torch_available()
-    assert cg.main(["--method", "iop", "--coordinates", "3", "--verbose"]) == 0
+    assert cli.main(["gradcheck", "--method", "iop", "--coordinates", "3", "--verbose"]) == 0
     text = capsys.readouterr().out
     assert "pip install 'iopvae[torch]'" in text
     rows = table_rows(text)
@@ -179,7 +180,7 @@ def test_without_torch_finite_differences_alone_catch_a_bug(no_torch, tanh_backw
                                                             capsys):
     """The finite-difference column is a check of its own: without PyTorch a wrong
     backward still exits 1."""
-    assert cg.main(["--method", "avb", "--coordinates", "3"]) == 1
+    assert cli.main(["gradcheck", "--method", "avb", "--coordinates", "3"]) == 1
     assert ("avb", "T", "density_ratio.body.layers.0.W") in failed_section(
         capsys.readouterr().out)
 
@@ -188,7 +189,7 @@ def test_mirror_without_torch_names_the_extra(no_torch):
     """Using the mirror without PyTorch raises ImportError with the install command."""
     spec = cg.mirror_spec(cg.float64_model("vae"))
     with pytest.raises(ImportError, match=r"pip install 'iopvae\[torch\]'"):
-        iopvae_torch.vae_loss(spec, {}, cg.small_data(), [np.zeros((cg.BATCH, cg.LATENT))])
+        torch_mirror.vae_loss(spec, {}, cg.small_data(), [np.zeros((cg.BATCH, cg.LATENT))])
 
 
 # =============================================================================

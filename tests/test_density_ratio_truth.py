@@ -72,7 +72,7 @@ def test_measuring_along_training_changes_no_number_of_training():
     """The grid's IOP runs measure T against the truth at a quarter, half and three
     quarters of their epochs, with a random stream of their own."""
     import datasets
-    import runs
+    from experiments import runs
     from experiments.grid import density_ratio_along_training
 
     histories = []

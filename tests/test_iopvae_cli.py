@@ -12,10 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import checkpoints  # noqa: E402
-import cli  # noqa: E402
 import datasets  # noqa: E402
-import runs  # noqa: E402
+from experiments import checkpoints, cli, runs  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["--epochs", "2", "--hidden", "16", "--j2", "1", "--warmup", "2"]
@@ -247,90 +245,93 @@ def test_resume_names_the_options_it_ignores(iop_run, tmp_path, capsys):
     assert meta["epoch"] == 3 and meta["config"].hidden == 16
 
 
-def test_iopvae_py_hands_its_command_line_to_cli(tmp_path):
-    """`python iopvae.py train ...` still works (it delegates to cli.main), and importing
-    iopvae does not import runs (the paper does not depend on the run machinery)."""
+def test_iopvae_py_names_the_new_command_line_and_imports_no_tool():
+    """`python iopvae.py train ...`, the old form, fails with one line that names the
+    command to type now (no traceback); importing iopvae imports nothing of experiments/
+    (the paper does not depend on the run machinery)."""
     import subprocess
-    out = tmp_path / "run"
     result = subprocess.run([sys.executable, str(ROOT / "iopvae.py"), "train", "--dataset",
-                             "onehot", "--method", "vae", *TINY, "--samples", "2", "--out",
-                             str(out)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "test ELBO" in result.stdout and (out / "checkpoint.npz").is_file()
-    check = subprocess.run([sys.executable, "-c", "import sys, iopvae; "
-                            "sys.exit('runs' in sys.modules)"], cwd=ROOT, timeout=120)
+                             "onehot"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "`iopvae train --dataset onehot`" in one_error_line(result.stderr)
+    assert "`python -m experiments train --dataset onehot`" in result.stderr
+    check = subprocess.run([sys.executable, "-c", "import sys, iopvae, estimators, datasets; "
+                            "sys.exit(any(m.startswith('experiments') for m in sys.modules))"],
+                           cwd=ROOT, timeout=120)
     assert check.returncode == 0
 
 
+# Every module of the project on its floor: a module imports only from floors below its own.
+# The paper (iopvae), its data, its estimators and the engine sit under the tools
+# (experiments/), which the steps never import; the command line is the top floor.
+FLOORS = {"autograd_lite": 0, "datasets": 1, "iopvae": 2, "estimators": 3, "steps": 4,
+          "experiments.runs": 4, "experiments.stats": 4, "experiments.gradcheck.torch_mirror": 4,
+          "experiments.checkpoints": 5, "experiments.gradcheck.check": 5, "reproduce_onehot": 5,
+          "experiments.run_commands": 6, "experiments.results": 7, "experiments.grid": 8,
+          "experiments.selection": 8, "experiments.workers": 9, "experiments.tables": 9,
+          "experiments.figures": 9, "experiments.readme": 10, "experiments.commands": 11,
+          "experiments.cli": 12, "experiments.__main__": 13}
+PACKAGES = ("experiments", "experiments.gradcheck")  # names whose own __init__ is no floor
 
-FLOORS = {"autograd_lite": 0, "datasets": 1, "iopvae_torch": 1, "iopvae": 2, "estimators": 3,
-          "runs": 4, "checkpoints": 5, "run_commands": 6, "experiments": 7, "check_gradients": 7,
-          "reproduce_onehot": 7, "cli": 8}
-# the modules of the package experiments/, on floors of their own inside it
-EXPERIMENT_FLOORS = {"stats": 0, "results": 0, "grid": 1, "selection": 1, "tables": 2,
-                     "figures": 2, "workers": 2, "readme": 3, "commands": 4}
+
+def _module_name(path):
+    """``experiments/gradcheck/check.py`` -> ``experiments.gradcheck.check``; every file of
+    autograd_lite/ is ``autograd_lite`` and every step ``steps``."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return parts[0] if parts[0] in ("autograd_lite", "steps") else ".".join(parts)
 
 
 def _first_party_imports(path):
-    """The first-party modules ``path`` imports anywhere (in functions too), but in its
-    ``if __name__ == "__main__":`` block: a script's entry point may call the command line.
-    A module of experiments/ is named ``experiments.NAME``."""
+    """The project's modules ``path`` imports anywhere: in functions and in its
+    ``if __name__ == "__main__":`` block too."""
     import ast
-    tree = ast.parse(path.read_text())
     found = set()
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
-                and getattr(node.test.left, "id", "") == "__name__"):
-            node.body = []  # the entry point: skipped
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module == "experiments":
-            names = [f"experiments.{a.name}" for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
+        elif isinstance(node, ast.ImportFrom) and node.module in PACKAGES:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             names = [node.module]
         else:
             names = []
-        found.update(n if n.startswith("experiments.") else n.split(".")[0] for n in names
-                     if n.split(".")[0] in FLOORS)
+        for name in names:
+            top = name.split(".")[0]
+            if top in ("autograd_lite", "datasets", "iopvae", "estimators", "reproduce_onehot"):
+                found.add(top)
+            elif top == "experiments" and name not in PACKAGES:
+                found.add(name)
     return found
 
 
-def _floor(module, other):
-    """The floors of ``module`` and ``other`` to compare: inside experiments/ its own."""
-    if module.startswith("experiments.") and other.startswith("experiments."):
-        return tuple(EXPERIMENT_FLOORS[m.split(".")[1]] for m in (module, other))
-    return tuple(FLOORS[m.split(".")[0]] for m in (module, other))
+def _project_files():
+    return [p for p in [*ROOT.glob("*.py"), *(ROOT / "autograd_lite").rglob("*.py"),
+                        *(ROOT / "experiments").rglob("*.py"), *(ROOT / "steps").glob("*.py")]
+            if p.name != "__init__.py" or p.parent.name in ("autograd_lite", "testing")]
 
 
 def test_imports_run_one_way_down_the_floors():
     """No module imports one on its own floor or above it (no import circle, not even a
-    lazy one inside a function): cli -> experiments, check_gradients, reproduce_onehot ->
-    run_commands -> checkpoints -> runs -> estimators -> iopvae -> datasets ->
-    autograd_lite; inside experiments/, commands ->
-    readme -> tables, figures -> grid, selection -> results, stats."""
-    package = sorted((ROOT / "experiments").glob("*.py"))
+    lazy one inside a function or a ``__main__`` block): nothing of experiments/ is
+    imported by iopvae.py, datasets.py, estimators.py, autograd_lite/ or steps/."""
     upward = []
-    for path in [*ROOT.glob("*.py"), *(ROOT / "autograd_lite").glob("*.py"), *package]:
-        module = ("autograd_lite" if path.parent.name == "autograd_lite" else
-                  f"experiments.{path.stem}" if path.parent.name == "experiments" else path.stem)
-        for imported in _first_party_imports(path) - {module, "experiments.__init__"}:
-            low, high = _floor(imported, module)
-            if low >= high:
+    for path in _project_files():
+        module = _module_name(path)
+        for imported in _first_party_imports(path) - {module}:
+            if FLOORS[imported] >= FLOORS[module]:
                 upward.append(f"{path.relative_to(ROOT)} imports {imported}")
     assert not upward, upward
-    assert set(FLOORS) == {p.stem for p in ROOT.glob("*.py")} | {"autograd_lite", "experiments"}
-    assert set(EXPERIMENT_FLOORS) == {p.stem for p in package} - {"__init__"}
+    assert set(FLOORS) == {_module_name(p) for p in _project_files()}
+    assert len(list(ROOT.glob("*.py"))) <= 4, "the top level holds the paper's files alone"
 
 
 def test_no_module_imports_in_a_circle():
-    """The import graph of the project's modules (``__main__`` blocks aside: an entry
-    point may hand over to cli.py) has no circle, found by a depth-first walk."""
-    package = sorted((ROOT / "experiments").glob("*.py"))
+    """The import graph of the project's modules, ``__main__`` blocks included, has no
+    circle, found by a depth-first walk (a check of its own, beside the floors)."""
     graph = {}
-    for path in [*ROOT.glob("*.py"), *package]:
-        module = f"experiments.{path.stem}" if path.parent.name == "experiments" else path.stem
-        graph[module] = _first_party_imports(path) - {module, "experiments.__init__"}
+    for path in _project_files():
+        module = _module_name(path)
+        graph.setdefault(module, set()).update(_first_party_imports(path) - {module})
     done, on_path = set(), []
 
     def walk(module):
@@ -347,23 +348,34 @@ def test_no_module_imports_in_a_circle():
 
     for module in sorted(graph):
         walk(module)
-    with_main = {p.name for p in ROOT.glob("*.py") if "from cli import" in p.read_text()}
-    assert with_main == {"iopvae.py"}, "only the documented entry point hands over to cli.py"
 
 
-def test_the_experiments_package_has_no_entry_point_of_its_own():
-    """experiments/ is reached through cli.py (``python iopvae.py table2 ...``): none of
-    its modules runs as a script, so none may call the command line."""
-    for path in (ROOT / "experiments").glob("*.py"):
-        assert "__main__" not in path.read_text(), path.name
+def test_the_experiments_package_has_one_entry_point():
+    """experiments/ runs as ``iopvae ...`` or ``python -m experiments ...``: only its
+    ``__main__.py`` calls the command line, no module of it runs as a script."""
+    for path in (ROOT / "experiments").rglob("*.py"):
+        if path.name != "__main__.py":
+            assert "__main__" not in path.read_text(), path.name
 
 
-@pytest.mark.parametrize("script,argv", [("iopvae.py", ["--help"]),
-                                          ("cli.py", ["--help"]), ("iopvae.py", ["run", "--help"]),
-                                          ("check_gradients.py", ["--help"])])
-def test_every_script_keeps_its_command_line(script, argv):
+def test_the_console_script_and_python_m_run_the_command_line(tmp_path):
+    """The installed ``iopvae`` script (pip install -e .) and ``python -m experiments``
+    from the source tree, run from another folder, both answer --help; the script trains
+    a tiny run."""
+    import os
+    import shutil
     import subprocess
-    result = subprocess.run([sys.executable, str(ROOT / script), *argv], capture_output=True,
-                            text=True, timeout=120, cwd=ROOT)
+    script = shutil.which("iopvae") or str(Path(sys.executable).with_name("iopvae"))
+    if not Path(script).exists():
+        pytest.skip("the console script iopvae is not installed (pip install -e . adds it)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for command in ([script], [sys.executable, "-m", "experiments"]):
+        result = subprocess.run([*command, "--help"], capture_output=True, text=True,
+                                timeout=120, cwd=tmp_path, env=env)
+        assert result.returncode == 0 and "usage: iopvae" in result.stdout, result.stderr
+    out = tmp_path / "run"
+    result = subprocess.run([script, "train", "--dataset", "onehot", "--method", "vae", *TINY,
+                             "--samples", "2", "--out", str(out)], capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "usage:" in result.stdout
+    assert "test ELBO" in result.stdout and (out / "checkpoint.npz").is_file()

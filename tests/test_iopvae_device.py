@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 
 import autograd_lite as ag
-import checkpoints
 import datasets
 import estimators
 import iopvae
-import runs
+from experiments import checkpoints, runs
 
 METHODS = ["vae", "vamp", "iop", "avb"]
 # A round of Algorithm 1 (J1 VAE epochs, J2 epochs of T, the validation ELBO) reads the
@@ -168,7 +167,8 @@ def test_checkpoint_and_resume_on_every_backend(on_backend, tmp_path):
         assert resumed.epoch == 2 and resumed.history == first.history
         assert_same_arrays(resumed.model.state_dict(), first.model.state_dict())
         assert_same_arrays(resumed.vae_opt.state_dict(), first.vae_opt.state_dict())
-        assert_same_arrays(resumed.disc_opt.state_dict(), first.disc_opt.state_dict())
+        assert_same_arrays(resumed.density_ratio_opt.state_dict(),
+                           first.density_ratio_opt.state_dict())
         assert resumed.best["epoch"] == first.best["epoch"] == 2
         assert {ag.array_backend(v) for v in resumed.best["state"].values()} == {on_backend}
         assert_same_arrays(resumed.best["state"], first.best["state"])

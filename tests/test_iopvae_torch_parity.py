@@ -1,8 +1,9 @@
-"""Each method's loss and gradients against the independent PyTorch mirror (iopvae_torch).
+"""Each method's loss and gradients against the independent PyTorch mirror
+(experiments/gradcheck/torch_mirror.py).
 
 The mirror is written from the paper's equations, not from iopvae.py (see its
-docstring).  Everything runs in float64 on the small models of check_gradients
-(the same code as ``python iopvae.py gradcheck``): the noise and the dropout
+docstring).  Everything runs in float64 on the small models of experiments/gradcheck/check.py
+(the same code as ``iopvae gradcheck``): the noise and the dropout
 uniforms come from a ``ReplayRNG`` that records them for the mirror.  Loss
 values and the gradient of every parameter must agree to 1e-10 relative.
 """
@@ -12,16 +13,16 @@ import pytest
 pytest.importorskip("torch", reason="the reference implementation uses PyTorch")
 
 import autograd_lite as ag
-import check_gradients as cg
 import iopvae
-import iopvae_torch as mirror
+from experiments.gradcheck import check as cg
+from experiments.gradcheck import torch_mirror as mirror
 
 RTOL = cg.TORCH_TOLERANCE
 LATENT = cg.LATENT
 
 
 def assert_same_gradients(ours, theirs, names):
-    """Each named parameter's gradient agrees with the reference (``check_gradients``'
+    """Each named parameter's gradient agrees with the reference (``check``'
     relative error: the worst deviation against the gradient's largest entry)."""
     assert names, "nothing to compare"
     for name in names:
@@ -57,9 +58,9 @@ def test_vae_step_loss_and_gradients_match_torch(method, likelihood):
         assert "pseudo_inputs" in case.names
     assert len(case.names) == len(model.vae_parameters())
     assert_same_gradients(ours, theirs, case.names)
-    # the discriminator is frozen during this step: no gradient reaches psi
-    if model.has_discriminator:
-        assert all(p.grad is None for p in model.discriminator_parameters())
+    # T is frozen during this step: no gradient reaches psi
+    if model.has_density_ratio:
+        assert all(p.grad is None for p in model.density_ratio_parameters())
     # the clipped log-variance unit passes no gradient to its bias
     if method != "avb":
         assert model.encoder.head.b.grad[LATENT] == 0.0
@@ -69,7 +70,7 @@ def test_vae_step_loss_and_gradients_match_torch(method, likelihood):
 
 
 @pytest.mark.parametrize("method", ["iop", "avb"])
-def test_discriminator_loss_and_gradients_match_torch(method):
+def test_density_ratio_loss_and_gradients_match_torch(method):
     """Eq. (20) for IOP (z1 ~ aggregated posterior by ancestral sampling from the
     batch's training points; z0 ~ N(0, I)) and AVB's T(x, z): loss and every T
     gradient equal PyTorch's with the same noise and the same dropout masks
@@ -140,8 +141,8 @@ def test_trainer_freezes_T_in_the_vae_step_and_the_vae_in_the_T_step(monkeypatch
     model = iopvae.ImplicitOptimalPrior(data.dim, "bernoulli", 2, 16, rng, keep=0.5)
     trainer = iopvae.Trainer(model, data, rng, j2=1, epochs=1)
     phase, calls, states = ["start"], [], {"start": model.state_dict()}
-    forward, loss, discriminator_loss, elbo = (model.density_ratio.forward, model.loss,
-                                               model.discriminator_loss, iopvae.elbo)
+    forward, loss, density_ratio_loss, elbo = (model.density_ratio.forward, model.loss,
+                                               model.density_ratio_loss, iopvae.elbo)
 
     def spy(z):  # T's mode and whether its parameters take gradients, at each call
         calls.append((phase[0], [m.training for m in model.density_ratio.modules()],
@@ -157,7 +158,7 @@ def test_trainer_freezes_T_in_the_vae_step_and_the_vae_in_the_T_step(monkeypatch
         return wrapped
     model.density_ratio.forward = spy
     model.loss = enter("vae", loss)
-    model.discriminator_loss = enter("T", discriminator_loss)
+    model.density_ratio_loss = enter("T", density_ratio_loss)
     monkeypatch.setattr(iopvae, "elbo", enter("valid", elbo))
     trainer.train()
     assert [p for p, _, _ in calls if p != "valid"][:1] == ["vae"], "the loss never used T"

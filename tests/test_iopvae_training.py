@@ -21,11 +21,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import autograd_lite as ag  # noqa: E402
-import checkpoints  # noqa: E402
 import datasets  # noqa: E402
 import estimators  # noqa: E402
 import iopvae  # noqa: E402
-import runs  # noqa: E402
+from experiments import checkpoints, runs  # noqa: E402
 
 LN4 = math.log(4)
 
@@ -148,8 +147,9 @@ def test_resume_is_bit_identical(method, data_kind, onehot, tmp_path):
     assert resumed.epoch == 4
     _assert_states_equal(straight.model.state_dict(), resumed.model.state_dict())
     _assert_states_equal(straight.vae_opt.state_dict(), resumed.vae_opt.state_dict())
-    if straight.disc_opt is not None:
-        _assert_states_equal(straight.disc_opt.state_dict(), resumed.disc_opt.state_dict())
+    if straight.density_ratio_opt is not None:
+        _assert_states_equal(straight.density_ratio_opt.state_dict(),
+                             resumed.density_ratio_opt.state_dict())
     assert _strip_timing(straight.history) == _strip_timing(resumed.history)
     assert straight.best["epoch"] == resumed.best["epoch"]
     _assert_states_equal(straight.best["state"], resumed.best["state"])
@@ -442,23 +442,23 @@ def test_test_log_likelihood_refuses_avb(onehot):
 @pytest.mark.parametrize("method", ["vae", "vamp", "iop", "avb"])
 def test_every_method_keeps_the_contract(method):
     """Each method is a VAEMethod; T is ``density_ratio`` exactly for IOP and AVB, and its
-    parameters are the discriminator parameters, disjoint from the VAE's; the others
-    have none and refuse discriminator_loss."""
+    parameters are the density ratio estimator's, disjoint from the VAE's; the others
+    have none and refuse density_ratio_loss."""
     model = runs.build_model(runs.Config(method=method, hidden=8, components=3), 4, "bernoulli",
                              ag.default_rng(0))
     assert isinstance(model, iopvae.VAEMethod)
     vae = {id(p) for p in model.vae_parameters()}
-    disc = {id(p) for p in model.discriminator_parameters()}
+    disc = {id(p) for p in model.density_ratio_parameters()}
     assert vae and not vae & disc
     assert vae | disc == {id(p) for p in model.parameters()}
     if method in ("iop", "avb"):
-        assert model.has_discriminator and disc
+        assert model.has_density_ratio and disc
         assert disc == {id(p) for p in model.density_ratio.parameters()}
     else:
-        assert not model.has_discriminator and model.density_ratio is None and not disc
+        assert not model.has_density_ratio and model.density_ratio is None and not disc
         z = ag.Tensor(np.eye(4, 2, dtype=np.float32))
         with pytest.raises(NotImplementedError):
-            model.discriminator_loss(z, z, ag.Tensor(np.eye(4, dtype=np.float32)))
+            model.density_ratio_loss(z, z, ag.Tensor(np.eye(4, dtype=np.float32)))
         with pytest.raises(NotImplementedError):
             model.aggregated_posterior_sample(ag.Tensor(np.eye(4, dtype=np.float32)),
                                               ag.default_rng(0))
@@ -495,7 +495,7 @@ def test_cached_posteriors_draw_the_same_z_as_encoding_the_batch():
     idx = ag.as_array(np.array([5, 17, 17, 199, 0]))
     with iopvae.frozen(model.encoder, model.decoder):
         posteriors = trainer.round_posteriors()
-        x, cached = trainer.discriminator_batch(idx, posteriors)
+        x, cached = trainer.density_ratio_batch(idx, posteriors)
         assert x is None
         z_cached = model.aggregated_posterior_sample(None, ag.default_rng(7), cached)
         z_encoded = model.aggregated_posterior_sample(trainer.batch(idx), ag.default_rng(7))
@@ -543,7 +543,7 @@ def test_no_cached_posteriors_for_binarized_data_or_avb(method, dynamic, monkeyp
     encoder needs fresh noise at every draw: neither caches anything."""
     trainer = _t_round_trainer(method, dynamic)
     assert trainer.round_posteriors() is None
-    x, posterior = trainer.discriminator_batch(ag.as_array(np.arange(3)), None)
+    x, posterior = trainer.density_ratio_batch(ag.as_array(np.arange(3)), None)
     assert posterior is None and x.shape == (3, 8)
 
 

@@ -20,13 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import checkpoints  # noqa: E402
-import cli  # noqa: E402
 import datasets  # noqa: E402
 import reproduce_onehot  # noqa: E402
-import run_commands  # noqa: E402
-import runs  # noqa: E402
 from conftest import TINY, damaged_copy, one_error_line  # noqa: E402
+from experiments import checkpoints, cli, run_commands, runs  # noqa: E402
 from experiments.figures import stopping_point, stopping_table  # noqa: E402
 from experiments.grid import Run, asked_config  # noqa: E402
 from experiments.readme import fill_readme  # noqa: E402
@@ -194,15 +191,16 @@ def test_4_reproduce_onehots_figures_on_a_full_disk_keep_the_old_png(tmp_path, m
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-PROGRAM = ["cli.py", "runs.py", "iopvae.py", "estimators.py", "datasets.py",
-           "reproduce_onehot.py", "check_gradients.py", "experiments", "autograd_lite", "steps",
+PROGRAM = ["iopvae.py", "estimators.py", "datasets.py",
+           "reproduce_onehot.py", "experiments", "autograd_lite", "steps",
            "examples", "benchmarks"]
 WRITER = ("autograd_lite/files.py",)  # atomic_write itself
 ALLOWED = {  # (file, what): why it is not a whole-file write
-    ("runs.py", "open"): "RUN/.lock, held by flock for the process's life, never data",
+    ("experiments/checkpoints.py", "open"): "RUN/.lock, held by flock for the process's life",
     ("experiments/workers.py", "open"): "a worker's train.log, appended to as it trains",
-    ("autograd_lite/cupy_api.py", "write_text"): "a developer's tool refreshing a snapshot",
-    ("autograd_lite/cupy_sim.py", "dump"): "CuPy's ndarray.dump(file), mirrored for its API",
+    ("autograd_lite/testing/cupy_api.py", "write_text"): "a developer's tool refreshing the "
+                                                         "snapshot",
+    ("autograd_lite/testing/cupy_sim.py", "dump"): "CuPy's ndarray.dump(file), mirrored",
     ("benchmarks/bench_step.py", "open"): "/proc/self/clear_refs, a kernel control file",
 }
 
@@ -323,7 +321,7 @@ def test_7_evaluate_split_train_scores_the_binarised_training_images(monkeypatch
     data = datasets.Dataset(name="mnist", train=gray, valid=gray, test=gray,
                             likelihood="bernoulli", dynamic_binarization=True,
                             image_shape=None)
-    model = type("M", (), {"explicit_posterior": False, "has_discriminator": False,
+    model = type("M", (), {"explicit_posterior": False, "has_density_ratio": False,
                            "name": "m"})()
     run_commands.report_evaluation(model, data, 1, None, split="train")
     assert set(np.unique(seen[0])) <= {0.0, 1.0}
@@ -551,10 +549,10 @@ def test_values_given_twice_are_refused_before_training(tmp_path, capsys, extra,
 
 def test_a_bad_backend_under_jobs_is_one_line_before_any_worker(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "iopvae.py"), "table2", "--datasets", "onehot", "--seeds",
+        [sys.executable, "-m", "experiments", "table2", "--datasets", "onehot", "--seeds",
          "0", "--jobs", "2", "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r")],
         env={**os.environ, "AUTOGRAD_LITE_BACKEND": "bogus"}, capture_output=True, text=True,
-        timeout=120)
+        timeout=120, cwd=ROOT)
     assert result.returncode == 2
     one_error_line(result.stderr, "AUTOGRAD_LITE_BACKEND")
 
@@ -589,8 +587,9 @@ def test_stale_temporary_pngs_of_killed_samples_are_removed(vae_run, tmp_path, c
 
 def test_an_ascii_terminal_gets_the_error_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "iopvae.py"), "readme", "--readme", str(tmp_path / "é.md")],
-        env={**os.environ, "PYTHONIOENCODING": "ascii"}, capture_output=True, timeout=120)
+        [sys.executable, "-m", "experiments", "readme", "--readme", str(tmp_path / "é.md")],
+        env={**os.environ, "PYTHONIOENCODING": "ascii"}, capture_output=True, timeout=120,
+        cwd=ROOT)
     assert result.returncode == 2
     err = result.stderr.decode("ascii")
     assert err.startswith("error: --readme") and "codec" not in err and "Traceback" not in err

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import datasets
-import runs
+from experiments import runs
 
 # per method, per epoch: (VAE loss, T's loss, validation ELBO); OneHot, hidden 8, K = 4, seed 3
 FIXED = {

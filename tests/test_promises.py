@@ -20,14 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import checkpoints  # noqa: E402
-import cli  # noqa: E402
 import datasets  # noqa: E402
 import iopvae  # noqa: E402
 import reproduce_onehot  # noqa: E402
-import runs  # noqa: E402
 from autograd_lite.files import atomic_write  # noqa: E402
 from conftest import TINY, damaged_copy, one_error_line  # noqa: E402
+from experiments import checkpoints, cli, runs  # noqa: E402
 from experiments.grid import Run, asked_config  # noqa: E402
 from experiments.results import write_json  # noqa: E402
 from experiments.tables import table  # noqa: E402
@@ -89,7 +87,7 @@ def test_a_nan_result_is_never_written(tmp_path):
 def hold_lock(folder):
     """Another process that holds ``folder``'s lock until killed."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time, checkpoints; "
+        [sys.executable, "-c", "import sys, time; from experiments import checkpoints; "
          "checkpoints.lock_run_folder(sys.argv[1]); print('locked', flush=True); "
          "time.sleep(120)", str(folder)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -415,7 +413,7 @@ def test_killing_table2_stops_its_workers(tmp_path, sig):
     """SIGTERM to `table2 --jobs 2` left its workers training as orphans; after kill -9
     they went on too (each now watches a pipe its grid holds)."""
     grid = subprocess.Popen(
-        [sys.executable, str(ROOT / "iopvae.py"), "table2", "--datasets", "onehot", "--methods",
+        [sys.executable, "-m", "experiments", "table2", "--datasets", "onehot", "--methods",
          "vae", "iop", "--seeds", "0", "--jobs", "2", "--out", str(tmp_path / "runs"),
          "--results", str(tmp_path / "results"), "--epochs", "100000", "--hidden", "8",
          "--patience", "0"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

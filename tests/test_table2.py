@@ -16,11 +16,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import autograd_lite as ag  # noqa: E402
-import checkpoints  # noqa: E402
-import cli  # noqa: E402
 import datasets  # noqa: E402
 import experiments.tables  # noqa: E402
-import runs  # noqa: E402
+from experiments import checkpoints, cli, runs  # noqa: E402
 from experiments.figures import figure3, stopping_point  # noqa: E402
 from experiments.grid import (  # noqa: E402
     Run,
@@ -111,8 +109,8 @@ def test_density_ratio_sees_a_fresh_binarization_every_batch(monkeypatch):
                            j2=3, batch_size=80, latent=2)
     trainer = runs.Trainer(config, data, out_dir=None, log=lambda line: None)
     seen = []
-    real = trainer.model.discriminator_loss
-    monkeypatch.setattr(trainer.model, "discriminator_loss",
+    real = trainer.model.density_ratio_loss
+    monkeypatch.setattr(trainer.model, "density_ratio_loss",
                         lambda z1, z0, x: seen.append(ag.to_numpy(x.data).copy())
                         or real(z1, z0, x))
     trainer.train()
@@ -125,7 +123,7 @@ def test_separate_step_sizes_for_vae_and_density_ratio():
     config = runs.Config(dataset="onehot", method="iop", hidden=8, lr=1e-4,
                            lr_density_ratio=1e-3)
     trainer = runs.Trainer(config, datasets.load("onehot"), out_dir=None)
-    assert trainer.vae_opt.lr == 1e-4 and trainer.disc_opt.lr == 1e-3
+    assert trainer.vae_opt.lr == 1e-4 and trainer.density_ratio_opt.lr == 1e-3
     parser = cli.build_parser()
     args = parser.parse_args(["train", "--dataset", "onehot", "--method", "iop",
                               "--lr-density-ratio", "0.002"])
@@ -452,10 +450,10 @@ def test_fill_readme_puts_each_named_table_in_its_block():
 
 
 def test_the_readmes_tables_are_generated_from_the_committed_results():
-    """The README's numbers come from results/: regenerate with `python iopvae.py readme`."""
+    """The README's numbers come from results/: regenerate with `iopvae readme`."""
     text = (ROOT / "README.md").read_text()
     assert fill_readme(text, readme_tables(str(ROOT / "results"))) == text, \
-        "README.md's tables differ from results/: run `python iopvae.py readme`"
+        "README.md's tables differ from results/: run `iopvae readme`"
 
 
 def test_readme_command_rewrites_the_blocks(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The commands train, evaluate and sample (cli.py adds them to its parser)."""
+"""The commands train, evaluate and sample (experiments/cli.py adds them to its parser)."""
 import glob
 import math
 import os
@@ -8,11 +8,10 @@ import time
 import numpy as np
 
 import autograd_lite as ag
-import checkpoints
 import estimators
 import iopvae
-import runs
 from autograd_lite.files import png_path, save_png
+from experiments import checkpoints, runs
 
 
 def command_train(args):
@@ -83,7 +82,7 @@ def report_evaluation(model, data, samples, rng, split="test", source="the model
     def mark(key):
         return IMPOSSIBLE if key in flagged else ""
 
-    estimated = " (estimated)" if model.has_discriminator else ""
+    estimated = " (estimated)" if model.has_density_ratio else ""
     print(f"{split} ELBO{estimated}: {numbers['elbo']:.4f}{mark('elbo')}")
     if "log_likelihood" in numbers:
         iop = isinstance(model, iopvae.ImplicitOptimalPrior)

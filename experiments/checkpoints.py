@@ -13,8 +13,8 @@ import numpy as np
 import autograd_lite as ag
 import datasets
 import iopvae
-import runs
 from autograd_lite.files import loads_json
+from experiments import runs
 
 _HELD_LOCKS = {}  # run folder -> its open lock file, held until this process ends
 
@@ -215,8 +215,8 @@ def resume_trainer(path, data, out_dir, log=print):
     try:
         trainer.model.load_state_dict(_sub_state(arrays, "model"))
         trainer.vae_opt.load_state_dict(_sub_state(arrays, "opt_vae"))
-        if trainer.disc_opt is not None:
-            trainer.disc_opt.load_state_dict(_sub_state(arrays, "opt_disc"))
+        if trainer.density_ratio_opt is not None:
+            trainer.density_ratio_opt.load_state_dict(_sub_state(arrays, "opt_disc"))
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} does not match its configuration ({exc})") \
             from None

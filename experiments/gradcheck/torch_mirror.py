@@ -1,7 +1,7 @@
 """The four methods' losses once more, in PyTorch: an independent mirror of iopvae.py.
 
 Written from the paper's equations, not by calling iopvae.py, so that
-``python iopvae.py gradcheck`` and the tests can compare our autograd_lite
+``iopvae gradcheck`` and the tests can compare our autograd_lite
 gradients with PyTorch's.  Read it side by side with iopvae.py:
 
 * gated layers h = (x W1 + b1) * sigmoid(x W2 + b2), with W = [W1 | W2] side by side;
@@ -185,7 +185,7 @@ def eq20_loss(t1, t0):
     return -(F.logsigmoid(t1).mean() + F.logsigmoid(-t0).mean())
 
 
-def discriminator_loss(spec, P, x, noise, masks):
+def density_ratio_loss(spec, P, x, noise, masks):
     """T's loss, Eq. (20), on a batch x: label 1 for z1 ~ q, label 0 for z0 = ``noise[1]``.
 
     IOP: z1 = mu(x) + sigma(x) * noise[0], an ancestral sample of the aggregated

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-# CuPy's names, written by ``python -m autograd_lite.cupy_api`` (see cupy_api.py)
+# CuPy's names, written by ``python -m autograd_lite.testing.cupy_api`` (see cupy_api.py)
 API = json.loads(Path(__file__).with_name("cupy_api.json").read_text())
 CUPY_VERSION = API["cupy_version"]
 IMPLICIT_CONVERSION = ("Implicit conversion to a NumPy array is not allowed. "

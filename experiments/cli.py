@@ -1,35 +1,32 @@
 """The command line of iopvae: one parser for every command.
 
-    python iopvae.py train --dataset onehot --method iop --out runs/onehot-iop [--resume]
-    python iopvae.py evaluate runs/onehot-iop --samples 5000
-    python iopvae.py sample runs/onehot-iop [--sir]
-    python iopvae.py table2 --datasets freyfaces --seeds 0 1 2 --jobs 2
-    python iopvae.py gradcheck --method all
+    iopvae train --dataset onehot --method iop --out runs/onehot-iop [--resume]
+    iopvae evaluate runs/onehot-iop --samples 5000
+    iopvae sample runs/onehot-iop [--sir]
+    iopvae table2 --datasets freyfaces --seeds 0 1 2 --jobs 2
+    iopvae gradcheck --method all
 
-(``python cli.py ...`` is the same command line.)  This is the top floor: it imports
-the modules below it and none imports them back (iopvae.py's ``__main__`` block, the
-documented entry point, hands over to it), so imports run one way, cli -> experiments,
-check_gradients, reproduce_onehot -> run_commands -> checkpoints -> runs -> estimators ->
-iopvae -> datasets -> autograd_lite.  The commands themselves live where their work is:
-train, evaluate and sample in run_commands.py;
-table2, select, curves, figure3, readme and run in the package experiments/
-(experiments/commands.py); gradcheck in check_gradients.py.
+``iopvae`` is the console script that ``pip install -e .`` declares; ``python -m
+experiments ...`` is the same command line from a source tree.  This is the top floor:
+it imports the modules below it and none imports it back, so imports run one way,
+cli -> commands, gradcheck -> run_commands -> checkpoints -> runs -> estimators -> iopvae
+-> datasets -> autograd_lite.  The commands live where their work is: train, evaluate and
+sample in run_commands.py; table2, select, curves, figure3, readme and run in
+commands.py; gradcheck in gradcheck/check.py.
 """
 import argparse
 import sys
 
 import autograd_lite as ag
-import check_gradients
-import checkpoints
 import datasets
 import iopvae
-import run_commands
-import runs
+from experiments import checkpoints, run_commands, runs
 from experiments import commands as experiment_commands
+from experiments.gradcheck import check as check_gradients
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=iopvae.__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="iopvae", description=iopvae.__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train one method on one data set (Algorithm 1)")
@@ -67,7 +64,7 @@ def build_parser():
     experiment_commands.add_commands(sub)
 
     gradcheck = sub.add_parser("gradcheck", help="every gradient against finite differences "
-                               "and PyTorch, in float64 (check_gradients.py)")
+                               "and PyTorch, in float64 (experiments/gradcheck)")
     check_gradients.add_options(gradcheck)
     return parser
 
@@ -97,7 +94,3 @@ def run_command_line(parser, argv=None):
         print(str(exc) or "interrupted", file=sys.stderr)
         return 130
     return status if isinstance(status, int) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

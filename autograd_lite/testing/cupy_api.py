@@ -7,8 +7,8 @@ in the simulator as it would fail on a GPU.  Those names are read from
 
 Regenerate the snapshot from the installed CuPy (no GPU needed)::
 
-    python -m autograd_lite.cupy_api            # rewrites cupy_api.json
-    python -m autograd_lite.cupy_api --check    # exit status 1 if it is stale
+    python -m autograd_lite.testing.cupy_api            # rewrites cupy_api.json
+    python -m autograd_lite.testing.cupy_api --check    # exit status 1 if it is stale
 
 CuPy is imported only inside ``introspect``, which only this command runs.
 """

@@ -1,4 +1,4 @@
-"""``python iopvae.py gradcheck``: every parameter's gradient of every loss, checked twice.
+"""``iopvae gradcheck``: every parameter's gradient of every loss, checked twice.
 
 For each method (VAE, VampPrior, AVB, IOP) a small float64 model at a random
 start is given a batch of random data.  Its VAE-step loss (minus the ELBO of
@@ -9,7 +9,7 @@ parameter's gradient is compared with
 
 * central finite differences on a sample of its coordinates, and
 * the gradient of an independent PyTorch implementation of the same loss
-  (``iopvae_torch``), on all coordinates, when PyTorch is installed.
+  (``torch_mirror``, beside this file), on all coordinates, when PyTorch is installed.
 
 Finite differences need the loss to be a deterministic function of the
 parameters: the random generator handed to the loss (``ReplayRNG``) records
@@ -17,18 +17,16 @@ its draws on the first evaluation and replays them on every later one, and it
 is also the generator of T's dropout layers, so the masks repeat as well.  The
 same noise and masks are given to the PyTorch mirror.
 """
-import argparse
 import dataclasses
-import sys
 import time
 
 import numpy as np
 
 import autograd_lite as ag
 import iopvae
-import runs
 from autograd_lite import nn
 from autograd_lite.gradcheck import central_difference
+from experiments import runs
 
 METHODS = ("vae", "vamp", "avb", "iop")
 DIM, LATENT, HIDDEN, BATCH, COMPONENTS, NOISE_DIM = 6, 3, 8, 5, 4, 4
@@ -45,7 +43,7 @@ class ReplayRNG:
     """A random generator that draws float64 numbers the first time and, after
     ``rewind()``, hands out the same arrays again in the same order.
 
-    It stands in for the generator passed to ``loss`` and ``discriminator_loss``
+    It stands in for the generator passed to ``loss`` and ``density_ratio_loss``
     (``standard_normal``: the reparameterisation noise) and for the one T's
     dropout layers use (``random``: the uniforms behind the masks).
     """
@@ -109,9 +107,9 @@ def small_data(likelihood="bernoulli", n=BATCH, seed=1):
 
 def mirror_spec(model):
     """The model's sizes and settings, as the PyTorch mirror wants them."""
-    import iopvae_torch
+    from experiments.gradcheck import torch_mirror
     keep = [m.keep for m in model.modules() if isinstance(m, nn.Dropout)]
-    return iopvae_torch.Spec(method=model.name, likelihood=model.decoder.likelihood,
+    return torch_mirror.Spec(method=model.name, likelihood=model.decoder.likelihood,
                              dim=model.decoder.dim, latent=model.latent,
                              decoder_logvar_bounds=tuple(model.decoder.logvar_bounds),
                              encoder_logvar_bounds=tuple(getattr(model.encoder, "logvar_bounds",
@@ -137,7 +135,7 @@ class LossCase:
             self.parameters = model.vae_parameters()
             self.frozen_modules = [model.density_ratio]
         elif step == "T":
-            self.parameters = model.discriminator_parameters()
+            self.parameters = model.density_ratio_parameters()
             self.frozen_modules = [model.encoder, model.decoder]
             for layer in model.modules():
                 if isinstance(layer, nn.Dropout):
@@ -160,7 +158,7 @@ class LossCase:
             loss = self.model.loss(x, self.rng, beta=self.beta)
         else:
             z1 = self.model.aggregated_posterior_sample(x, self.rng)
-            loss = self.model.discriminator_loss(z1, iopvae.standard_normal(self.rng, z1.shape), x)
+            loss = self.model.density_ratio_loss(z1, iopvae.standard_normal(self.rng, z1.shape), x)
         self.rng.rewind()
         return loss
 
@@ -189,7 +187,7 @@ class LossCase:
 
     def torch_gradients(self):
         """(loss value, name -> gradient) of the PyTorch mirror, same noise and masks."""
-        import iopvae_torch as mirror
+        from experiments.gradcheck import torch_mirror as mirror
         spec = mirror_spec(self.model)
         P = mirror.parameters_from((n, ag.to_numpy(p.data))
                                    for n, p in self.model.named_parameters())
@@ -197,7 +195,7 @@ class LossCase:
             loss = mirror.vae_loss(spec, P, self.x, self.rng.normals, beta=self.beta)
         else:
             masks = mirror.dropout_masks(self.rng.uniforms, spec.keep)
-            loss = mirror.discriminator_loss(spec, P, self.x, self.rng.normals, masks)
+            loss = mirror.density_ratio_loss(spec, P, self.x, self.rng.normals, masks)
         loss.backward()
         return loss.item(), {name: P[name].grad.numpy() for name in self.names}
 
@@ -244,9 +242,9 @@ def loss_cases(method, likelihood="bernoulli", seed=0):
 
 def torch_available():
     """Whether the PyTorch mirror can run (torch imports)."""
-    import iopvae_torch
+    from experiments.gradcheck import torch_mirror
     try:
-        iopvae_torch.require_torch()
+        torch_mirror.require_torch()
         return True
     except ImportError:
         return False
@@ -324,9 +322,9 @@ def command(args):
           f"differences {FD_TOLERANCE:.0e} (central, h = {FD_STEP:.0e}, up to "
           f"{args.coordinates} coordinates), PyTorch {TORCH_TOLERANCE:.0e} (all coordinates)")
     if not use_torch:
-        import iopvae_torch
+        from experiments.gradcheck import torch_mirror
         print(f"PyTorch is not installed: the 'vs torch' column is skipped "
-              f"(install it with: {iopvae_torch.INSTALL_HINT})")
+              f"(install it with: {torch_mirror.INSTALL_HINT})")
     rows = []
     for method in methods:
         rows += check(method, args.likelihood, args.seed, args.coordinates, use_torch)
@@ -353,7 +351,7 @@ def command(args):
 
 
 def add_options(parser):
-    """The options of ``gradcheck`` (cli.py's sub-command and this file's own parser)."""
+    """The options of the ``gradcheck`` command (experiments/cli.py)."""
     parser.add_argument("--method", choices=["vae", "vamp", "avb", "iop", "all"],
                         default="all", help="which method's losses (default: all)")
     parser.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli",
@@ -364,14 +362,3 @@ def add_options(parser):
     parser.add_argument("--verbose", action="store_true",
                         help="one row per parameter (default: one summary line per method)")
     parser.set_defaults(run=command)
-
-
-def main(argv=None):
-    """``python check_gradients.py [--method ...]``, the same as ``python iopvae.py gradcheck``."""
-    parser = argparse.ArgumentParser(prog="check_gradients.py", description=__doc__.split("\n")[0])
-    add_options(parser)
-    return command(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -270,7 +270,7 @@ def save_checkpoint(trainer, path):
     arrays = {f"model/{k}": v for k, v in trainer.model.state_dict(device=True).items()}
     if trainer.best["state"] is not None:
         arrays.update({f"best/{k}": v for k, v in trainer.best["state"].items()})
-    for prefix, opt in (("opt_vae", trainer.vae_opt), ("opt_disc", trainer.disc_opt)):
+    for prefix, opt in (("opt_vae", trainer.vae_opt), ("opt_disc", trainer.density_ratio_opt)):
         if opt is not None:
             arrays.update({f"{prefix}/{k}": v for k, v in opt.state_dict(device=True).items()})
     meta = {"config": dataclasses.asdict(trainer.config), "epoch": trainer.epoch,
