@@ -174,10 +174,11 @@ def test_print_commands_and_run_one_command(tmp_path, capsys):
             "--results", str(tmp_path / "results"), "--print-commands"]
     assert cli.main(argv) == 0
     commands = capsys.readouterr().out.strip().splitlines()
-    assert len(commands) == 2 and all(" run --dataset onehot " in c for c in commands)
+    assert len(commands) == 2 and all(" iopvae run --dataset onehot " in c for c in commands)
     iop = next(c for c in commands if "--method iop" in c)
     assert "OMP_NUM_THREADS=1" in iop and "--seed 3" in iop and "--epochs 2" in iop
-    done = subprocess.run(iop.replace("python ", sys.executable + " ", 1), shell=True,
+    script = str(Path(sys.executable).with_name("iopvae"))  # the console script, installed
+    done = subprocess.run(iop.replace(" iopvae ", f" {script} ", 1), shell=True,
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "results" / "onehot-iop-seed3.json").read_text())
