@@ -16,6 +16,7 @@ from experiments.grid import (
     as_settings,
     diverged_path,
     grid,
+    normalize_finished,
     paper_k,
     parse_settings,
     run_one,
@@ -127,6 +128,7 @@ def command_table2(args):
         grid_runs += grid([dataset], args.methods, args.seeds, settings=settings)
     if not _run_or_print(grid_runs, args, values):
         return
+    normalize_finished(grid_runs, args.out, args.results)
     text = table(load_results(grid_runs, args.results, args.data_dir))
     diverged = diverged_runs(grid_runs, args.results, values, args.data_dir)
     if diverged:

@@ -23,6 +23,7 @@ the tighter S is skipped (shown as "-") when it would take more than
 """
 import dataclasses
 import os
+import sys
 import time
 
 import numpy as np
@@ -33,6 +34,7 @@ import iopvae
 from experiments import checkpoints, runs
 from experiments.results import (
     invalid,
+    read_result,
     refuse_other_settings,
     write_json,
 )
@@ -168,9 +170,71 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
         result["density_ratio_truth_along_training"] = [
             {"epoch": r["epoch"], **r["density_ratio_truth"]} for r in history
             if "density_ratio_truth" in r]
+        result.update(normalized_scores(model, result, config.seed))
     result["elbo_terms"] = elbo_terms_by_split(model, data, rng)
     result["evaluation_seconds"] = time.time() - started
     return result
+
+
+# AIS's settings for IOP's log Z (benchmarks/bench_ais.py: chains x temperatures)
+AIS_SETTINGS = {"chains": 500, "temperatures": 1000, "leapfrog": 10}
+
+
+def normalized_scores(model, result, seed, settings=None, log=print):
+    """IOP's estimates as log-likelihoods: log Z^ of its prior N(z) exp T(z) by annealed
+    importance sampling (``estimators.density_ratio_log_normalizer_ais``, its own random
+    stream), and the test log-likelihoods at S and the tighter S with the normalised
+    prior ln N(z) + T(z) - log Z^, which are the estimates minus log Z^.  log Z^ is a
+    stochastic lower bound on log Z, so the normalised values lean high."""
+    started, settings = time.time(), settings or AIS_SETTINGS
+    log(f"{result['run']}: log Z of N(z) exp T(z) by AIS, {settings['chains']} chains x "
+        f"{settings['temperatures']} temperatures (and 1/2, 1/4 of them) ...")
+    total = settings["temperatures"] + settings["temperatures"] // 2 + settings[
+        "temperatures"] // 4
+    ais = estimators.density_ratio_log_normalizer_ais(
+        model, ag.default_rng(40_000 + seed), progress=Progress(f"{result['run']}: AIS", total),
+        **settings)
+    ais = {**ais, **settings, "seconds": time.time() - started}
+    log(f"{result['run']}: log Z^ = {ais['log_z']:.3f} ± {ais['stderr']:.3f} (half the "
+        f"temperatures: {ais['log_z_half']:.3f}; ESS {ais['ess']:.0f}; {ais['seconds']:.0f} s)")
+    return {"log_normalizer_ais": ais,
+            "log_likelihood_normalized": result["log_likelihood"] - ais["log_z"],
+            "log_likelihood_tight_normalized": result["log_likelihood_tight"] - ais["log_z"]}
+
+
+class Progress:
+    """A callable that counts steps of a long computation and, every ``every`` seconds,
+    writes "WHAT: done of total, elapsed, ETA" to stderr (a line updated in place on a
+    terminal)."""
+
+    def __init__(self, what, total, every=10.0):
+        self.what, self.total, self.every = what, total, every
+        self.done, self.started = 0, time.time()
+        self.shown = self.started
+
+    def __call__(self, steps=1):
+        self.done += steps
+        now = time.time()
+        if now - self.shown >= self.every or self.done == self.total:
+            self.shown, elapsed = now, now - self.started
+            eta = elapsed * (self.total - self.done) / max(self.done, 1)
+            end = "\r" if sys.stderr.isatty() and self.done < self.total else "\n"
+            print(f"{self.what}: {self.done} of {self.total}, elapsed {elapsed:.0f} s, "
+                  f"ETA {eta:.0f} s", end=end, file=sys.stderr, flush=True)
+
+
+def complete_normalized(path, result, log=print):
+    """``result`` of the IOP run in folder ``path`` with what older evaluations lacked
+    (``normalized_scores``; T against the leave-one-out mixture), from the run's best
+    weights: the rest of the result, made from the same weights, stays as it is."""
+    model, config = checkpoints.load_model(path)
+    data = checkpoints.load_run_data(path, model, config, result["config"].get("data_dir", ""))
+    components = checkpoints.aggregated_posterior_components(model, data)
+    truth = estimators.density_ratio_against_truth(model, components,
+                                                   ag.default_rng(20_000 + config.seed))
+    completed = {**result, **normalized_scores(model, result, config.seed, log=log)}
+    completed["density_ratio_truth"] = {**result["density_ratio_truth"], **truth}
+    return completed
 
 
 def elbo_terms_by_split(model, data, rng, samples=10):
@@ -274,6 +338,33 @@ def run_one(run, config_values, out, results, samples, tight_samples, data_dir="
     log(f"== {run.name}: test log-likelihood (S={samples}) {result['log_likelihood']:.2f}"
         + (" INVALID: above 0 on binary data" if invalid(result) else ""))
     return result
+
+
+def normalize_finished(todo, out, results, log=print):
+    """Give every finished IOP result of ``todo`` that has no log Z^ yet (evaluated before
+    AIS was) its normalised scores (``complete_normalized``), from the checkpoint in its run
+    folder under ``out``, and write both copies of it; a run whose folder no longer holds
+    that checkpoint is named and left as it is (its normalised cells stay empty)."""
+    waiting = []
+    for run in todo:
+        result = read_result(run, results) if run.method == "iop" else None
+        if result and result.get("finished") and "log_normalizer_ais" not in result:
+            waiting.append((run, result))
+    for i, (run, result) in enumerate(waiting, 1):
+        path = os.path.join(out, run.name)
+        meta = (checkpoints.read_checkpoint(path)[0]
+                if os.path.exists(os.path.join(path, "checkpoint.npz")) else None)
+        if meta is None or (meta["epoch"], meta["best_epoch"]) != (result["epochs_trained"],
+                                                                   result["best_epoch"]):
+            log(f"{run.name}: no log Z^, since {path} does not hold the checkpoint its result "
+                "was evaluated from (the normalised cells stay empty; retrain it to fill them)")
+            continue
+        log(f"normalising IOP's prior, run {i} of {len(waiting)}")
+        checkpoints.lock_run_folder(path)
+        completed = complete_normalized(path, result, log)
+        for target in (os.path.join(path, "result.json"),
+                       os.path.join(results, run.name + ".json")):
+            write_json(target, completed)
 
 
 def diverged_path(run, results):

@@ -40,9 +40,10 @@ def table(results):
         return "no results yet"
     S, tight = any_r["samples"], any_r["tight_samples"]
     rows.append(f"| data set | method | runs | epochs (best) | test LL, S = {S} | "
-                f"test LL, S = {tight} | IOP exact, S = {S} | IOP exact, S = {tight} | "
-                f"IOP log Z | paper (S = 10) | ours − paper, S = {S} |")
-    rows.append("|" + "---|" * 11)
+                f"test LL, S = {tight} | IOP normalised, S = {S} | "
+                f"IOP normalised, S = {tight} | IOP log Ẑ (AIS) | IOP exact, S = {S} | "
+                f"IOP exact, S = {tight} | paper (S = 10) | ours − paper, S = {S} |")
+    rows.append("|" + "---|" * 13)
     for dataset, methods in cells.items():
         ranked = {m: [r["log_likelihood"] for r in rs] for m, rs in methods.items()
                   if not any(map(invalid, rs))}
@@ -52,25 +53,42 @@ def table(results):
             if not rs:
                 continue
 
-            def pick(key, rs=rs):
-                return [r[key] for r in rs]
+            def pick(key, rs=rs):  # None (shown "-") where a run has no such number
+                return [r.get(key) for r in rs]
 
             ours = _mean_std(pick("log_likelihood"))
             ours = f"**{ours}**" if method in bold and len(ranked) > 1 else ours
             bad = sum(map(invalid, rs))
             ours += f" INVALID ({bad} of {len(rs)} above 0 on binary data)" if bad else ""
             approx = "≈ " if method == "iop" else ""
-            exact = ((_mean_std(pick("log_likelihood_exact")),
-                      _mean_std(pick("log_likelihood_exact_tight")),
-                      _mean_std(pick("log_normalizer"))) if method == "iop" else ("", "", ""))
+            iop = ((_mean_std(pick("log_likelihood_normalized")),
+                    _mean_std(pick("log_likelihood_tight_normalized")), log_z_cell(rs),
+                    _mean_std(pick("log_likelihood_exact")),
+                    _mean_std(pick("log_likelihood_exact_tight")))
+                   if method == "iop" else ("",) * 5)
             paper = PAPER_TABLE2.get(dataset, {}).get(method)
             gap = against_paper(pick("log_likelihood"), paper) if paper and not bad else ""
             paper = f"{approx}{paper[0]:.2f} ± {paper[1]:.2f}" if paper else ""
             epochs = "/".join(f"{r['epochs_trained']}({r['best_epoch']})" for r in rs)
             rows.append(f"| {dataset} | {method} | {len(rs)} | {epochs} | {approx}{ours} | "
                         f"{approx}{_mean_std(pick('log_likelihood_tight'))} | "
-                        f"{' | '.join(exact)} | {paper} | {gap} |")
+                        f"{' | '.join(iop)} | {paper} | {gap} |")
     return "\n".join(rows)
+
+
+CONVERGED = 0.5  # nats: log Z^ at half the temperatures within this of the full run's
+
+
+def log_z_cell(rs):
+    """IOP's log Z^ by AIS, mean ± std over the runs, with how many runs AIS did not
+    converge on (half and full temperatures more than ``CONVERGED`` apart); "-" unless
+    every run has it."""
+    found = [r.get("log_normalizer_ais") for r in rs]
+    if any(a is None for a in found):
+        return "-"
+    off = sum(abs(a["log_z_half"] - a["log_z"]) > CONVERGED for a in found)
+    return _mean_std([a["log_z"] for a in found]) + (
+        f" ({off} of {len(found)} not converged)" if off else "")
 
 
 # --- what moved the FreyFaces numbers ---------------------------------------------
@@ -164,16 +182,17 @@ def listed_paths(listed):
     return [os.path.join(os.path.dirname(listed), name + ".json") for name in names]
 
 
-def _test_values(results, pattern, method):
-    """The S = 10 test log-likelihoods of ``method`` in the result files ``pattern``."""
+def _test_values(results, pattern, method, key="log_likelihood"):
+    """The S = 10 test log-likelihoods (``key``) of ``method`` in the result files
+    ``pattern``."""
     if pattern.endswith("table2.json"):  # the runs of that table
         listed = os.path.join(results, pattern)
         paths = listed_paths(listed) if os.path.exists(listed) else []
     else:
         paths = sorted(glob.glob(os.path.join(results, pattern + ".json")))
     found = ((path, read_json(path)) for path in paths)
-    return [check_number(f"result file {path}", "log_likelihood", r["log_likelihood"])
-            for path, r in found if r.get("method") == method and "log_likelihood" in r]
+    return [check_number(f"result file {path}", key, r[key])
+            for path, r in found if r.get("method") == method and key in r]
 
 
 def measured_causes(results):
@@ -246,8 +265,12 @@ def _p_value(a, b):
     return f"{welch_t_test(a, b):.3f}"
 
 
-def picked_values(results, listed=PICKED):
+def picked_values(results, listed=PICKED, normalized=False):
     """method -> the S = 10 test log-likelihoods of the runs listed in ``results/listed``
-    (by default the eight runs per method at the picks)."""
+    (by default the eight runs per method at the picks); with ``normalized``, IOP's are
+    those with its prior normalised by log Z^ (an empty list until every run has one)."""
     values = {m: _test_values(results, listed, m) for m in PAPER_ORDER}
+    if normalized:
+        iop = _test_values(results, listed, "iop", "log_likelihood_normalized")
+        values["iop"] = iop if len(iop) == len(values["iop"]) else []
     return {m: v for m, v in values.items() if v}

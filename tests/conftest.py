@@ -34,6 +34,15 @@ def _numpy_backend_around_each_test():
     ag.set_backend("numpy")
 
 
+@pytest.fixture(autouse=True)
+def _small_ais_for_tiny_models(monkeypatch):
+    """IOP's evaluation runs AIS for log Z at the real runs' settings, minutes on a
+    FreyFaces model; the tests' tiny models use fewer chains and temperatures (AIS's own
+    accuracy is tested in test_ais.py at settings of its own)."""
+    from experiments import grid
+    monkeypatch.setattr(grid, "AIS_SETTINGS", {"chains": 64, "temperatures": 64, "leapfrog": 2})
+
+
 @pytest.fixture(params=BACKENDS)
 def on_backend(request):
     """Run the test under each backend; the value is the backend's name."""

@@ -86,3 +86,37 @@ def test_measuring_along_training_changes_no_number_of_training():
     assert [r["epoch"] for r in measured if "density_ratio_truth" in r] == [1, 2, 3]
     keys = ("loss", "disc_loss", "valid_elbo")
     assert [[r[k] for k in keys] for r in plain] == [[r[k] for k in keys] for r in measured]
+
+
+def test_leave_one_out_mixture_drops_each_rows_own_component():
+    """log (1/(N-1)) sum_{m != own} q(z | x_m) against a brute-force sum, also where the own
+    component outweighs the others by far more than float64 could subtract (z at its own
+    mean, the others 30 standard deviations away), and in several row blocks."""
+    rng = np.random.default_rng(0)
+    mu = np.concatenate([np.zeros((1, LATENT)), 30.0 + rng.normal(size=(4, LATENT))])
+    logvar = rng.uniform(-1.0, 0.5, size=(5, LATENT))
+    own = np.array([0, 0, 3, 1, 4, 2])
+    z = mu[own] + np.exp(0.5 * logvar[own]) * rng.normal(size=(6, LATENT)) * 0.1
+    z[0] = 0.0
+
+    def log_normal(zi, k):
+        return float(np.sum(-0.5 * ((zi - mu[k]) ** 2 / np.exp(logvar[k]) + logvar[k]
+                                    + math.log(2 * math.pi))))
+
+    expected = [np.logaddexp.reduce([log_normal(zi, k) for k in range(5) if k != o])
+                - math.log(4) for zi, o in zip(z, own)]
+    got = estimators.leave_one_out_log_aggregated_posterior(z, own, (mu, logvar))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+    full = iopvae.log_aggregated_posterior(z, (mu, logvar))
+    assert full[0] - got[0] > 100  # the own component dominated: no cancellation left in
+
+
+def test_truth_gives_the_leave_one_out_reference_below_the_full_mixture():
+    """At z ~ q(z|x_n) the mixture without x_n's component puts less mass there than the
+    full one: the leave-one-out reference is the smaller of the two."""
+    model = model_with(lambda z: z.sum(axis=1) * 0.0)
+    rng = np.random.default_rng(1)
+    components = (rng.normal(size=(50, LATENT)) * 2.0, np.full((50, LATENT), -3.0))
+    truth = estimators.density_ratio_against_truth(model, components, ag.default_rng(2), 500)
+    assert truth["exact_kl_loo"] < truth["exact_kl"] - 1.0
+    assert 0 < truth["exact_kl_loo_se"] < 5.0

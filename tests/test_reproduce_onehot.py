@@ -66,6 +66,12 @@ def test_quick_run_writes_figures_and_a_finite_summary(quick_runs, backend):
     assert "test_log_px_is" not in rows["avb"]
     assert -5 < rows["iop"]["test_log_px_is_exact"] <= 1e-6
     assert math.isfinite(rows["iop"]["log_normalizer"])
+    # the same log Z by annealed importance sampling: in 2-D both estimators are accurate
+    iop = rows["iop"]
+    assert 0 < iop["log_normalizer_ais_stderr"] < 0.05
+    assert abs(iop["log_normalizer_ais"] - iop["log_normalizer"]) < 0.1
+    assert abs(iop["log_normalizer_ais_half"] - iop["log_normalizer_ais"]) < 0.1
+    assert "[iop] log Z of N(z) exp T(z) by AIS: " in stdout
     assert summary["test_is_samples"] == 20 and summary["valid_samples"] == 50
     # the density-ratio figure of the IOP model, and its numbers
     path = out / "figure_density_ratio.png"

@@ -542,3 +542,34 @@ def test_a_diverging_candidate_is_recorded_and_left_out_of_the_pick(tmp_path, ca
     assert "diverged at epoch" in record["diverged"]
     assert cli.main(argv) == 0
     assert "2 of 2 runs already evaluated (or diverged); 0 to run" in capsys.readouterr().out
+
+
+def test_table2_normalises_iop_results_evaluated_before_ais(tmp_path, capsys):
+    """An IOP result without log Z^ (evaluated before AIS) is completed from its run's
+    checkpoint by the next table2, its other numbers kept: the normalised value is the
+    estimate minus log Z^; without the checkpoint it is named and its cells stay "-"."""
+    argv = ["table2", "--datasets", "onehot", "--methods", "iop", "--seeds", "0", "1", *TINY,
+            "--tight-samples", "5", "--out", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "results")]
+    assert cli.main(argv) == 0
+    files = [tmp_path / "results" / f"onehot-iop-seed{s}.json" for s in (0, 1)]
+    first = [json.loads(f.read_text()) for f in files]
+    assert all(r["log_likelihood_normalized"] == pytest.approx(
+        r["log_likelihood"] - r["log_normalizer_ais"]["log_z"]) for r in first)
+    new = ("log_normalizer_ais", "log_likelihood_normalized", "log_likelihood_tight_normalized")
+    for f, r in zip(files, first):
+        older = {k: v for k, v in r.items() if k not in new}
+        f.write_text(json.dumps(older))
+        (tmp_path / "runs" / r["run"] / "result.json").write_text(json.dumps(older))
+    (tmp_path / "runs" / "onehot-iop-seed1" / "checkpoint.npz").unlink()
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "onehot-iop-seed1: no log Z^" in out and "normalising IOP's prior, run 1 of 2" in out
+    completed, left = (json.loads(f.read_text()) for f in files)
+    for r in (completed, first[0]):
+        del r["log_normalizer_ais"]["seconds"]
+    assert completed == first[0]  # the same weights and streams: the same numbers again
+    assert "log_normalizer_ais" not in left
+    row = next(line for line in out.splitlines() if line.startswith("| onehot | iop"))
+    assert row.split(" | ")[6:9] == ["-", "-", "-"]  # the normalised cells of two runs
