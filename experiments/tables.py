@@ -61,8 +61,8 @@ def table(results):
             bad = sum(map(invalid, rs))
             ours += f" INVALID ({bad} of {len(rs)} above 0 on binary data)" if bad else ""
             approx = "≈ " if method == "iop" else ""
-            iop = ((_mean_std(pick("log_likelihood_normalized")),
-                    _mean_std(pick("log_likelihood_tight_normalized")), log_z_cell(rs),
+            iop = ((_of_those_with(pick("log_likelihood_normalized")),
+                    _of_those_with(pick("log_likelihood_tight_normalized")), log_z_cell(rs),
                     _mean_std(pick("log_likelihood_exact")),
                     _mean_std(pick("log_likelihood_exact_tight")))
                    if method == "iop" else ("",) * 5)
@@ -79,16 +79,23 @@ def table(results):
 CONVERGED = 0.5  # nats: log Z^ at half the temperatures within this of the full run's
 
 
-def log_z_cell(rs):
-    """IOP's log Z^ by AIS, mean ± std over the runs, with how many runs AIS did not
-    converge on (half and full temperatures more than ``CONVERGED`` apart); "-" unless
-    every run has it."""
-    found = [r.get("log_normalizer_ais") for r in rs]
-    if any(a is None for a in found):
+def _of_those_with(values):
+    """mean ± std of the values that are there (None: a run without one), saying how
+    many runs they are when not all; "-" when none is."""
+    there = [v for v in values if v is not None]
+    if not there:
         return "-"
+    return _mean_std(there) + (f" ({len(there)} of {len(values)} runs)"
+                               if len(there) < len(values) else "")
+
+
+def log_z_cell(rs):
+    """IOP's log Z^ by AIS, mean ± std over the runs that have it, with how many runs AIS
+    did not converge on (half and full temperatures more than ``CONVERGED`` apart)."""
+    found = [r["log_normalizer_ais"] for r in rs if "log_normalizer_ais" in r]
     off = sum(abs(a["log_z_half"] - a["log_z"]) > CONVERGED for a in found)
-    return _mean_std([a["log_z"] for a in found]) + (
-        f" ({off} of {len(found)} not converged)" if off else "")
+    return _of_those_with([a["log_z"] for a in found] + [None] * (len(rs) - len(found))) + (
+        f", {off} not converged" if off else "")
 
 
 # --- what moved the FreyFaces numbers ---------------------------------------------
