@@ -187,11 +187,14 @@ def elbo_terms_by_split(model, data, rng, samples=10):
 
 def history_columns(history):
     """The per-epoch records as columns (``{"epoch": [...], "valid_elbo": [...], ...}``),
-    floats to 6 significant digits: a 1,000-epoch curve in a small JSON."""
+    floats to 6 significant digits: a 1,000-epoch curve in a small JSON.  A column for
+    every number any record holds (None where a record has none: ``seconds`` in records
+    of older code); the measures kept as objects (``density_ratio_truth``, at a few
+    epochs) are not columns (``evaluate_run`` keeps them apart)."""
     def short(v):
         return float(f"{v:.6g}") if isinstance(v, float) else v
-    keys = list(history[0]) if history else []
-    return {k: [short(r[k]) for r in history] for k in keys}
+    keys = dict.fromkeys(k for r in history for k, v in r.items() if not isinstance(v, dict))
+    return {k: [short(r.get(k)) for r in history] for k in keys}
 
 
 def pseudo_inputs_outside(model):

@@ -593,3 +593,26 @@ def test_an_ascii_terminal_gets_the_error_line(tmp_path):
     assert result.returncode == 2
     err = result.stderr.decode("ascii")
     assert err.startswith("error: --readme") and "codec" not in err and "Traceback" not in err
+
+
+# === issue 38: the third probe's silent failures ========================================
+def grid_argv(command, tmp_path, *extra, methods=("vae",)):
+    """``command`` (table2, select, figure3) on OneHot, seed 0, in ``tmp_path``."""
+    data = ["--datasets", "onehot"] if command == "table2" else ["--dataset", "onehot"]
+    chosen = [] if command == "figure3" else ["--methods", *methods]
+    return [command, *data, *chosen, "--seeds", "0", "--out", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "results"), "--samples", "10", "--tight-samples", "5",
+            *extra]
+
+
+def test_38_1_a_short_iop_run_is_evaluated_then_extended(tmp_path, capsys):
+    """An IOP run of 3 to 5 epochs measured T at epochs 1 and 2 only: KeyError
+    'density_ratio_truth' in history_columns, for the smoke run and for its extension."""
+    for epochs in ("3", "7"):
+        assert cli.main(grid_argv("table2", tmp_path, "--epochs", epochs, "--warmup", "1",
+                                  "--hidden", "8", "--j2", "1", methods=("iop",))) == 0
+        r = json.loads((tmp_path / "results" / "onehot-iop-seed0.json").read_text())
+        assert r["epochs_trained"] == int(epochs)
+        assert r["history"]["epoch"] == list(range(1, int(epochs) + 1))
+        assert "density_ratio_truth" not in r["history"]
+    assert [m["epoch"] for m in r["density_ratio_truth_along_training"]] == [1, 2, 4, 5]
