@@ -2,6 +2,7 @@
 and ``run``, added to cli.py's parser by ``add_commands``, with their option checks."""
 import os
 import shlex
+import sys
 
 import autograd_lite as ag
 import datasets
@@ -69,7 +70,8 @@ def check_options(args):
     components = getattr(args, "components", None)
     for k in components if isinstance(components, list) else [components or 0]:
         runs.non_negative("--components", k)
-    for option in ("components", "methods", "datasets", "lrs", "pseudo_inits"):
+    for option in ("components", "methods", "datasets", "lrs", "pseudo_inits",
+                   "density_ratio_dropouts"):
         values = getattr(args, option, None)
         if isinstance(values, list) and len(set(values)) < len(values):
             raise ValueError(f"--{option.replace('_', '-')} {' '.join(map(str, values))}: a "
@@ -156,11 +158,21 @@ def command_figure3(args):
     print(f"wrote {path}: VampPrior K = {numbers['K']}")
 
 
+CANDIDATE_DEFAULTS = {"pseudo_inits": ("vamp", ["uniform", "constant"]),  # select's options
+                      "density_ratio_dropouts": ("iop", ["every"])}       # for one method
+
+
 def command_select(args):
-    for name, instead in (("lr", "--lrs"), ("pseudo_init", "--pseudo-inits")):
+    for name, instead in (("lr", "--lrs"), ("pseudo_init", "--pseudo-inits"),
+                          ("density_ratio_dropout", "--density-ratio-dropouts")):
         if getattr(args, name, None) is not None:
             raise ValueError(f"--{name.replace('_', '-')} does not apply to select, which "
                              f"tries the candidates of {instead}")
+    for option, (method, default) in CANDIDATE_DEFAULTS.items():
+        if getattr(args, option) is not None and method not in args.methods:
+            print(f"warning: --{option.replace('_', '-')} applies to {method} alone, which "
+                  "--methods leaves out; ignored", file=sys.stderr)
+        setattr(args, option, getattr(args, option) or default)
     cands = {m: candidates(m, args.lrs, args.pseudo_inits, args.density_ratio_dropouts)
              for m in args.methods}
     ks = (0 if args.components == paper_k(args.dataset) else args.components,)
@@ -241,11 +253,11 @@ def add_commands(sub):
     c.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 1e-3],
                    help="candidate step sizes of the VAE (default: 1e-4 1e-3, the paper's "
                         "range)")
-    c.add_argument("--pseudo-inits", nargs="+", default=["uniform", "constant"],
+    c.add_argument("--pseudo-inits", nargs="+", default=None,
                    choices=iopvae.VampPrior.PSEUDO_INITS,
                    help="candidate starts of VampPrior's pseudo-inputs (default: uniform "
                         "constant)")
-    c.add_argument("--density-ratio-dropouts", nargs="+", default=["every"],
+    c.add_argument("--density-ratio-dropouts", nargs="+", default=None,
                    choices=runs.CHOICES["density_ratio_dropout"],
                    help="candidate places of IOP's dropout in T (default: every)")
     c.add_argument("--components", type=int, default=0,

@@ -616,3 +616,33 @@ def test_38_1_a_short_iop_run_is_evaluated_then_extended(tmp_path, capsys):
         assert r["history"]["epoch"] == list(range(1, int(epochs) + 1))
         assert "density_ratio_truth" not in r["history"]
     assert [m["epoch"] for m in r["density_ratio_truth_along_training"]] == [1, 2, 4, 5]
+
+
+def test_38_2_select_refuses_the_single_value_of_its_candidates(tmp_path, capsys):
+    """`select --density-ratio-dropout last --density-ratio-dropouts every last` trained its
+    "every" candidate with `last`: both run folders said `last`."""
+    argv = grid_argv("select", tmp_path, "--density-ratio-dropout", "last",
+                     "--density-ratio-dropouts", "every", "last", *TINY, methods=("iop",))
+    assert cli.main(argv) == 2
+    one_error_line(capsys.readouterr().err, "--density-ratio-dropout ", "--density-ratio-dropouts")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("option, values", [("--density-ratio-dropouts", ["last", "last"]),
+                                            ("--pseudo-inits", ["constant", "constant"])])
+def test_38_candidates_given_twice_are_refused(tmp_path, capsys, option, values):
+    argv = grid_argv("select", tmp_path, option, *values, *TINY, methods=("iop", "vamp"))
+    assert cli.main(argv) == 2
+    one_error_line(capsys.readouterr().err, option)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("option, value, method", [("--pseudo-inits", "constant", "vamp"),
+                                                   ("--density-ratio-dropouts", "last", "iop")])
+def test_38_candidates_for_a_method_not_selected_are_a_warning(tmp_path, capsys, option, value,
+                                                                method):
+    argv = grid_argv("select", tmp_path, option, value, "--print-commands", *TINY)
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert f"warning: {option} applies to {method} alone" in captured.err
+    assert captured.out.count("iopvae run") == 2 and value not in captured.out
