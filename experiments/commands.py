@@ -129,17 +129,26 @@ def command_table2(args):
         grid_runs += grid([dataset], args.methods, args.seeds, settings=settings)
     if not _run_or_print(grid_runs, args, values):
         return
-    text = table(load_results(grid_runs, args.results, args.data_dir))
-    diverged = diverged_runs(grid_runs, args.results, values, args.data_dir)
-    if diverged:
-        print(f"not in the table, diverged: {', '.join(r.name for r in diverged)} (their "
-              f"{', '.join(os.path.basename(diverged_path(r, args.results)) for r in diverged)}"
-              " say where; delete one to train its run again)")
+    found = results_of(grid_runs, args, values, "table")
+    text = table(found)
     print(f"\nTest log-likelihood (importance sampling; mean ± std over seeds; bold: best or "
           f"not different from it, Welch t-test at 5 %, on S = {args.samples})\n")
     print(text)
     write_json(os.path.join(args.results, "table2.json"),
-               {"markdown": text, "runs": [r.name for r in grid_runs]})
+               {"markdown": text, "runs": [r.name for r in found]})
+
+
+def results_of(todo, args, values, where):
+    """The results of the runs ``todo`` once the grid has run them, by run, but for the
+    runs that diverged under these settings: those are said, and left out of the
+    ``where`` (the table, the figure), whatever result an earlier, shorter training of
+    theirs left in ``--results``."""
+    diverged = diverged_runs(todo, args.results, values, args.data_dir)
+    if diverged:
+        print(f"not in the {where}, diverged: {', '.join(r.name for r in diverged)} (their "
+              f"{', '.join(os.path.basename(diverged_path(r, args.results)) for r in diverged)}"
+              " say where; delete one to train its run again)")
+    return load_results([r for r in todo if r not in diverged], args.results, args.data_dir)
 
 
 def command_figure3(args):
@@ -154,7 +163,7 @@ def command_figure3(args):
                  + grid([args.dataset], ["iop"], args.seeds, settings=settings))
     if not _run_or_print(grid_runs, args, values):
         return
-    numbers = figure3(load_results(grid_runs, args.results, args.data_dir), args.dataset, path)
+    numbers = figure3(results_of(grid_runs, args, values, "figure"), args.dataset, path)
     print(f"wrote {path}: VampPrior K = {numbers['K']}")
 
 

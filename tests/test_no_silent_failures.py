@@ -646,3 +646,32 @@ def test_38_candidates_for_a_method_not_selected_are_a_warning(tmp_path, capsys,
     captured = capsys.readouterr()
     assert f"warning: {option} applies to {method} alone" in captured.err
     assert captured.out.count("iopvae run") == 2 and value not in captured.out
+
+
+def test_38_3_a_run_that_diverged_later_leaves_the_table(tmp_path, capsys, monkeypatch):
+    """A run evaluated at --epochs 2 that diverged when extended to 4: table2 said "not in
+    the table, diverged", yet showed and saved its stale 2-epoch result."""
+    argv = grid_argv("table2", tmp_path, "--warmup", "1", "--hidden", "8", "--patience", "0")
+    assert cli.main(argv + ["--epochs", "2"]) == 0
+    monkeypatch.setattr(runs, "DIVERGED_NATS_PER_DIMENSION", 1e-9)  # epoch 3 diverges
+    assert cli.main(argv + ["--epochs", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "not in the table, diverged: onehot-vae-seed0" in out
+    assert "| onehot | vae |" not in out.split("diverged:")[1]
+    saved = json.loads((tmp_path / "results" / "table2.json").read_text())
+    assert saved["runs"] == [] and "| onehot | vae |" not in saved["markdown"]
+
+
+def test_38_4_figure3_with_every_vampprior_run_diverged_keeps_the_figure(tmp_path, capsys,
+                                                                          monkeypatch):
+    """Exit 0, "VampPrior K = []", and the good PNG and JSON overwritten by an empty figure."""
+    png, numbers = tmp_path / "f3.png", tmp_path / "f3.json"
+    png.write_bytes(b"the good old figure")
+    numbers.write_text('{"K": [50]}')
+    monkeypatch.setattr(runs, "DIVERGED_NATS_PER_DIMENSION", 1e-9)  # every run diverges
+    argv = grid_argv("figure3", tmp_path, "--components", "10", "--figure", str(png), *TINY)
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert "not in the figure, diverged: onehot-vamp-K10-seed0" in captured.out
+    one_error_line(captured.err, "no VampPrior result of onehot", str(png))
+    assert png.read_bytes() == b"the good old figure" and numbers.read_text() == '{"K": [50]}'
