@@ -1,6 +1,10 @@
 """Files that appear whole or not at all: the one atomic-write helper of the project
 (every file the program writes goes through ``atomic_write``; ``save_png`` is it for a
-matplotlib figure), and the one checked reader of JSON files (``read_json_file``)."""
+matplotlib figure), the one checked reader of JSON files (``read_json_file``), and the
+locks (``open_lock``, ``folder_lock``)."""
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import stat
@@ -137,3 +141,31 @@ def _umask():
     mask = os.umask(0o022)  # elsewhere: set and put back at once
     os.umask(mask)
     return mask
+
+
+def open_lock(path):
+    """The lock file ``path``, opened for reading and writing (created if missing), never
+    through a symbolic link: a link or anything but a regular file there is refused, so
+    that the holder's process id written into it cannot change another file."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError(f"lock {path} is a symbolic link; remove it") from None
+        raise OSError(exc.errno, f"lock {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"lock {path} is not a regular file; remove it")
+    return os.fdopen(fd, "r+")
+
+
+@contextlib.contextmanager
+def folder_lock(folder):
+    """An exclusive ``flock`` on ``folder`` itself (no lock file left behind), held for
+    the ``with`` block: another process's block on the same folder waits for this one."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

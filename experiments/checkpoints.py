@@ -13,7 +13,7 @@ import numpy as np
 import autograd_lite as ag
 import datasets
 import iopvae
-from autograd_lite.files import loads_json
+from autograd_lite.files import loads_json, open_lock
 from experiments import runs
 
 _HELD_LOCKS = {}  # run folder -> its open lock file, held until this process ends
@@ -32,7 +32,7 @@ def lock_run_folder(folder):
         raise ValueError(f"run folder {folder} is a file, not a folder")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, ".lock")
-    lock = open(path, "a+")
+    lock = open_lock(path)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -7,7 +7,7 @@ import sys
 import autograd_lite as ag
 import datasets
 import iopvae
-from autograd_lite.files import atomic_write, png_path
+from autograd_lite.files import atomic_write, folder_lock, png_path
 from experiments import runs
 from experiments.figures import draw_curves, figure3, stopping_table
 from experiments.grid import (
@@ -192,10 +192,13 @@ def command_select(args):
     refuse_other_selection(earlier, args.dataset, values, args.seeds)  # before any training
     if not _run_or_print(todo, args, values):
         return
-    doc = select(load_results(todo, args.results, args.data_dir), args.dataset, values,
-                 args.seeds, args.components or paper_k(args.dataset), earlier,
-                 diverged_runs(todo, args.results, values, args.data_dir))
-    write_json(path, doc)
+    found = load_results(todo, args.results, args.data_dir)
+    diverged = diverged_runs(todo, args.results, values, args.data_dir)
+    with folder_lock(args.results):  # a select of other methods ending now: both picks kept
+        earlier = read_selection(path) if os.path.exists(path) else None
+        doc = select(found, args.dataset, values, args.seeds,
+                     args.components or paper_k(args.dataset), earlier, diverged)
+        write_json(path, doc)
     print(selection_table(doc))
     print(f"\nwrote {path}; `table2 --selected` and `figure3 --selected` train with the picks")
 

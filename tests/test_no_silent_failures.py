@@ -196,7 +196,6 @@ PROGRAM = ["iopvae.py", "estimators.py", "datasets.py",
            "examples", "benchmarks"]
 WRITER = ("autograd_lite/files.py",)  # atomic_write itself
 ALLOWED = {  # (file, what): why it is not a whole-file write
-    ("experiments/checkpoints.py", "open"): "RUN/.lock, held by flock for the process's life",
     ("experiments/workers.py", "open"): "a worker's train.log, appended to as it trains",
     ("autograd_lite/testing/cupy_api.py", "write_text"): "a developer's tool refreshing the "
                                                          "snapshot",
@@ -675,3 +674,35 @@ def test_38_4_figure3_with_every_vampprior_run_diverged_keeps_the_figure(tmp_pat
     assert "not in the figure, diverged: onehot-vamp-K10-seed0" in captured.out
     one_error_line(captured.err, "no VampPrior result of onehot", str(png))
     assert png.read_bytes() == b"the good old figure" and numbers.read_text() == '{"K": [50]}'
+
+
+def test_38_5_two_selects_at_once_keep_both_picks(tmp_path, monkeypatch):
+    """`select --methods vae` and `select --methods iop` at once on one results folder: both
+    exited 0 and the selection file held one method's pick (each wrote what it read at
+    its start).  Here the vae select runs whole while the iop select trains."""
+    from experiments import commands
+    real = commands.run_grid
+
+    def another_select_meanwhile(todo, args, values):
+        monkeypatch.setattr(commands, "run_grid", real)
+        assert cli.main(grid_argv("select", tmp_path, "--lrs", "0.001", "--j2", "1", *TINY)) == 0
+        real(todo, args, values)
+    monkeypatch.setattr(commands, "run_grid", another_select_meanwhile)
+    assert cli.main(grid_argv("select", tmp_path, "--lrs", "0.001", "--j2", "1", *TINY,
+                              methods=("iop",))) == 0
+    doc = json.loads((tmp_path / "results" / "onehot-selection.json").read_text())
+    assert sorted(doc["methods"]) == ["iop", "vae"]
+
+
+def test_38_6_a_lock_that_is_a_symbolic_link_is_refused(tmp_path, capsys):
+    """The run folder's .lock was opened with a+ through the link, truncated and written:
+    the file it pointed to then held a process id."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(precious)
+    assert cli.main(["train", "--dataset", "onehot", "--method", "vae", *TINY,
+                     "--out", str(run)]) == 2
+    one_error_line(capsys.readouterr().err, str(run / ".lock"), "symbolic link")
+    assert precious.read_text() == "keep me" and not (run / "checkpoint.npz").exists()
