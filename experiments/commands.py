@@ -113,10 +113,22 @@ def _run_or_print(todo, args, values=None):
     if args.print_commands:
         for run in pending_runs(todo, args, values):
             env = " ".join(f"{k}={v}" for k, v in SINGLE_THREAD.items())
-            print(env, shlex.join(run_command(run, args, values, program=("iopvae",))))
+            print_bytes(f"{env} {shlex.join(run_command(run, args, values, ('iopvae',)))}")
         return False
     run_grid(todo, args, values)
     return True
+
+
+def print_bytes(line):
+    """``line`` on stdout as the bytes it was given as: a path that is not UTF-8 (held by
+    Python as surrogates) comes out as its own bytes, so that a command run as printed
+    writes where this one would (not into ``x-\\udcff``)."""
+    out = getattr(sys.stdout, "buffer", None)
+    if out is None:
+        return print(line)
+    sys.stdout.flush()
+    out.write(os.fsencode(line) + b"\n")
+    out.flush()
 
 
 def command_table2(args):

@@ -706,3 +706,20 @@ def test_38_6_a_lock_that_is_a_symbolic_link_is_refused(tmp_path, capsys):
                      "--out", str(run)]) == 2
     one_error_line(capsys.readouterr().err, str(run / ".lock"), "symbolic link")
     assert precious.read_text() == "keep me" and not (run / "checkpoint.npz").exists()
+
+
+def test_38_7_printed_commands_keep_a_path_that_is_not_utf8(tmp_path, capsysbinary):
+    """`--print-commands` printed '/tmp/x-\\udcff/runs': run as printed, the command
+    trained into another folder, and the grid still listed the run as unfinished."""
+    odd = tmp_path / "x-\udcff"
+    argv = ["table2", "--datasets", "onehot", "--methods", "vae", "--seeds", "0", "--out",
+            str(odd / "runs"), "--results", str(odd / "results"), "--samples", "2",
+            "--tight-samples", "2", *TINY, "--print-commands"]
+    assert cli.main(argv) == 0
+    [line] = capsysbinary.readouterr().out.splitlines()
+    assert os.fsencode(str(odd / "runs")) in line and b"udcff" not in line
+    command = line.replace(b" iopvae run ", b" %s -m experiments run " % sys.executable.encode())
+    subprocess.run([b"bash", b"-c", command], cwd=ROOT, check=True, capture_output=True,
+                   timeout=300)
+    assert os.path.isfile(os.fsencode(str(odd / "results" / "onehot-vae-seed0.json")))
+    assert cli.main(argv) == 0 and capsysbinary.readouterr().out == b""
