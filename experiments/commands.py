@@ -321,7 +321,8 @@ def add_commands(sub):
     m.add_argument("--readme", default="README.md", help="the file (default: README.md)")
     m.add_argument("--results", default="results", help="the results folder (default: results)")
     m.add_argument("--allow-fewer-rows", action="store_true",
-                   help="let a table lose rows (else refused: results are missing)")
+                   help="let a table lose rows, or a cell runs (else refused: results are "
+                        "missing)")
     m.set_defaults(run=command_readme)
 
     r = sub.add_parser("run", help="one run of the grid: train or resume, then evaluate")

@@ -723,3 +723,22 @@ def test_38_7_printed_commands_keep_a_path_that_is_not_utf8(tmp_path, capsysbina
                    timeout=300)
     assert os.path.isfile(os.fsencode(str(odd / "results" / "onehot-vae-seed0.json")))
     assert cli.main(argv) == 0 and capsysbinary.readouterr().out == b""
+
+
+@pytest.mark.parametrize("missing, row", [
+    ("table2/freyfaces-vae-lr=0.001-seed3.json", "7: step size picked inside"),
+    ("freyfaces-lr-screen/freyfaces-vamp-lr=0.0002-pseudo_init=noisy_data-seed1.json",
+     "9: pseudo-inputs start at training images")])
+def test_38_8_readme_refuses_a_cell_computed_from_fewer_runs(tmp_path, capsys, missing, row):
+    """With one result file missing, cause 7's VAE cell went from +13.81 (8.52) to +12.58
+    (8.88) on 7 runs: the guard counted rows, not the runs behind each cell."""
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "results", results)
+    (results / missing).unlink()
+    readme = readme_copy(tmp_path)
+    before = readme.read_text()
+    argv = ["readme", "--readme", str(readme), "--results", str(results)]
+    assert cli.main(argv) == 2
+    one_error_line(capsys.readouterr().err, "fewer runs", row, "--allow-fewer-rows")
+    assert readme.read_text() == before
+    assert cli.main(argv + ["--allow-fewer-rows"]) == 0 and readme.read_text() != before

@@ -436,8 +436,9 @@ def test_causes_summary_folds_the_causes_to_one_row_each(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments.tables, "KEPT", {"c": "kept", "d": "tried, not kept"})
     assert causes_summary(str(tmp_path), methods=("vae", "iop")).splitlines() == [
         "| cause | vae | iop | in the protocol |", "|---|---|---|---|",
-        f"| c | +4.00 ({two_se}); -4.00 ({two_se}) |  | kept |",
-        f"| d |  | +0.00 ({2 * math.sqrt(8.0 / 2 + 8.0 / 2):.2f}) | tried, not kept |"]
+        f"| c | +4.00 ({two_se}), 2 → 2 runs; -4.00 ({two_se}), 2 → 2 runs |  | kept |",
+        f"| d |  | +0.00 ({2 * math.sqrt(8.0 / 2 + 8.0 / 2):.2f}), 2 → 2 runs | tried, not "
+        "kept |"]
 
 
 def test_fill_readme_puts_each_named_table_in_its_block():
