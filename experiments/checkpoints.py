@@ -2,7 +2,6 @@
 before anything trusts it, a trainer resumed from it, a model loaded from it, and the
 data a run trained on (runs.py's Trainer writes the checkpoints)."""
 import fcntl
-import glob
 import math
 import os
 import stat
@@ -23,8 +22,7 @@ def lock_run_folder(folder):
     """Take the run folder for this process: an exclusive lock on ``folder/.lock``
     (``flock``, released by the system when the process ends, however it ends), so
     that a second training of the same run, fresh or resumed, is refused instead of
-    writing the same checkpoint.  Then remove the temporary files that killed writes
-    left behind (no one else can be writing them now)."""
+    writing the same checkpoint."""
     folder = os.path.abspath(folder)
     if folder in _HELD_LOCKS:
         return
@@ -45,9 +43,6 @@ def lock_run_folder(folder):
     lock.write(str(os.getpid()))
     lock.flush()
     _HELD_LOCKS[folder] = lock
-    for name in ("checkpoint.npz", "config.json", "result.json"):
-        for stale in glob.glob(os.path.join(glob.escape(folder), f".{name}.*.tmp")):
-            os.remove(stale)
 
 
 def resume_rng(config, meta, log=print):

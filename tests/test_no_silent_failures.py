@@ -5,6 +5,7 @@ by kind: each a single ``error:`` line naming the file, field or option."""
 import ast
 import dataclasses
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -574,14 +575,20 @@ def test_resume_with_an_earlier_end_is_refused(vae_run, capsys):
     one_error_line(capsys.readouterr().err, "--epochs 1", "2 epochs")
 
 
+def aged(path, seconds=3600):
+    """``path``, written and dated ``seconds`` ago."""
+    path.write_bytes(b"x")
+    os.utime(path, (time.time() - seconds, time.time() - seconds))
+    return path
+
+
 def test_stale_temporary_pngs_of_killed_samples_are_removed(vae_run, tmp_path, capsys):
     png = tmp_path / "s.png"
-    stale, fresh = tmp_path / ".s.png.abc.tmp", tmp_path / ".s.png.def.tmp"
-    stale.write_bytes(b"x")
-    fresh.write_bytes(b"x")
-    os.utime(stale, (time.time() - 3600, time.time() - 3600))
-    assert cli.main(["sample", str(vae_run), "--n", "4", "--out", str(png)]) == 0
-    assert png.is_file() and not stale.exists() and fresh.exists()
+    stale, live = aged(tmp_path / ".s.png.abc.tmp"), aged(tmp_path / ".s.png.def.tmp")
+    with open(live, "rb") as held:  # a write under way holds its temporary's lock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert cli.main(["sample", str(vae_run), "--n", "4", "--out", str(png)]) == 0
+    assert png.is_file() and not stale.exists() and live.exists()
 
 
 def test_an_ascii_terminal_gets_the_error_line(tmp_path):
@@ -742,3 +749,44 @@ def test_38_8_readme_refuses_a_cell_computed_from_fewer_runs(tmp_path, capsys, m
     one_error_line(capsys.readouterr().err, "fewer runs", row, "--allow-fewer-rows")
     assert readme.read_text() == before
     assert cli.main(argv + ["--allow-fewer-rows"]) == 0 and readme.read_text() != before
+
+
+# === issue 38: the weak errors, by kind ==================================================
+def test_38_a_killed_writes_temporary_goes_with_the_next_write_a_live_ones_stays(tmp_path):
+    """kill -9 during a write left its .NAME.*.tmp, and a clean rerun left it there."""
+    from autograd_lite.files import atomic_write
+    target = tmp_path / "r.json"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from autograd_lite.files import atomic_write; "
+         "atomic_write(sys.argv[1], lambda f: (f.write(b'half'), print('writing', flush=True), "
+         "time.sleep(120)))", str(target)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        [temporary] = tmp_path.glob(".r.json.*.tmp")
+        os.utime(temporary, (time.time() - 3600, time.time() - 3600))  # only its lock is left
+        atomic_write(target, lambda f: f.write(b"one"))
+        assert temporary.exists()  # another process is writing it
+    finally:
+        writer.kill()
+        writer.wait()
+    atomic_write(target, lambda f: f.write(b"two"))
+    assert not temporary.exists() and target.read_bytes() == b"two"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_38_a_rerun_removes_the_litter_of_killed_writes(tmp_path, capsys):
+    """In results/, README's folder and figure folders."""
+    results = tmp_path / "results"
+    results.mkdir()
+    litter = [aged(results / f".{name}.abc123.tmp")
+              for name in ("onehot-vae-seed0.json", "table2.json")]
+    assert cli.main(grid_argv("table2", tmp_path, *TINY)) == 0
+    readme = readme_copy(tmp_path)
+    litter.append(aged(tmp_path / ".README.md.k9.tmp"))
+    assert cli.main(["readme", "--readme", str(readme), "--results", str(ROOT / "results")]) == 0
+    (tmp_path / "curves").mkdir()
+    folder = curves_folder(tmp_path / "curves")
+    litter.append(aged(tmp_path / ".c.png.x.tmp"))
+    assert cli.main(["curves", "--dataset", "onehot", "--results", str(folder),
+                     "--figure", str(tmp_path / "c.png")]) == 0
+    assert not any(path.exists() for path in litter)
