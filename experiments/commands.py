@@ -165,6 +165,10 @@ def results_of(todo, args, values, where):
 
 def command_figure3(args):
     ks = [0 if k == paper_k(args.dataset) else k for k in args.components]
+    if len(set(ks)) < len(ks) and len(set(args.components)) == len(ks):
+        raise ValueError(f"--components {' '.join(map(str, args.components))}: 0 stands for "
+                         f"the paper's K = {paper_k(args.dataset)} on {args.dataset}, given "
+                         "twice then")
     path = png_path("--figure", args.figure or os.path.join(
         os.path.dirname(os.path.normpath(args.results)), f"figure3_{args.dataset}.png"))
     values, settings = _config_values(args), None

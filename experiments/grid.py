@@ -76,6 +76,8 @@ def parse_settings(words):
         key, sep, text = word.partition("=")
         if not sep or key not in types:
             raise ValueError(f"--settings {word!r}: expected NAME=VALUE with NAME a Config field")
+        if key in values:
+            raise ValueError(f"--settings {word!r}: {key} is given twice")
         if key in GRID_FIXED + ("data_dir",):
             raise ValueError(f"--settings {word!r}: {key} is set by the option --"
                              f"{key.replace('_', '-')}, not as a setting")

@@ -7,6 +7,7 @@ filled in: divergence, timing, a checkpoint and a progress line after every roun
 Reading checkpoints back (resume, load a model) is in checkpoints.py; the commands
 train, evaluate and sample in run_commands.py.
 """
+import argparse
 import dataclasses
 import json
 import math
@@ -376,6 +377,27 @@ def non_negative(name, value):
     if value < 0:
         raise ValueError(f"{name} must be non-negative (got {value})")
     return value
+
+
+class _StoreOnce(argparse._StoreAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("given_options", set())
+        if self.dest in given:
+            raise argparse.ArgumentError(self, "given twice (only one value is used: give it "
+                                               "once)")
+        given.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but an option given twice is refused: argparse keeps the last
+    value without a word (``--method vae --method iop`` would train IOP alone).  Its
+    sub-command parsers are of this class too."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in (None, "store"):
+            self.register("action", name, _StoreOnce)
 
 
 def add_config_options(parser, skip=(), required=()):

@@ -790,3 +790,36 @@ def test_38_a_rerun_removes_the_litter_of_killed_writes(tmp_path, capsys):
     assert cli.main(["curves", "--dataset", "onehot", "--results", str(folder),
                      "--figure", str(tmp_path / "c.png")]) == 0
     assert not any(path.exists() for path in litter)
+
+
+def test_38_figure3_refuses_the_papers_k_given_twice(tmp_path, capsys):
+    """`figure3 --components 50 0` on OneHot, where 0 means the paper's K = 50."""
+    assert cli.main(grid_argv("figure3", tmp_path, "--components", "50", "0", *TINY)) == 2
+    one_error_line(capsys.readouterr().err, "--components 50 0", "K = 50")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_38_reproduce_onehot_refuses_a_method_given_twice(capsys):
+    with pytest.raises(SystemExit):
+        reproduce_onehot.parse_args(["--methods", "vae", "vae"])
+    assert "--methods vae vae: a method given twice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["--method", "iop"], ["--settings", "lr=0.01"],
+                                   ["--seed", "1"]])
+def test_38_an_option_given_twice_is_refused(tmp_path, capsys, extra):
+    """A repeated --method or --settings kept the last one without a word."""
+    argv = ["run", "--dataset", "onehot", "--method", "vae", "--settings", "lr=0.1", "--seed",
+            "0", *extra, "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    assert stopped.value.code == 2
+    assert f"argument {extra[0]}: given twice" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_38_a_setting_given_twice_is_refused(tmp_path, capsys):
+    assert cli.main(["run", "--dataset", "onehot", "--method", "vae", "--settings", "lr=0.1",
+                     "lr=0.01", "--out", str(tmp_path / "runs"), "--results",
+                     str(tmp_path / "r")]) == 2
+    one_error_line(capsys.readouterr().err, "lr=0.01", "given twice")
