@@ -145,7 +145,7 @@ def check_npz_file(path):
                "(an .npz written by this program is not compressed)")
 
 
-META_TYPES = {"epoch": int, "bad_epochs": int, "best_epoch": int, "dim": int,
+META_TYPES = {"format": int, "epoch": int, "bad_epochs": int, "best_epoch": int, "dim": int,
               "best_valid_elbo": (int, float, type(None)), "history": list, "likelihood": str,
               "rng_state": (dict, type(None)), "split_id": (str, type(None)),
               "image_shape": (list, type(None))}
@@ -158,6 +158,9 @@ def check_meta(meta):
             raise ValueError(f"no {key!r}")
         if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
             raise ValueError(f"{key} is {meta[key]!r}")
+    if meta["format"] != runs.CHECKPOINT_FORMAT:
+        raise ValueError(f"format {meta['format']}, where this program reads format "
+                         f"{runs.CHECKPOINT_FORMAT}")
     if meta["likelihood"] not in ("bernoulli", "gaussian") or meta["dim"] < 1:
         raise ValueError(f"likelihood {meta['likelihood']!r}, dim {meta['dim']}")
     shape = meta["image_shape"]

@@ -119,6 +119,7 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
         return float(iopvae.test_log_likelihood(model, x, s, rng).mean())
 
     history = meta["history"]
+    timed = [r["seconds"] for r in history if "seconds" in r]  # older code timed no epoch
     result = {
         "run": os.path.basename(os.path.normpath(path)), "dataset": config.dataset,
         "method": config.method, "seed": config.seed,
@@ -126,8 +127,8 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
         "config": dataclasses.asdict(config), "split_id": meta.get("split_id"),
         "epochs_trained": meta["epoch"], "best_epoch": meta["best_epoch"],
         "finished": run_finished(meta),
-        "seconds_per_epoch": float(np.median([r["seconds"] for r in history])),
-        "train_seconds": float(sum(r["seconds"] for r in history)),
+        "seconds_per_epoch": float(np.median(timed)) if timed else None,
+        "train_seconds": float(sum(timed)) if len(timed) == len(history) else None,
         "test_elbo": float(iopvae.elbo(model, test, rng)),
         "elbo_is_estimate": bool(model.has_density_ratio),
         "samples": samples, "tight_samples": tight_samples,

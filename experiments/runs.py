@@ -261,6 +261,9 @@ class Interrupted(Exception):
     written whole or not at all)."""
 
 
+CHECKPOINT_FORMAT = 1  # the layout of a checkpoint's arrays and meta; read back as it is
+
+
 def save_checkpoint(trainer, path):
     """Weights, optimizer moments, best weights, RNG state and history in one ``.npz``,
     written atomically, plus ``config.json`` beside it.
@@ -279,7 +282,7 @@ def save_checkpoint(trainer, path):
             "best_epoch": trainer.best["epoch"],  # none yet during the warm-up: null, not -inf
             "best_valid_elbo": (trainer.best["valid_elbo"] if trainer.best["state"] is not None
                                 else None),
-            "rng_state": rng_state(trainer.rng), "format": 1,
+            "rng_state": rng_state(trainer.rng), "format": CHECKPOINT_FORMAT,
             "dim": trainer.data.dim, "likelihood": trainer.data.likelihood,
             "split_id": trainer.data.split_id,
             "image_shape": list(trainer.data.image_shape) if trainer.data.image_shape else None}

@@ -823,3 +823,64 @@ def test_38_a_setting_given_twice_is_refused(tmp_path, capsys):
                      "lr=0.01", "--out", str(tmp_path / "runs"), "--results",
                      str(tmp_path / "r")]) == 2
     one_error_line(capsys.readouterr().err, "lr=0.01", "given twice")
+
+
+@pytest.mark.parametrize("method, key", [("vae", "valid_log_likelihood"),
+                                         ("vamp", "pseudo_inputs_outside")])
+def test_38_select_on_a_result_of_older_code_is_one_error_line(tmp_path, capsys, method, key):
+    """A result without a key newer code writes: KeyError in select."""
+    run = Run("onehot", method, 0, 0, (("lr", 0.001),) + (
+        (("pseudo_init", "uniform"),) if method == "vamp" else ()))
+    result = fake_result(run, -2.0, valid_log_likelihood=-2.1, pseudo_inputs_outside=0.0)
+    if method == "vamp":
+        result["components"] = 50
+    del result[key]
+    write_result(tmp_path, "{}").unlink()
+    (tmp_path / "results" / f"{run.name}.json").write_text(json.dumps(result))
+    inits = ["--pseudo-inits", "uniform"] if method == "vamp" else []
+    assert cli.main(["select", "--dataset", "onehot", "--methods", method, "--lrs", "0.001",
+                     *inits, "--seeds", "0", "--samples", "10",
+                     "--tight-samples", "20", "--out", str(tmp_path / "runs"),
+                     "--results", str(tmp_path / "results")]) == 2
+    one_error_line(capsys.readouterr().err, f"{run.name}.json", key, "older code")
+
+
+def test_38_a_checkpoint_whose_history_has_no_seconds_is_evaluated(vae_run, tmp_path):
+    """History records of older code, without `seconds`: KeyError in the evaluation."""
+    def untimed(arrays, meta):
+        for record in meta["history"]:
+            del record["seconds"]
+    damaged_copy(vae_run, tmp_path / "runs" / "onehot-vae-seed0", untimed)
+    assert cli.main(["run", "--dataset", "onehot", "--method", "vae", *TINY, "--samples", "2",
+                     "--tight-samples", "2", "--out", str(tmp_path / "runs"),
+                     "--results", str(tmp_path / "results")]) == 0
+    r = json.loads((tmp_path / "results" / "onehot-vae-seed0.json").read_text())
+    assert r["seconds_per_epoch"] is None and r["train_seconds"] is None
+
+
+def test_38_a_checkpoint_of_another_format_is_refused(vae_run, tmp_path, capsys):
+    bad = damaged_copy(vae_run, tmp_path / "bad", lambda arrays, meta: meta.update(format=2))
+    assert cli.main(["evaluate", str(bad)]) == 2
+    one_error_line(capsys.readouterr().err, str(bad), "format 2")
+
+
+@pytest.mark.parametrize("change, said", [
+    (lambda r: r["config"].update(colour=1), "colour"),
+    (lambda r: r.update(run="onehot-vae-seed1", seed=1), "not of onehot-vae-seed0"),
+    (lambda r: r.update(split_id="another"), "split another"),
+    (lambda r: r.update(config=[1]), "config"),
+])
+def test_38_divergence_records_are_checked_as_results_are(tmp_path, capsys, change, said):
+    """A divergence record with an unknown config key gave a traceback; one of another
+    split or naming another run was trusted."""
+    run = Run("onehot", "vae", 0)
+    record = {"run": run.name, "dataset": "onehot", "method": "vae", "seed": 0,
+              "config": dataclasses.asdict(asked_config(run, {})), "diverged": "at epoch 3",
+              "split_id": datasets.load("onehot").split_id}
+    change(record)
+    path = write_result(tmp_path, "{}").with_name(f"{run.name}.diverged.json")
+    path.with_name(f"{run.name}.json").unlink()
+    path.write_text(json.dumps(record))
+    assert table2(tmp_path) == 2
+    one_error_line(capsys.readouterr().err, str(path), said)
+    assert not (tmp_path / "runs").exists()

@@ -327,7 +327,7 @@ def test_results_of_another_split_are_refused(tmp_path, monkeypatch):
     run = Run("freyfaces", "vae", 0)
     (res / f"{run.name}.json").write_text(json.dumps({"run": run.name,
                                                       "split_id": "freyfaces:old"}))
-    with pytest.raises(ValueError, match=f"{run.name}.json was evaluated on split "
+    with pytest.raises(ValueError, match=f"{run.name}.json was made on split "
                                          "freyfaces:old"):
         load_results([run], str(res), str(data_dir))
 
