@@ -394,6 +394,8 @@ def parse_args(argv):
                   "a batch's importance weights")
     except ValueError as exc:
         parser.error(str(exc))
+    if len(set(args.methods)) < len(args.methods):
+        parser.error(f"--methods {' '.join(args.methods)}: a method given twice")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         parser.error(f"--out {args.out} is a file, not a folder")
     if args.quick and overridden:

@@ -1,10 +1,16 @@
 """Files that appear whole or not at all: the one atomic-write helper of the project
 (every file the program writes goes through ``atomic_write``; ``save_png`` is it for a
-matplotlib figure), and the one checked reader of JSON files (``read_json_file``)."""
+matplotlib figure), the one checked reader of JSON files (``read_json_file``), and the
+locks (``open_lock``, ``folder_lock``)."""
+import contextlib
+import errno
+import fcntl
+import glob
 import json
 import os
 import stat
 import tempfile
+import time
 
 
 def atomic_write(path, write, mode="wb"):
@@ -17,7 +23,9 @@ def atomic_write(path, write, mode="wb"):
     ``path``, never the temporary file.  ``mode`` is ``"wb"`` or ``"w"`` (text, UTF-8).
     The file gets the permissions a plain ``open(path, "w")`` would give it: those
     of the file it replaces, else 0666 less the umask (not ``mkstemp``'s 0600).  A
-    symbolic link is written through (its target replaced, the link kept).
+    symbolic link is written through (its target replaced, the link kept).  The
+    temporary file is locked (``flock``) until it is renamed, and the temporaries of
+    ``path`` that killed writes left are removed first (``remove_stale_temporaries``).
     """
     shown = os.fspath(path)
     target = os.path.realpath(shown)  # through a symbolic link: the link stays
@@ -26,17 +34,19 @@ def atomic_write(path, write, mode="wb"):
         raise FileNotFoundError(f"{shown} not written: its folder {folder} does not exist")
     if os.path.exists(target) and not os.path.isfile(target):
         raise OSError(f"{shown} not written: it is not a regular file")
+    remove_stale_temporaries(target)
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
     except OSError as exc:
         raise OSError(exc.errno, f"{shown} not written: {exc.strerror}") from None
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            os.fchmod(f.fileno(), _permissions(target))
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held until renamed: this write is alive
+            os.fchmod(fd, _permissions(target))
             write(f)
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+            os.fsync(fd)
+            os.replace(tmp, target)
     except BaseException as exc:
         try:
             os.remove(tmp)
@@ -45,6 +55,32 @@ def atomic_write(path, write, mode="wb"):
         if isinstance(exc, OSError) and exc.errno is not None:
             raise OSError(exc.errno, f"{shown} not written: {exc.strerror}") from None
         raise
+
+
+FRESH_SECONDS = 2  # a temporary file this young may not be locked by its writer yet
+
+
+def remove_stale_temporaries(path):
+    """Remove the temporary files ``.NAME.*.tmp`` beside ``path`` that killed writes of
+    it left (kill -9, a full disk): those that no live process holds.  Every write holds
+    a lock on its temporary until the rename (``atomic_write``), and the system lets go
+    of a lock when its process ends, however it ends; a temporary created in the last
+    ``FRESH_SECONDS`` is kept (its writer may not have locked it yet)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp")):
+        try:
+            fd = os.open(stale, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            if (stat.S_ISREG(os.fstat(fd).st_mode)
+                    and time.time() - os.fstat(fd).st_mtime > FRESH_SECONDS):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # refused while written
+                os.remove(stale)
+        except OSError:  # BlockingIOError: a live write's; or gone meanwhile
+            pass
+        finally:
+            os.close(fd)
 
 
 def save_png(fig, path, **savefig_options):
@@ -137,3 +173,31 @@ def _umask():
     mask = os.umask(0o022)  # elsewhere: set and put back at once
     os.umask(mask)
     return mask
+
+
+def open_lock(path):
+    """The lock file ``path``, opened for reading and writing (created if missing), never
+    through a symbolic link: a link or anything but a regular file there is refused, so
+    that the holder's process id written into it cannot change another file."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError(f"lock {path} is a symbolic link; remove it") from None
+        raise OSError(exc.errno, f"lock {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"lock {path} is not a regular file; remove it")
+    return os.fdopen(fd, "r+")
+
+
+@contextlib.contextmanager
+def folder_lock(folder):
+    """An exclusive ``flock`` on ``folder`` itself (no lock file left behind), held for
+    the ``with`` block: another process's block on the same folder waits for this one."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

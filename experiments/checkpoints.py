@@ -2,7 +2,6 @@
 before anything trusts it, a trainer resumed from it, a model loaded from it, and the
 data a run trained on (runs.py's Trainer writes the checkpoints)."""
 import fcntl
-import glob
 import math
 import os
 import stat
@@ -13,7 +12,7 @@ import numpy as np
 import autograd_lite as ag
 import datasets
 import iopvae
-from autograd_lite.files import loads_json
+from autograd_lite.files import loads_json, open_lock
 from experiments import runs
 
 _HELD_LOCKS = {}  # run folder -> its open lock file, held until this process ends
@@ -23,8 +22,7 @@ def lock_run_folder(folder):
     """Take the run folder for this process: an exclusive lock on ``folder/.lock``
     (``flock``, released by the system when the process ends, however it ends), so
     that a second training of the same run, fresh or resumed, is refused instead of
-    writing the same checkpoint.  Then remove the temporary files that killed writes
-    left behind (no one else can be writing them now)."""
+    writing the same checkpoint."""
     folder = os.path.abspath(folder)
     if folder in _HELD_LOCKS:
         return
@@ -32,7 +30,7 @@ def lock_run_folder(folder):
         raise ValueError(f"run folder {folder} is a file, not a folder")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, ".lock")
-    lock = open(path, "a+")
+    lock = open_lock(path)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -45,9 +43,6 @@ def lock_run_folder(folder):
     lock.write(str(os.getpid()))
     lock.flush()
     _HELD_LOCKS[folder] = lock
-    for name in ("checkpoint.npz", "config.json", "result.json"):
-        for stale in glob.glob(os.path.join(glob.escape(folder), f".{name}.*.tmp")):
-            os.remove(stale)
 
 
 def resume_rng(config, meta, log=print):
@@ -150,7 +145,7 @@ def check_npz_file(path):
                "(an .npz written by this program is not compressed)")
 
 
-META_TYPES = {"epoch": int, "bad_epochs": int, "best_epoch": int, "dim": int,
+META_TYPES = {"format": int, "epoch": int, "bad_epochs": int, "best_epoch": int, "dim": int,
               "best_valid_elbo": (int, float, type(None)), "history": list, "likelihood": str,
               "rng_state": (dict, type(None)), "split_id": (str, type(None)),
               "image_shape": (list, type(None))}
@@ -163,6 +158,9 @@ def check_meta(meta):
             raise ValueError(f"no {key!r}")
         if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
             raise ValueError(f"{key} is {meta[key]!r}")
+    if meta["format"] != runs.CHECKPOINT_FORMAT:
+        raise ValueError(f"format {meta['format']}, where this program reads format "
+                         f"{runs.CHECKPOINT_FORMAT}")
     if meta["likelihood"] not in ("bernoulli", "gaussian") or meta["dim"] < 1:
         raise ValueError(f"likelihood {meta['likelihood']!r}, dim {meta['dim']}")
     shape = meta["image_shape"]

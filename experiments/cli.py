@@ -14,7 +14,6 @@ cli -> commands, gradcheck -> run_commands -> checkpoints -> runs -> estimators 
 sample in run_commands.py; table2, select, curves, figure3, readme and run in
 commands.py; gradcheck in gradcheck/check.py.
 """
-import argparse
 import sys
 
 import autograd_lite as ag
@@ -26,7 +25,7 @@ from experiments.gradcheck import check as check_gradients
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="iopvae", description=iopvae.__doc__.split("\n")[0])
+    parser = runs.ArgumentParser(prog="iopvae", description=iopvae.__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train one method on one data set (Algorithm 1)")

@@ -2,11 +2,12 @@
 and ``run``, added to cli.py's parser by ``add_commands``, with their option checks."""
 import os
 import shlex
+import sys
 
 import autograd_lite as ag
 import datasets
 import iopvae
-from autograd_lite.files import atomic_write, png_path
+from autograd_lite.files import atomic_write, folder_lock, png_path
 from experiments import runs
 from experiments.figures import draw_curves, figure3, stopping_table
 from experiments.grid import (
@@ -70,7 +71,8 @@ def check_options(args):
     components = getattr(args, "components", None)
     for k in components if isinstance(components, list) else [components or 0]:
         runs.non_negative("--components", k)
-    for option in ("components", "methods", "datasets", "lrs", "pseudo_inits"):
+    for option in ("components", "methods", "datasets", "lrs", "pseudo_inits",
+                   "density_ratio_dropouts"):
         values = getattr(args, option, None)
         if isinstance(values, list) and len(set(values)) < len(values):
             raise ValueError(f"--{option.replace('_', '-')} {' '.join(map(str, values))}: a "
@@ -112,10 +114,22 @@ def _run_or_print(todo, args, values=None):
     if args.print_commands:
         for run in pending_runs(todo, args, values):
             env = " ".join(f"{k}={v}" for k, v in SINGLE_THREAD.items())
-            print(env, shlex.join(run_command(run, args, values, program=("iopvae",))))
+            print_bytes(f"{env} {shlex.join(run_command(run, args, values, ('iopvae',)))}")
         return False
     run_grid(todo, args, values)
     return True
+
+
+def print_bytes(line):
+    """``line`` on stdout as the bytes it was given as: a path that is not UTF-8 (held by
+    Python as surrogates) comes out as its own bytes, so that a command run as printed
+    writes where this one would (not into ``x-\\udcff``)."""
+    out = getattr(sys.stdout, "buffer", None)
+    if out is None:
+        return print(line)
+    sys.stdout.flush()
+    out.write(os.fsencode(line) + b"\n")
+    out.flush()
 
 
 def command_table2(args):
@@ -129,21 +143,34 @@ def command_table2(args):
     if not _run_or_print(grid_runs, args, values):
         return
     normalize_finished(grid_runs, args.out, args.results)
-    text = table(load_results(grid_runs, args.results, args.data_dir))
-    diverged = diverged_runs(grid_runs, args.results, values, args.data_dir)
-    if diverged:
-        print(f"not in the table, diverged: {', '.join(r.name for r in diverged)} (their "
-              f"{', '.join(os.path.basename(diverged_path(r, args.results)) for r in diverged)}"
-              " say where; delete one to train its run again)")
+    found = results_of(grid_runs, args, values, "table")
+    text = table(found)
     print(f"\nTest log-likelihood (importance sampling; mean ± std over seeds; bold: best or "
           f"not different from it, Welch t-test at 5 %, on S = {args.samples})\n")
     print(text)
     write_json(os.path.join(args.results, "table2.json"),
-               {"markdown": text, "runs": [r.name for r in grid_runs]})
+               {"markdown": text, "runs": [r.name for r in found]})
+
+
+def results_of(todo, args, values, where):
+    """The results of the runs ``todo`` once the grid has run them, by run, but for the
+    runs that diverged under these settings: those are said, and left out of the
+    ``where`` (the table, the figure), whatever result an earlier, shorter training of
+    theirs left in ``--results``."""
+    diverged = diverged_runs(todo, args.results, values, args.data_dir)
+    if diverged:
+        print(f"not in the {where}, diverged: {', '.join(r.name for r in diverged)} (their "
+              f"{', '.join(os.path.basename(diverged_path(r, args.results)) for r in diverged)}"
+              " say where; delete one to train its run again)")
+    return load_results([r for r in todo if r not in diverged], args.results, args.data_dir)
 
 
 def command_figure3(args):
     ks = [0 if k == paper_k(args.dataset) else k for k in args.components]
+    if len(set(ks)) < len(ks) and len(set(args.components)) == len(ks):
+        raise ValueError(f"--components {' '.join(map(str, args.components))}: 0 stands for "
+                         f"the paper's K = {paper_k(args.dataset)} on {args.dataset}, given "
+                         "twice then")
     path = png_path("--figure", args.figure or os.path.join(
         os.path.dirname(os.path.normpath(args.results)), f"figure3_{args.dataset}.png"))
     values, settings = _config_values(args), None
@@ -154,15 +181,25 @@ def command_figure3(args):
                  + grid([args.dataset], ["iop"], args.seeds, settings=settings))
     if not _run_or_print(grid_runs, args, values):
         return
-    numbers = figure3(load_results(grid_runs, args.results, args.data_dir), args.dataset, path)
+    numbers = figure3(results_of(grid_runs, args, values, "figure"), args.dataset, path)
     print(f"wrote {path}: VampPrior K = {numbers['K']}")
 
 
+CANDIDATE_DEFAULTS = {"pseudo_inits": ("vamp", ["uniform", "constant"]),  # select's options
+                      "density_ratio_dropouts": ("iop", ["every"])}       # for one method
+
+
 def command_select(args):
-    for name, instead in (("lr", "--lrs"), ("pseudo_init", "--pseudo-inits")):
+    for name, instead in (("lr", "--lrs"), ("pseudo_init", "--pseudo-inits"),
+                          ("density_ratio_dropout", "--density-ratio-dropouts")):
         if getattr(args, name, None) is not None:
             raise ValueError(f"--{name.replace('_', '-')} does not apply to select, which "
                              f"tries the candidates of {instead}")
+    for option, (method, default) in CANDIDATE_DEFAULTS.items():
+        if getattr(args, option) is not None and method not in args.methods:
+            print(f"warning: --{option.replace('_', '-')} applies to {method} alone, which "
+                  "--methods leaves out; ignored", file=sys.stderr)
+        setattr(args, option, getattr(args, option) or default)
     cands = {m: candidates(m, args.lrs, args.pseudo_inits, args.density_ratio_dropouts)
              for m in args.methods}
     ks = (0 if args.components == paper_k(args.dataset) else args.components,)
@@ -173,10 +210,13 @@ def command_select(args):
     refuse_other_selection(earlier, args.dataset, values, args.seeds)  # before any training
     if not _run_or_print(todo, args, values):
         return
-    doc = select(load_results(todo, args.results, args.data_dir), args.dataset, values,
-                 args.seeds, args.components or paper_k(args.dataset), earlier,
-                 diverged_runs(todo, args.results, values, args.data_dir))
-    write_json(path, doc)
+    found = load_results(todo, args.results, args.data_dir)
+    diverged = diverged_runs(todo, args.results, values, args.data_dir)
+    with folder_lock(args.results):  # a select of other methods ending now: both picks kept
+        earlier = read_selection(path) if os.path.exists(path) else None
+        doc = select(found, args.dataset, values, args.seeds,
+                     args.components or paper_k(args.dataset), earlier, diverged)
+        write_json(path, doc)
     print(selection_table(doc))
     print(f"\nwrote {path}; `table2 --selected` and `figure3 --selected` train with the picks")
 
@@ -243,11 +283,11 @@ def add_commands(sub):
     c.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 1e-3],
                    help="candidate step sizes of the VAE (default: 1e-4 1e-3, the paper's "
                         "range)")
-    c.add_argument("--pseudo-inits", nargs="+", default=["uniform", "constant"],
+    c.add_argument("--pseudo-inits", nargs="+", default=None,
                    choices=iopvae.VampPrior.PSEUDO_INITS,
                    help="candidate starts of VampPrior's pseudo-inputs (default: uniform "
                         "constant)")
-    c.add_argument("--density-ratio-dropouts", nargs="+", default=["every"],
+    c.add_argument("--density-ratio-dropouts", nargs="+", default=None,
                    choices=runs.CHOICES["density_ratio_dropout"],
                    help="candidate places of IOP's dropout in T (default: every)")
     c.add_argument("--components", type=int, default=0,
@@ -287,7 +327,8 @@ def add_commands(sub):
     m.add_argument("--readme", default="README.md", help="the file (default: README.md)")
     m.add_argument("--results", default="results", help="the results folder (default: results)")
     m.add_argument("--allow-fewer-rows", action="store_true",
-                   help="let a table lose rows (else refused: results are missing)")
+                   help="let a table lose rows, or a cell runs (else refused: results are "
+                        "missing)")
     m.set_defaults(run=command_readme)
 
     r = sub.add_parser("run", help="one run of the grid: train or resume, then evaluate")

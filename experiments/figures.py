@@ -29,6 +29,9 @@ def figure3(results, dataset, path):
             vamp.setdefault(r["components"] or default_k, []).append(r["log_likelihood"])
         elif r["dataset"] == dataset and r["method"] == "iop":
             iop.append(r)
+    if not vamp:  # nothing to draw: the figure and its numbers on file stay as they are
+        raise ValueError(f"no VampPrior result of {dataset} to draw; {path} and its JSON are "
+                         "left as they were")
     ks = sorted(vamp)
     mean = np.array([np.mean(vamp[k]) for k in ks])
     std = np.array([np.std(vamp[k], ddof=1) if len(vamp[k]) > 1 else 0.0 for k in ks])

@@ -78,6 +78,8 @@ def parse_settings(words):
         key, sep, text = word.partition("=")
         if not sep or key not in types:
             raise ValueError(f"--settings {word!r}: expected NAME=VALUE with NAME a Config field")
+        if key in values:
+            raise ValueError(f"--settings {word!r}: {key} is given twice")
         if key in GRID_FIXED + ("data_dir",):
             raise ValueError(f"--settings {word!r}: {key} is set by the option --"
                              f"{key.replace('_', '-')}, not as a setting")
@@ -119,6 +121,7 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
         return float(iopvae.test_log_likelihood(model, x, s, rng).mean())
 
     history = meta["history"]
+    timed = [r["seconds"] for r in history if "seconds" in r]  # older code timed no epoch
     result = {
         "run": os.path.basename(os.path.normpath(path)), "dataset": config.dataset,
         "method": config.method, "seed": config.seed,
@@ -126,8 +129,8 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
         "config": dataclasses.asdict(config), "split_id": meta.get("split_id"),
         "epochs_trained": meta["epoch"], "best_epoch": meta["best_epoch"],
         "finished": run_finished(meta),
-        "seconds_per_epoch": float(np.median([r["seconds"] for r in history])),
-        "train_seconds": float(sum(r["seconds"] for r in history)),
+        "seconds_per_epoch": float(np.median(timed)) if timed else None,
+        "train_seconds": float(sum(timed)) if len(timed) == len(history) else None,
         "test_elbo": float(iopvae.elbo(model, test, rng)),
         "elbo_is_estimate": bool(model.has_density_ratio),
         "samples": samples, "tight_samples": tight_samples,
@@ -251,11 +254,14 @@ def elbo_terms_by_split(model, data, rng, samples=10):
 
 def history_columns(history):
     """The per-epoch records as columns (``{"epoch": [...], "valid_elbo": [...], ...}``),
-    floats to 6 significant digits: a 1,000-epoch curve in a small JSON."""
+    floats to 6 significant digits: a 1,000-epoch curve in a small JSON.  A column for
+    every number any record holds (None where a record has none: ``seconds`` in records
+    of older code); the measures kept as objects (``density_ratio_truth``, at a few
+    epochs) are not columns (``evaluate_run`` keeps them apart)."""
     def short(v):
         return float(f"{v:.6g}") if isinstance(v, float) else v
-    keys = list(history[0]) if history else []
-    return {k: [short(r[k]) for r in history] for k in keys}
+    keys = dict.fromkeys(k for r in history for k, v in r.items() if not isinstance(v, dict))
+    return {k: [short(r.get(k)) for r in history] for k in keys}
 
 
 def pseudo_inputs_outside(model):

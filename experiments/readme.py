@@ -82,11 +82,44 @@ def table_rows(block):
     return [line for line in block.splitlines() if line.startswith(("|", "- "))]
 
 
+RUN_COUNTS = re.compile(r"(\d+) → (\d+) runs")
+
+
+def cells(block):
+    """The rows of the markdown table in ``block``, each a list of its stripped cells."""
+    return [[c.strip() for c in line.strip()[1:-1].split("|")]
+            for line in block.splitlines() if line.startswith("|")]
+
+
+def runs_behind(block):
+    """The runs behind each cell of a generated table, by (its row's first cell, its
+    column): the number of a ``runs`` column, or the counts of each "N → M runs"."""
+    rows = cells(block)
+    counts = {}
+    for row in rows[2:]:
+        for column, cell in zip(rows[0][1:], row[1:]):
+            found = ((int(cell),) if column == "runs" and cell.isdigit() else
+                     tuple(int(n) for pair in RUN_COUNTS.findall(cell) for n in pair))
+            if found:
+                counts[row[0], column] = found
+    return counts
+
+
+def fewer_runs(old, new):
+    """The cells of the block ``old`` that the block ``new`` computes from fewer runs
+    (a result file missing), as "row (column)"; a row that ``new`` lacks is the row
+    count's to refuse."""
+    now, rows = runs_behind(new), {row[0] for row in cells(new)[2:]}
+    return [f"{row[:50]} ({column})" for (row, column), counts in runs_behind(old).items()
+            if row in rows and (len(now.get((row, column), ())) < len(counts)
+                                or any(n < c for n, c in zip(now[row, column], counts)))]
+
+
 def fill_readme(text, tables, allow_fewer_rows=False):
     """``text`` with every ``<!-- generated: NAME -->`` block holding ``tables[NAME]``.
     Refused (a ValueError naming the block): markers that do not pair up, a block
-    without results, and a block that would lose rows (results missing from the
-    folder), unless ``allow_fewer_rows``."""
+    without results, and a block that would lose rows, or compute a cell from fewer
+    runs (results missing from the folder), unless ``allow_fewer_rows``."""
     check_markers(text)
 
     def fill(m):
@@ -103,5 +136,10 @@ def fill_readme(text, tables, allow_fewer_rows=False):
                              "the results folder lacks the results of "
                              + (f"{'; '.join(lost[:4])}" if lost else "some rows")
                              + " (use --allow-fewer-rows if that is meant)")
+        fewer = [] if allow_fewer_rows else fewer_runs(m.group(3), tables[name])
+        if fewer:
+            raise ValueError(f"block {name!r} would compute {'; '.join(fewer[:4])} from fewer "
+                             "runs: the results folder lacks some of their result files (use "
+                             "--allow-fewer-rows if that is meant)")
         return m.group(1) + tables[name] + "\n" + m.group(4)
     return README_BLOCK.sub(fill, text)

@@ -56,10 +56,7 @@ def read_result(run, results, split_id=None):
     if not os.path.exists(path):
         return None
     result = read_json(path, "; delete it to evaluate the run again")
-    if split_id is not None and result.get("split_id") != split_id:
-        raise ValueError(f"{path} was evaluated on split {result.get('split_id')}, but "
-                         f"{run.dataset} is split {split_id} now; remove it (and its run "
-                         "folder) to run it again on this split")
+    check_split(result, run, split_id, path)
     try:
         check_result(result, run)
     except ValueError as exc:
@@ -68,20 +65,42 @@ def read_result(run, results, split_id=None):
     return result
 
 
-def check_result(result, run):
-    """ValueError unless ``result`` is a complete result of ``run``."""
+def check_config(config):
+    """ValueError unless ``config`` (of a result or a divergence record) holds Config
+    fields alone, each of its type."""
+    if not isinstance(config, dict):
+        raise ValueError(f"config is {config!r:.60}, not an object")
     try:
-        runs.Config(**result.get("config", {})).checked_types()
+        runs.Config(**config).checked_types()
     except TypeError as exc:
         raise ValueError(f"its config: {exc}") from None
+
+
+def check_of_run(record, run):
+    """ValueError unless the result or divergence ``record`` names ``run``."""
+    if tuple(record.get(k) for k in ("run", "dataset", "method", "seed")) != (
+            run.name, run.dataset, run.method, run.seed):
+        raise ValueError(f"it is of run {record.get('run')!r:.60}, not of {run.name}")
+
+
+def check_result(result, run):
+    """ValueError unless ``result`` is a complete result of ``run``."""
+    check_config(result.get("config", {}))
     missing = [k for k in RESULT_KEYS + (IOP_KEYS if result.get("method") == "iop" else ())
                if k not in result]
     if missing:
         raise ValueError(f"no {', '.join(missing)}")
     check_result_types(result)
-    if (result["run"], result["dataset"], result["method"], result["seed"]) != (
-            run.name, run.dataset, run.method, run.seed):
-        raise ValueError(f"it holds the result of run {result['run']}, not of {run.name}")
+    check_of_run(result, run)
+
+
+def check_split(record, run, split_id, path):
+    """Refuse a result or divergence record made on another split than ``split_id``, the
+    data set's now: its test set is other images (None: not checked)."""
+    if split_id is not None and record.get("split_id") != split_id:
+        raise ValueError(f"{path} was made on split {str(record.get('split_id'))[:40]}, but "
+                         f"{run.dataset} is split {split_id} now; remove it (and its run "
+                         "folder) to run it again on this split")
 
 
 def check_result_types(result):

@@ -1,9 +1,7 @@
 """The commands train, evaluate and sample (experiments/cli.py adds them to its parser)."""
-import glob
 import math
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -125,7 +123,6 @@ def command_sample(args):
     pixels = 1.3 * (0.6 * 120) ** 2 * max(1, dim / 784)  # a 0.6-inch tile at 120 dpi
     runs.fits(f"--n {args.n}", args.n * (8 * 4 * (dim + 2 * config.hidden + 21 * config.latent)
                                      + 4 * 8 * pixels), "the samples and their image")
-    remove_stale_temporaries(out)
     iop = isinstance(model, iopvae.ImplicitOptimalPrior)
     if args.sir and not iop:
         print(f"warning: --sir applies to IOP only; {model.name} samples its own prior")
@@ -171,18 +168,3 @@ def save_image_grid(images, image_shape, path):
         save_png(fig, path, dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
-
-
-STALE_SECONDS = 600  # no PNG takes this long to write
-
-
-def remove_stale_temporaries(path):
-    """Remove the temporary files that killed writes of ``path`` left (older than
-    ``STALE_SECONDS``, so that a write under way now keeps its own)."""
-    folder, name = os.path.split(os.path.abspath(path))
-    for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp")):
-        try:
-            if time.time() - os.stat(stale).st_mtime > STALE_SECONDS:
-                os.remove(stale)
-        except FileNotFoundError:
-            pass

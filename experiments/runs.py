@@ -7,6 +7,7 @@ filled in: divergence, timing, a checkpoint and a progress line after every roun
 Reading checkpoints back (resume, load a model) is in checkpoints.py; the commands
 train, evaluate and sample in run_commands.py.
 """
+import argparse
 import dataclasses
 import json
 import math
@@ -260,6 +261,9 @@ class Interrupted(Exception):
     written whole or not at all)."""
 
 
+CHECKPOINT_FORMAT = 1  # the layout of a checkpoint's arrays and meta; read back as it is
+
+
 def save_checkpoint(trainer, path):
     """Weights, optimizer moments, best weights, RNG state and history in one ``.npz``,
     written atomically, plus ``config.json`` beside it.
@@ -278,7 +282,7 @@ def save_checkpoint(trainer, path):
             "best_epoch": trainer.best["epoch"],  # none yet during the warm-up: null, not -inf
             "best_valid_elbo": (trainer.best["valid_elbo"] if trainer.best["state"] is not None
                                 else None),
-            "rng_state": rng_state(trainer.rng), "format": 1,
+            "rng_state": rng_state(trainer.rng), "format": CHECKPOINT_FORMAT,
             "dim": trainer.data.dim, "likelihood": trainer.data.likelihood,
             "split_id": trainer.data.split_id,
             "image_shape": list(trainer.data.image_shape) if trainer.data.image_shape else None}
@@ -376,6 +380,27 @@ def non_negative(name, value):
     if value < 0:
         raise ValueError(f"{name} must be non-negative (got {value})")
     return value
+
+
+class _StoreOnce(argparse._StoreAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("given_options", set())
+        if self.dest in given:
+            raise argparse.ArgumentError(self, "given twice (only one value is used: give it "
+                                               "once)")
+        given.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but an option given twice is refused: argparse keeps the last
+    value without a word (``--method vae --method iop`` would train IOP alone).  Its
+    sub-command parsers are of this class too."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in (None, "store"):
+            self.register("action", name, _StoreOnce)
 
 
 def add_config_options(parser, skip=(), required=()):

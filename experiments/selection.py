@@ -110,6 +110,7 @@ def select(found, dataset, config_values, seeds, components, earlier=None, diver
     for run, record in (diverged or {}).items():
         failed.setdefault(run.method, {}).setdefault(run.settings, []).append(record["run"])
     for run, r in found.items():
+        check_scores(run, r)
         if run.settings not in failed.get(run.method, {}):
             by_candidate.setdefault(run.method, {}).setdefault(run.settings, []).append(r)
     methods = {}
@@ -141,6 +142,18 @@ def select(found, dataset, config_values, seeds, components, earlier=None, diver
     kept = {m: e for m, e in (earlier or {}).get("methods", {}).items() if m not in methods}
     return {"dataset": dataset, "score": SCORE, "seeds": list(seeds),
             "config": config_values, "methods": {**kept, **methods}}
+
+
+def check_scores(run, result):
+    """Refuse, naming the run, a result without the numbers a selection reads (one made
+    by older code, before they were measured)."""
+    needed = ("valid_log_likelihood",) + (("pseudo_inputs_outside",) if run.method == "vamp"
+                                          else ())
+    for key in needed:
+        if key not in result:
+            raise ValueError(f"the result {run.name}.json has no {key} (it was made by older "
+                             "code): delete it to evaluate the run again")
+        check_number(f"the result {run.name}.json", key, result[key])
 
 
 def _earlier_entry(earlier, method, components):

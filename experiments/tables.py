@@ -225,11 +225,12 @@ def causes_table(results):
 
 def causes_summary(results, methods=("vae", "vamp", "iop")):
     """``causes_table`` folded to one row per cause and one column per method: each cell
-    the change (2 SE) of every measurement of that cause, in ``CAUSES`` order; and
-    whether the protocol kept the change (``KEPT``)."""
+    the change (2 SE) of every measurement of that cause and its runs before and after,
+    in ``CAUSES`` order; and whether the protocol kept the change (``KEPT``)."""
     cells = {}
     for cause, method, _, b, a in measured_causes(results):
-        cells.setdefault(cause, {}).setdefault(method, []).append(_change(b, a))
+        cells.setdefault(cause, {}).setdefault(method, []).append(
+            f"{_change(b, a)}, {len(b)} → {len(a)} runs")
     rows = ["| cause | " + " | ".join(methods) + " | in the protocol |",
             "|---" * (len(methods) + 2) + "|"]
     rows += [f"| {cause} | " + " | ".join("; ".join(found.get(m, [])) for m in methods)

@@ -10,7 +10,15 @@ import threading
 
 from experiments import runs
 from experiments.grid import asked_config, diverged_path, run_one
-from experiments.results import current_split_ids, differences, has_result, read_json
+from experiments.results import (
+    check_config,
+    check_of_run,
+    check_split,
+    current_split_ids,
+    differences,
+    has_result,
+    read_json,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the source tree
 PROGRAM = (sys.executable, "-m", "experiments")  # a worker: this Python, this source tree
@@ -79,24 +87,32 @@ class RunFailed(ValueError):
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def read_diverged(run, results, asked):
+def read_diverged(run, results, asked, split_id=None):
     """The record of ``run``'s divergence under the ``asked`` settings, or None (none, or
-    one under other settings: then the run is tried again)."""
+    one under other settings: then the run is tried again); checked as a result is (of
+    this run, its config's fields, made on ``split_id``, the data's split now)."""
     path = diverged_path(run, results)
     if not os.path.exists(path):
         return None
-    record = read_json(path, "; delete it to train the run again")
-    if not isinstance(record.get("diverged"), str) or not isinstance(record.get("config"),
-                                                                     dict):
-        raise ValueError(f"{path} is not a record of a divergence; delete it to train the "
-                         "run again")
+    record = read_json(path, "; delete it to train the run again", what="divergence record")
+    check_split(record, run, split_id, path)
+    try:
+        if not isinstance(record.get("diverged"), str):
+            raise ValueError("it says no divergence")
+        check_config(record.get("config"))
+        check_of_run(record, run)
+    except ValueError as exc:
+        raise ValueError(f"divergence record {path} is not usable ({exc}); delete it to "
+                         "train the run again") from None
     return None if differences(record["config"], asked) else record
 
 
-def diverged_runs(todo, results, config_values, data_dir=""):
-    """The runs of ``todo`` that diverged under these settings, with their records."""
-    found = {run: read_diverged(run, results, asked_config(run, config_values, data_dir))
-             for run in todo}
+def diverged_runs(todo, results, config_values, data_dir="", splits=None):
+    """The runs of ``todo`` that diverged under these settings, with their records
+    (``splits``: the data sets' split ids now, ``current_split_ids``)."""
+    splits = splits or current_split_ids(todo, data_dir)
+    found = {run: read_diverged(run, results, asked_config(run, config_values, data_dir),
+                                splits[run.dataset]) for run in todo}
     return {run: record for run, record in found.items() if record is not None}
 
 
@@ -104,7 +120,7 @@ def pending_runs(todo, args, config_values):
     """The runs of ``todo`` without a result for these settings on the data's split now,
     and that did not diverge under them."""
     splits = current_split_ids(todo, args.data_dir)
-    diverged = diverged_runs(todo, args.results, config_values, args.data_dir)
+    diverged = diverged_runs(todo, args.results, config_values, args.data_dir, splits)
     return [r for r in todo if r not in diverged
             and not has_result(r, args.results, args.samples, args.tight_samples,
                                splits[r.dataset], asked_config(r, config_values, args.data_dir))]

@@ -14,7 +14,6 @@
 #     python steps/step1_standard_vae.py [--quick] [--out out/steps]
 
 # %%
-import argparse
 import math
 import os
 import sys
@@ -29,11 +28,9 @@ import datasets  # noqa: E402
 import iopvae  # noqa: E402
 from autograd_lite.files import atomic_write  # noqa: E402
 from autograd_lite.optim import Adam  # noqa: E402
+from steps.options import step_options  # noqa: E402
 
-parser = argparse.ArgumentParser(description="Step 1: the standard VAE on OneHot")
-parser.add_argument("--quick", action="store_true", help="a few epochs of a tiny model (tests)")
-parser.add_argument("--out", default=os.path.join("out", "steps"), help="folder of the figure")
-args, _ = parser.parse_known_args()  # known: Jupyter passes its own arguments
+args = step_options("Step 1: the standard VAE on OneHot", "step1_posteriors.png")
 
 # %% The settings: plain names (the paper: 500 hidden units, 1,000 epochs, warm-up 100)
 HIDDEN, EPOCHS, WARMUP, LR, K, SEED = 64, 200, 20, 1e-3, 100, 0

@@ -17,7 +17,6 @@
 #     python steps/step2_aggregated_posterior.py [--quick] [--out out/steps]
 
 # %%
-import argparse
 import math
 import os
 import sys
@@ -32,11 +31,10 @@ import datasets  # noqa: E402
 import iopvae  # noqa: E402
 from autograd_lite.files import atomic_write  # noqa: E402
 from autograd_lite.optim import Adam  # noqa: E402
+from steps.options import step_options  # noqa: E402
 
-parser = argparse.ArgumentParser(description="Step 2: the aggregated posterior on OneHot")
-parser.add_argument("--quick", action="store_true", help="a few epochs of a tiny model (tests)")
-parser.add_argument("--out", default=os.path.join("out", "steps"), help="folder of the figure")
-args, _ = parser.parse_known_args()
+args = step_options("Step 2: the aggregated posterior on OneHot",
+                    "step2_aggregated_posterior.png")
 
 # %% Step 1's settings and loop (model.loss is minus Eq. 3, checked there)
 HIDDEN, EPOCHS, WARMUP, LR, K, SEED = 64, 200, 20, 1e-3, 100, 0

@@ -14,7 +14,6 @@
 #     python steps/step3_density_ratio.py [--quick] [--out out/steps]
 
 # %%
-import argparse
 import math
 import os
 import sys
@@ -29,11 +28,9 @@ import datasets  # noqa: E402
 import iopvae  # noqa: E402
 from autograd_lite.files import atomic_write  # noqa: E402
 from autograd_lite.optim import Adam  # noqa: E402
+from steps.options import step_options  # noqa: E402
 
-parser = argparse.ArgumentParser(description="Step 3: the density ratio trick on OneHot")
-parser.add_argument("--quick", action="store_true", help="a few epochs of a tiny model (tests)")
-parser.add_argument("--out", default=os.path.join("out", "steps"), help="folder of the figure")
-args, _ = parser.parse_known_args()
+args = step_options("Step 3: the density ratio trick on OneHot", "step3_density_ratio.png")
 
 # %% Step 1's encoder (same settings, seed and loop); then T's (no dropout: exercise 2)
 HIDDEN, EPOCHS, WARMUP, LR, K, SEED = 64, 200, 20, 1e-3, 100, 0

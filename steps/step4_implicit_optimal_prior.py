@@ -13,7 +13,6 @@
 #     python steps/step4_implicit_optimal_prior.py [--quick] [--out out/steps]
 
 # %%
-import argparse
 import math
 import os
 import sys
@@ -29,11 +28,10 @@ import estimators  # noqa: E402
 import iopvae  # noqa: E402
 from autograd_lite.files import atomic_write  # noqa: E402
 from autograd_lite.optim import Adam  # noqa: E402
+from steps.options import step_options  # noqa: E402
 
-parser = argparse.ArgumentParser(description="Step 4: the implicit optimal prior on OneHot")
-parser.add_argument("--quick", action="store_true", help="a few epochs of a tiny model (tests)")
-parser.add_argument("--out", default=os.path.join("out", "steps"), help="folder of the figures")
-args, _ = parser.parse_known_args()
+args = step_options("Step 4: the implicit optimal prior on OneHot",
+                    "step4_implicit_optimal_prior.png")
 
 # %% The settings (the paper: 500 hidden units, 1,000 epochs, warm-up 100, J1 = 1, J2 = 10)
 HIDDEN, EPOCHS, WARMUP, LR, K, SEED, J1, J2, KEEP = 128, 60, 10, 1e-3, 100, 0, 1, 10, 0.5

@@ -15,7 +15,6 @@
 # freyfaces/freyfaces.pkl). Up to 5 minutes on one core.
 
 # %%
-import argparse
 import os
 import sys
 
@@ -29,14 +28,11 @@ import datasets  # noqa: E402
 import iopvae  # noqa: E402
 from autograd_lite.files import atomic_write  # noqa: E402
 from autograd_lite.optim import Adam  # noqa: E402
+from steps.options import step_options  # noqa: E402
 
-parser = argparse.ArgumentParser(description="Step 5: the VAE and IOP on FreyFaces")
-parser.add_argument("--quick", action="store_true", help="a few epochs of a tiny model (tests)")
-parser.add_argument("--out", default=os.path.join("out", "steps"), help="folder of the figure")
-parser.add_argument("--data-dir", default=None, help="data folder (default: $IOPVAE_DATA, "
-                    "else ~/.cache/iopvae)")
-parser.add_argument("--no-verify", action="store_true", help="skip the file's checksum")
-args, _ = parser.parse_known_args()
+args = step_options("Step 5: the VAE and IOP on FreyFaces", "step5_images.png", more=[
+    (["--data-dir"], dict(help="data folder (default: $IOPVAE_DATA, else ~/.cache/iopvae)")),
+    (["--no-verify"], dict(action="store_true", help="skip the file's checksum"))])
 
 # %% The settings (the paper: 500 hidden units, 1,000 epochs, warm-up 100)
 HIDDEN, EPOCHS, WARMUP, LR, K, SEED, J2, LATENT, SAMPLES = 200, 20, 5, 1e-3, 100, 0, 10, 40, 2000

@@ -5,6 +5,7 @@ by kind: each a single ``error:`` line naming the file, field or option."""
 import ast
 import dataclasses
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -196,7 +197,6 @@ PROGRAM = ["iopvae.py", "estimators.py", "datasets.py",
            "examples", "benchmarks"]
 WRITER = ("autograd_lite/files.py",)  # atomic_write itself
 ALLOWED = {  # (file, what): why it is not a whole-file write
-    ("experiments/checkpoints.py", "open"): "RUN/.lock, held by flock for the process's life",
     ("experiments/workers.py", "open"): "a worker's train.log, appended to as it trains",
     ("autograd_lite/testing/cupy_api.py", "write_text"): "a developer's tool refreshing the "
                                                          "snapshot",
@@ -575,14 +575,20 @@ def test_resume_with_an_earlier_end_is_refused(vae_run, capsys):
     one_error_line(capsys.readouterr().err, "--epochs 1", "2 epochs")
 
 
+def aged(path, seconds=3600):
+    """``path``, written and dated ``seconds`` ago."""
+    path.write_bytes(b"x")
+    os.utime(path, (time.time() - seconds, time.time() - seconds))
+    return path
+
+
 def test_stale_temporary_pngs_of_killed_samples_are_removed(vae_run, tmp_path, capsys):
     png = tmp_path / "s.png"
-    stale, fresh = tmp_path / ".s.png.abc.tmp", tmp_path / ".s.png.def.tmp"
-    stale.write_bytes(b"x")
-    fresh.write_bytes(b"x")
-    os.utime(stale, (time.time() - 3600, time.time() - 3600))
-    assert cli.main(["sample", str(vae_run), "--n", "4", "--out", str(png)]) == 0
-    assert png.is_file() and not stale.exists() and fresh.exists()
+    stale, live = aged(tmp_path / ".s.png.abc.tmp"), aged(tmp_path / ".s.png.def.tmp")
+    with open(live, "rb") as held:  # a write under way holds its temporary's lock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert cli.main(["sample", str(vae_run), "--n", "4", "--out", str(png)]) == 0
+    assert png.is_file() and not stale.exists() and live.exists()
 
 
 def test_an_ascii_terminal_gets_the_error_line(tmp_path):
@@ -593,3 +599,288 @@ def test_an_ascii_terminal_gets_the_error_line(tmp_path):
     assert result.returncode == 2
     err = result.stderr.decode("ascii")
     assert err.startswith("error: --readme") and "codec" not in err and "Traceback" not in err
+
+
+# === issue 38: the third probe's silent failures ========================================
+def grid_argv(command, tmp_path, *extra, methods=("vae",)):
+    """``command`` (table2, select, figure3) on OneHot, seed 0, in ``tmp_path``."""
+    data = ["--datasets", "onehot"] if command == "table2" else ["--dataset", "onehot"]
+    chosen = [] if command == "figure3" else ["--methods", *methods]
+    return [command, *data, *chosen, "--seeds", "0", "--out", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "results"), "--samples", "10", "--tight-samples", "5",
+            *extra]
+
+
+def test_38_1_a_short_iop_run_is_evaluated_then_extended(tmp_path, capsys):
+    """An IOP run of 3 to 5 epochs measured T at epochs 1 and 2 only: KeyError
+    'density_ratio_truth' in history_columns, for the smoke run and for its extension."""
+    for epochs in ("3", "7"):
+        assert cli.main(grid_argv("table2", tmp_path, "--epochs", epochs, "--warmup", "1",
+                                  "--hidden", "8", "--j2", "1", methods=("iop",))) == 0
+        r = json.loads((tmp_path / "results" / "onehot-iop-seed0.json").read_text())
+        assert r["epochs_trained"] == int(epochs)
+        assert r["history"]["epoch"] == list(range(1, int(epochs) + 1))
+        assert "density_ratio_truth" not in r["history"]
+    assert [m["epoch"] for m in r["density_ratio_truth_along_training"]] == [1, 2, 4, 5]
+
+
+def test_38_2_select_refuses_the_single_value_of_its_candidates(tmp_path, capsys):
+    """`select --density-ratio-dropout last --density-ratio-dropouts every last` trained its
+    "every" candidate with `last`: both run folders said `last`."""
+    argv = grid_argv("select", tmp_path, "--density-ratio-dropout", "last",
+                     "--density-ratio-dropouts", "every", "last", *TINY, methods=("iop",))
+    assert cli.main(argv) == 2
+    one_error_line(capsys.readouterr().err, "--density-ratio-dropout ", "--density-ratio-dropouts")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("option, values", [("--density-ratio-dropouts", ["last", "last"]),
+                                            ("--pseudo-inits", ["constant", "constant"])])
+def test_38_candidates_given_twice_are_refused(tmp_path, capsys, option, values):
+    argv = grid_argv("select", tmp_path, option, *values, *TINY, methods=("iop", "vamp"))
+    assert cli.main(argv) == 2
+    one_error_line(capsys.readouterr().err, option)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("option, value, method", [("--pseudo-inits", "constant", "vamp"),
+                                                   ("--density-ratio-dropouts", "last", "iop")])
+def test_38_candidates_for_a_method_not_selected_are_a_warning(tmp_path, capsys, option, value,
+                                                                method):
+    argv = grid_argv("select", tmp_path, option, value, "--print-commands", *TINY)
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert f"warning: {option} applies to {method} alone" in captured.err
+    assert captured.out.count("iopvae run") == 2 and value not in captured.out
+
+
+def test_38_3_a_run_that_diverged_later_leaves_the_table(tmp_path, capsys, monkeypatch):
+    """A run evaluated at --epochs 2 that diverged when extended to 4: table2 said "not in
+    the table, diverged", yet showed and saved its stale 2-epoch result."""
+    argv = grid_argv("table2", tmp_path, "--warmup", "1", "--hidden", "8", "--patience", "0")
+    assert cli.main(argv + ["--epochs", "2"]) == 0
+    monkeypatch.setattr(runs, "DIVERGED_NATS_PER_DIMENSION", 1e-9)  # epoch 3 diverges
+    assert cli.main(argv + ["--epochs", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "not in the table, diverged: onehot-vae-seed0" in out
+    assert "| onehot | vae |" not in out.split("diverged:")[1]
+    saved = json.loads((tmp_path / "results" / "table2.json").read_text())
+    assert saved["runs"] == [] and "| onehot | vae |" not in saved["markdown"]
+
+
+def test_38_4_figure3_with_every_vampprior_run_diverged_keeps_the_figure(tmp_path, capsys,
+                                                                          monkeypatch):
+    """Exit 0, "VampPrior K = []", and the good PNG and JSON overwritten by an empty figure."""
+    png, numbers = tmp_path / "f3.png", tmp_path / "f3.json"
+    png.write_bytes(b"the good old figure")
+    numbers.write_text('{"K": [50]}')
+    monkeypatch.setattr(runs, "DIVERGED_NATS_PER_DIMENSION", 1e-9)  # every run diverges
+    argv = grid_argv("figure3", tmp_path, "--components", "10", "--figure", str(png), *TINY)
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert "not in the figure, diverged: onehot-vamp-K10-seed0" in captured.out
+    one_error_line(captured.err, "no VampPrior result of onehot", str(png))
+    assert png.read_bytes() == b"the good old figure" and numbers.read_text() == '{"K": [50]}'
+
+
+def test_38_5_two_selects_at_once_keep_both_picks(tmp_path, monkeypatch):
+    """`select --methods vae` and `select --methods iop` at once on one results folder: both
+    exited 0 and the selection file held one method's pick (each wrote what it read at
+    its start).  Here the vae select runs whole while the iop select trains."""
+    from experiments import commands
+    real = commands.run_grid
+
+    def another_select_meanwhile(todo, args, values):
+        monkeypatch.setattr(commands, "run_grid", real)
+        assert cli.main(grid_argv("select", tmp_path, "--lrs", "0.001", "--j2", "1", *TINY)) == 0
+        real(todo, args, values)
+    monkeypatch.setattr(commands, "run_grid", another_select_meanwhile)
+    assert cli.main(grid_argv("select", tmp_path, "--lrs", "0.001", "--j2", "1", *TINY,
+                              methods=("iop",))) == 0
+    doc = json.loads((tmp_path / "results" / "onehot-selection.json").read_text())
+    assert sorted(doc["methods"]) == ["iop", "vae"]
+
+
+def test_38_6_a_lock_that_is_a_symbolic_link_is_refused(tmp_path, capsys):
+    """The run folder's .lock was opened with a+ through the link, truncated and written:
+    the file it pointed to then held a process id."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(precious)
+    assert cli.main(["train", "--dataset", "onehot", "--method", "vae", *TINY,
+                     "--out", str(run)]) == 2
+    one_error_line(capsys.readouterr().err, str(run / ".lock"), "symbolic link")
+    assert precious.read_text() == "keep me" and not (run / "checkpoint.npz").exists()
+
+
+def test_38_7_printed_commands_keep_a_path_that_is_not_utf8(tmp_path, capsysbinary):
+    """`--print-commands` printed '/tmp/x-\\udcff/runs': run as printed, the command
+    trained into another folder, and the grid still listed the run as unfinished."""
+    odd = tmp_path / "x-\udcff"
+    argv = ["table2", "--datasets", "onehot", "--methods", "vae", "--seeds", "0", "--out",
+            str(odd / "runs"), "--results", str(odd / "results"), "--samples", "2",
+            "--tight-samples", "2", *TINY, "--print-commands"]
+    assert cli.main(argv) == 0
+    [line] = capsysbinary.readouterr().out.splitlines()
+    assert os.fsencode(str(odd / "runs")) in line and b"udcff" not in line
+    command = line.replace(b" iopvae run ", b" %s -m experiments run " % sys.executable.encode())
+    subprocess.run([b"bash", b"-c", command], cwd=ROOT, check=True, capture_output=True,
+                   timeout=300)
+    assert os.path.isfile(os.fsencode(str(odd / "results" / "onehot-vae-seed0.json")))
+    assert cli.main(argv) == 0 and capsysbinary.readouterr().out == b""
+
+
+@pytest.mark.parametrize("missing, row", [
+    ("table2/freyfaces-vae-lr=0.001-seed3.json", "7: step size picked inside"),
+    ("freyfaces-lr-screen/freyfaces-vamp-lr=0.0002-pseudo_init=noisy_data-seed1.json",
+     "9: pseudo-inputs start at training images")])
+def test_38_8_readme_refuses_a_cell_computed_from_fewer_runs(tmp_path, capsys, missing, row):
+    """With one result file missing, cause 7's VAE cell went from +13.81 (8.52) to +12.58
+    (8.88) on 7 runs: the guard counted rows, not the runs behind each cell."""
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "results", results)
+    (results / missing).unlink()
+    readme = readme_copy(tmp_path)
+    before = readme.read_text()
+    argv = ["readme", "--readme", str(readme), "--results", str(results)]
+    assert cli.main(argv) == 2
+    one_error_line(capsys.readouterr().err, "fewer runs", row, "--allow-fewer-rows")
+    assert readme.read_text() == before
+    assert cli.main(argv + ["--allow-fewer-rows"]) == 0 and readme.read_text() != before
+
+
+# === issue 38: the weak errors, by kind ==================================================
+def test_38_a_killed_writes_temporary_goes_with_the_next_write_a_live_ones_stays(tmp_path):
+    """kill -9 during a write left its .NAME.*.tmp, and a clean rerun left it there."""
+    from autograd_lite.files import atomic_write
+    target = tmp_path / "r.json"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from autograd_lite.files import atomic_write; "
+         "atomic_write(sys.argv[1], lambda f: (f.write(b'half'), print('writing', flush=True), "
+         "time.sleep(120)))", str(target)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        [temporary] = tmp_path.glob(".r.json.*.tmp")
+        os.utime(temporary, (time.time() - 3600, time.time() - 3600))  # only its lock is left
+        atomic_write(target, lambda f: f.write(b"one"))
+        assert temporary.exists()  # another process is writing it
+    finally:
+        writer.kill()
+        writer.wait()
+    atomic_write(target, lambda f: f.write(b"two"))
+    assert not temporary.exists() and target.read_bytes() == b"two"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_38_a_rerun_removes_the_litter_of_killed_writes(tmp_path, capsys):
+    """In results/, README's folder and figure folders."""
+    results = tmp_path / "results"
+    results.mkdir()
+    litter = [aged(results / f".{name}.abc123.tmp")
+              for name in ("onehot-vae-seed0.json", "table2.json")]
+    assert cli.main(grid_argv("table2", tmp_path, *TINY)) == 0
+    readme = readme_copy(tmp_path)
+    litter.append(aged(tmp_path / ".README.md.k9.tmp"))
+    assert cli.main(["readme", "--readme", str(readme), "--results", str(ROOT / "results")]) == 0
+    (tmp_path / "curves").mkdir()
+    folder = curves_folder(tmp_path / "curves")
+    litter.append(aged(tmp_path / ".c.png.x.tmp"))
+    assert cli.main(["curves", "--dataset", "onehot", "--results", str(folder),
+                     "--figure", str(tmp_path / "c.png")]) == 0
+    assert not any(path.exists() for path in litter)
+
+
+def test_38_figure3_refuses_the_papers_k_given_twice(tmp_path, capsys):
+    """`figure3 --components 50 0` on OneHot, where 0 means the paper's K = 50."""
+    assert cli.main(grid_argv("figure3", tmp_path, "--components", "50", "0", *TINY)) == 2
+    one_error_line(capsys.readouterr().err, "--components 50 0", "K = 50")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_38_reproduce_onehot_refuses_a_method_given_twice(capsys):
+    with pytest.raises(SystemExit):
+        reproduce_onehot.parse_args(["--methods", "vae", "vae"])
+    assert "--methods vae vae: a method given twice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["--method", "iop"], ["--settings", "lr=0.01"],
+                                   ["--seed", "1"]])
+def test_38_an_option_given_twice_is_refused(tmp_path, capsys, extra):
+    """A repeated --method or --settings kept the last one without a word."""
+    argv = ["run", "--dataset", "onehot", "--method", "vae", "--settings", "lr=0.1", "--seed",
+            "0", *extra, "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    assert stopped.value.code == 2
+    assert f"argument {extra[0]}: given twice" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_38_a_setting_given_twice_is_refused(tmp_path, capsys):
+    assert cli.main(["run", "--dataset", "onehot", "--method", "vae", "--settings", "lr=0.1",
+                     "lr=0.01", "--out", str(tmp_path / "runs"), "--results",
+                     str(tmp_path / "r")]) == 2
+    one_error_line(capsys.readouterr().err, "lr=0.01", "given twice")
+
+
+@pytest.mark.parametrize("method, key", [("vae", "valid_log_likelihood"),
+                                         ("vamp", "pseudo_inputs_outside")])
+def test_38_select_on_a_result_of_older_code_is_one_error_line(tmp_path, capsys, method, key):
+    """A result without a key newer code writes: KeyError in select."""
+    run = Run("onehot", method, 0, 0, (("lr", 0.001),) + (
+        (("pseudo_init", "uniform"),) if method == "vamp" else ()))
+    result = fake_result(run, -2.0, valid_log_likelihood=-2.1, pseudo_inputs_outside=0.0)
+    if method == "vamp":
+        result["components"] = 50
+    del result[key]
+    write_result(tmp_path, "{}").unlink()
+    (tmp_path / "results" / f"{run.name}.json").write_text(json.dumps(result))
+    inits = ["--pseudo-inits", "uniform"] if method == "vamp" else []
+    assert cli.main(["select", "--dataset", "onehot", "--methods", method, "--lrs", "0.001",
+                     *inits, "--seeds", "0", "--samples", "10",
+                     "--tight-samples", "20", "--out", str(tmp_path / "runs"),
+                     "--results", str(tmp_path / "results")]) == 2
+    one_error_line(capsys.readouterr().err, f"{run.name}.json", key, "older code")
+
+
+def test_38_a_checkpoint_whose_history_has_no_seconds_is_evaluated(vae_run, tmp_path):
+    """History records of older code, without `seconds`: KeyError in the evaluation."""
+    def untimed(arrays, meta):
+        for record in meta["history"]:
+            del record["seconds"]
+    damaged_copy(vae_run, tmp_path / "runs" / "onehot-vae-seed0", untimed)
+    assert cli.main(["run", "--dataset", "onehot", "--method", "vae", *TINY, "--samples", "2",
+                     "--tight-samples", "2", "--out", str(tmp_path / "runs"),
+                     "--results", str(tmp_path / "results")]) == 0
+    r = json.loads((tmp_path / "results" / "onehot-vae-seed0.json").read_text())
+    assert r["seconds_per_epoch"] is None and r["train_seconds"] is None
+
+
+def test_38_a_checkpoint_of_another_format_is_refused(vae_run, tmp_path, capsys):
+    bad = damaged_copy(vae_run, tmp_path / "bad", lambda arrays, meta: meta.update(format=2))
+    assert cli.main(["evaluate", str(bad)]) == 2
+    one_error_line(capsys.readouterr().err, str(bad), "format 2")
+
+
+@pytest.mark.parametrize("change, said", [
+    (lambda r: r["config"].update(colour=1), "colour"),
+    (lambda r: r.update(run="onehot-vae-seed1", seed=1), "not of onehot-vae-seed0"),
+    (lambda r: r.update(split_id="another"), "split another"),
+    (lambda r: r.update(config=[1]), "config"),
+])
+def test_38_divergence_records_are_checked_as_results_are(tmp_path, capsys, change, said):
+    """A divergence record with an unknown config key gave a traceback; one of another
+    split or naming another run was trusted."""
+    run = Run("onehot", "vae", 0)
+    record = {"run": run.name, "dataset": "onehot", "method": "vae", "seed": 0,
+              "config": dataclasses.asdict(asked_config(run, {})), "diverged": "at epoch 3",
+              "split_id": datasets.load("onehot").split_id}
+    change(record)
+    path = write_result(tmp_path, "{}").with_name(f"{run.name}.diverged.json")
+    path.with_name(f"{run.name}.json").unlink()
+    path.write_text(json.dumps(record))
+    assert table2(tmp_path) == 2
+    one_error_line(capsys.readouterr().err, str(path), said)
+    assert not (tmp_path / "runs").exists()

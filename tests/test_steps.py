@@ -1,7 +1,9 @@
 """steps/: every step runs with --quick, writes its figure, and its printed checks hold."""
 import math
+import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +134,53 @@ def test_step5_without_data_says_how_to_get_them(tmp_path):
     assert result.returncode == 1
     assert "python datasets.py download freyfaces" in result.stderr
     assert not out.exists()
+
+
+def step_error(tmp_path, *argv, shell="", before=True):
+    """Step 1 with ``argv``, after ``shell`` (e.g. a ``ulimit``): its one error line
+    (``before`` the training)."""
+    command = [sys.executable, str(ROOT / "steps" / "step1_standard_vae.py"), *argv]
+    if shell:
+        command = ["bash", "-c", f'{shell}; exec "$@"', "bash", *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), \
+        result.stderr[-2000:]
+    assert ("epoch" in result.stdout) != before
+    return lines[0]
+
+
+@pytest.mark.parametrize("case, said", [
+    ("unknown", "--qiuck"), ("file", "is a file"), ("empty", "--out is empty"),
+    ("png-folder", "is a folder"), ("below-a-file", "is a file")])
+def test_a_bad_option_or_out_is_one_error_line_before_the_training(tmp_path, case, said):
+    """--qiuck was ignored and the full run started; an --out that was a file, or held a
+    folder in place of the PNG, failed with a traceback after the training."""
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "out" / "step1_posteriors.png").mkdir(parents=True)
+    argv = {"unknown": ["--qiuck"], "file": ["--out", "file"], "empty": ["--out", ""],
+            "png-folder": ["--out", "out"], "below-a-file": ["--out", "file/sub"]}[case]
+    assert said in step_error(tmp_path, "--quick", *argv) if case != "unknown" else \
+        said in step_error(tmp_path, *argv)
+
+
+def test_a_full_disk_at_the_figure_is_one_error_line(tmp_path):
+    line = step_error(tmp_path, "--quick", "--out", "out", shell="ulimit -f 2", before=False)
+    assert "step1_posteriors.png not written: File too large" in line
+    assert not list((tmp_path / "out").iterdir())  # no PNG, no temporary left
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_out_is_one_error_line_before_the_training(tmp_path):
+    (tmp_path / "locked").mkdir(mode=0o555)
+    assert "not writable" in step_error(tmp_path, "--quick", "--out", "locked/out")
+
+
+def test_ctrl_c_says_interrupted(tmp_path):
+    step = subprocess.Popen([sys.executable, str(ROOT / "steps" / "step1_standard_vae.py"),
+                             "--out", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert step.stdout.readline().startswith("check:")
+    step.send_signal(signal.SIGINT)
+    _, err = step.communicate(timeout=120)
+    assert step.returncode == -signal.SIGINT and err.strip() == "interrupted", err

@@ -327,7 +327,7 @@ def test_results_of_another_split_are_refused(tmp_path, monkeypatch):
     run = Run("freyfaces", "vae", 0)
     (res / f"{run.name}.json").write_text(json.dumps({"run": run.name,
                                                       "split_id": "freyfaces:old"}))
-    with pytest.raises(ValueError, match=f"{run.name}.json was evaluated on split "
+    with pytest.raises(ValueError, match=f"{run.name}.json was made on split "
                                          "freyfaces:old"):
         load_results([run], str(res), str(data_dir))
 
@@ -436,8 +436,9 @@ def test_causes_summary_folds_the_causes_to_one_row_each(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments.tables, "KEPT", {"c": "kept", "d": "tried, not kept"})
     assert causes_summary(str(tmp_path), methods=("vae", "iop")).splitlines() == [
         "| cause | vae | iop | in the protocol |", "|---|---|---|---|",
-        f"| c | +4.00 ({two_se}); -4.00 ({two_se}) |  | kept |",
-        f"| d |  | +0.00 ({2 * math.sqrt(8.0 / 2 + 8.0 / 2):.2f}) | tried, not kept |"]
+        f"| c | +4.00 ({two_se}), 2 → 2 runs; -4.00 ({two_se}), 2 → 2 runs |  | kept |",
+        f"| d |  | +0.00 ({2 * math.sqrt(8.0 / 2 + 8.0 / 2):.2f}), 2 → 2 runs | tried, not "
+        "kept |"]
 
 
 def test_fill_readme_puts_each_named_table_in_its_block():
