@@ -19,7 +19,7 @@ from .testing import cupy_sim
 
 _BACKENDS = ("numpy", "cupy", "cupy-sim")
 _DEVICE_BACKENDS = ("cupy", "cupy-sim")
-_state = {"name": None, "xp": None}
+_state = {"name": None, "xp": None, "array_type": None}
 
 
 class BackendError(RuntimeError):
@@ -50,6 +50,7 @@ def set_backend(name):
         _state["xp"] = _import_cupy()
     else:
         _state["xp"] = np if name == "numpy" else cupy_sim.module()
+    _state["array_type"] = _state["xp"].ndarray
     _state["name"] = name
 
 
@@ -70,6 +71,13 @@ def xp():
     """The active array module (``numpy``, ``cupy`` or the simulated ``cupy``)."""
     backend_name()
     return _state["xp"]
+
+
+def array_type():
+    """The array class of the active backend: what every tensor's data is (``numpy.ndarray``,
+    ``cupy.ndarray`` or the simulator's); one ``type(a) is`` test tells the usual case."""
+    backend_name()
+    return _state["array_type"]
 
 
 def cupy_available():

@@ -321,7 +321,9 @@ class Sigmoid(Function):
 
     def backward(self, gy):
         # d sigmoid(x)/dx = y (1 - y)
-        return gy * self.y * (1 - self.y)
+        gx = gy * self.y
+        gx *= 1 - self.y              # g y (1 - y), one new array fewer
+        return gx
 
 
 def sigmoid(a):
@@ -335,7 +337,10 @@ class Tanh(Function):
 
     def backward(self, gy):
         # d tanh(x)/dx = 1 - y^2
-        return gy * (1 - self.y * self.y)
+        gx = self.y * self.y
+        _xp().subtract(1, gx, out=gx)  # 1 - y^2
+        gx *= gy                       # g (1 - y^2), in one new array instead of three
+        return gx
 
 
 def tanh(a):
@@ -617,8 +622,9 @@ class Dropout(Function):
         self.keep, self.rng = keep, rng
 
     def forward(self, a):
-        self.mask = (self.rng.random(a.shape, dtype=a.dtype) < self.keep).astype(a.dtype)
-        self.mask *= 1.0 / self.keep
+        # mask = (u < keep) / keep for u ~ U[0, 1), in two passes (compare, scale)
+        u = self.rng.random(a.shape, dtype=a.dtype)
+        self.mask = _xp().multiply(u < self.keep, 1.0 / self.keep, dtype=a.dtype)
         return a * self.mask
 
     def backward(self, gy):

@@ -42,10 +42,11 @@ class Tensor:
     __array_priority__ = 1000
 
     def __init__(self, data, requires_grad=False, name=None):
-        if isinstance(data, Tensor):
-            data = data.data
-        elif backend.array_backend(data) is None or isinstance(data, np.generic):
-            data = backend.xp().asarray(data)
+        if type(data) is not backend.array_type():  # else an array already: the usual case
+            if isinstance(data, Tensor):
+                data = data.data
+            elif backend.array_backend(data) is None or isinstance(data, np.generic):
+                data = backend.xp().asarray(data)
         self.data = data
         self.grad = None
         self.requires_grad = requires_grad
@@ -168,7 +169,7 @@ def _propagate(function, g, grads):
     for x, gx in zip(function.inputs, input_grads):
         if gx is None or not x.requires_grad:
             continue
-        if gx.shape != x.shape:
+        if gx.shape != x.data.shape:
             raise RuntimeError(f"{function.name}.backward returned a gradient of shape "
                                f"{gx.shape} for an input of shape {x.shape}")
         previous = grads.get(id(x))
@@ -247,16 +248,18 @@ class Function:
     released = False
 
     def __call__(self, *inputs):
-        like = next((x for x in inputs if isinstance(x, Tensor)), None)
-        inputs = [as_tensor(x, like) for x in inputs]
+        if not all(isinstance(x, Tensor) for x in inputs):
+            like = next((x for x in inputs if isinstance(x, Tensor)), None)
+            inputs = [as_tensor(x, like) for x in inputs]
         _check_backend(self, inputs)
-        record = _grad_enabled[0] and any(x.requires_grad for x in inputs)
-        self.needs_input_grad = tuple(record and x.requires_grad for x in inputs)
-        output = Tensor(self.forward(*(x.data for x in inputs)))
+        needs = tuple(x.requires_grad for x in inputs)
+        record = _grad_enabled[0] and any(needs)
+        self.needs_input_grad = needs if record else (False,) * len(needs)
+        output = Tensor(self.forward(*[x.data for x in inputs]))
         if record:
             output.requires_grad = True
             output.creator = self
-            self.inputs = inputs
+            self.inputs = list(inputs)
         return output
 
     def forward(self, *xs):
@@ -277,6 +280,9 @@ class Function:
 
 
 def _check_backend(function, inputs):
+    array_type = backend.array_type()
+    if all(type(x.data) is array_type for x in inputs):  # the usual case, in one test each
+        return
     active = backend.backend_name()
     kinds = [backend.array_backend(x.data) for x in inputs]
     if any(kind != active for kind in kinds):

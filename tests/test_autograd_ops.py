@@ -397,6 +397,8 @@ def _plain_bce(x, t):
 FUSED = [
     ("linear", ag.linear, lambda x, w, b: x @ w + b, [(4, 3), (3, 5), (5,)]),
     ("gated_linear", ag.gated_linear, _plain_gated_linear, [(4, 3), (3, 6), (6,)]),
+    ("sigmoid", ag.sigmoid, _plain_sigmoid, [(3, 4)]),
+    ("tanh", ag.tanh, lambda a: (ag.exp(2 * a) - 1) / (ag.exp(2 * a) + 1), [(3, 4)]),
     ("softplus", ag.softplus, lambda a: ag.log(1 + ag.exp(a)), [(3, 4)]),
     ("log_sigmoid", ag.log_sigmoid, lambda a: ag.log(_plain_sigmoid(a)), [(3, 4)]),
     ("logsumexp", lambda a: ag.logsumexp(a, axis=1),
@@ -426,6 +428,29 @@ def test_fused_ops_match_their_plain_compositions(fused, plain, shapes, on_backe
     np.testing.assert_allclose(value, plain_value, rtol=1e-12, atol=1e-14)
     for i, (g, plain_g) in enumerate(zip(grads, plain_grads)):
         np.testing.assert_allclose(g, plain_g, rtol=1e-12, atol=1e-14, err_msg=f"input {i}")
+
+
+def test_in_place_forms_round_as_their_formulas(on_backend):
+    """The backwards of tanh and sigmoid and dropout's mask, written in place, give the
+    float32 numbers of their one-line formulas bit for bit (training's numbers stay)."""
+    xp = ag.xp()
+    rng = np.random.default_rng(5)
+    a, gy = (ag.as_array(rng.standard_normal((50, 40)).astype(np.float32)) for _ in range(2))
+    for op, formula in ((ag.tanh, lambda y: gy * (1 - y * y)),
+                        (ag.sigmoid, lambda y: gy * y * (1 - y))):
+        x = Tensor(a, requires_grad=True)
+        y = op(x)
+        y.backward(gy)
+        np.testing.assert_array_equal(ag.to_numpy(x.grad), ag.to_numpy(formula(y.data)))
+    for keep in (0.5, 0.3):
+        x = Tensor(a, requires_grad=True)
+        y = ag.dropout(x, keep, ag.default_rng(2))
+        u = ag.default_rng(2).random(a.shape, dtype=xp.float32)
+        mask = (u < keep).astype(xp.float32)
+        mask *= 1.0 / keep
+        np.testing.assert_array_equal(ag.to_numpy(y.data), ag.to_numpy(a * mask))
+        y.backward(gy)
+        np.testing.assert_array_equal(ag.to_numpy(x.grad), ag.to_numpy(gy * mask))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
