@@ -102,6 +102,11 @@ class Config:
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be positive and finite (got "
                                  f"{getattr(self, name)})")
+            with np.errstate(over="ignore"):
+                single = np.float32(getattr(self, name))  # the weights' and Adam's type
+            if not 0 < single < np.inf:
+                raise ValueError(f"{name} {getattr(self, name)} is {single} in float32, the "
+                                 "type of the weights: no step, or no finite one")
         for part in ("decoder", "encoder"):
             low, high = getattr(self, part + "_logvar_min"), getattr(self, part + "_logvar_max")
             if not (math.isfinite(low) and math.isfinite(high) and low < high):

@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -884,3 +885,85 @@ def test_38_divergence_records_are_checked_as_results_are(tmp_path, capsys, chan
     assert table2(tmp_path) == 2
     one_error_line(capsys.readouterr().err, str(path), said)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("kind, said", [("dangling", "symbolic link to nothing"),
+                                        ("loop", "Too many levels of symbolic links"),
+                                        ("below-a-file", "is a file")])
+def test_38_a_results_folder_that_cannot_be_is_refused_before_training(tmp_path, capsys, kind,
+                                                                        said):
+    """A dangling or looping --results was refused after the training, at its first write."""
+    results = tmp_path / "results"
+    if kind == "dangling":
+        results.symlink_to(tmp_path / "nowhere")
+    elif kind == "loop":
+        results.symlink_to(results)
+    else:
+        (tmp_path / "file").write_text("x")
+        results = tmp_path / "file" / "results"
+    argv = grid_argv("table2", tmp_path, *TINY)
+    argv[argv.index("--results") + 1] = str(results)
+    assert cli.main(argv) == 2
+    one_error_line(capsys.readouterr().err, "--results", said)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_38_a_read_only_results_folder_refuses_training_but_tabulates(tmp_path, capsys,
+                                                                      monkeypatch):
+    """Read-only: refused after hours of training; and finished runs there could not be
+    tabulated."""
+    results = str(tmp_path / "results")
+    os.makedirs(results)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and os.fspath(p) != results)
+    argv = grid_argv("table2", tmp_path, *TINY)
+    assert cli.main(argv) == 2
+    one_error_line(capsys.readouterr().err, "--results", "read-only")
+    assert not (tmp_path / "runs").exists()
+    monkeypatch.setattr(os, "access", real)
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and os.fspath(p) != results)
+    import experiments.commands
+    monkeypatch.setattr(experiments.commands, "write_json", lambda path, obj: (_ for _ in ()).throw(
+        PermissionError(13, f"{path} not written: Permission denied")))
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "| onehot | vae | 1 |" in captured.out
+    assert captured.err.startswith("warning: ") and "table2.json not written" in captured.err
+
+
+@pytest.mark.parametrize("argv", [["table2", "--lr", "5e-324"], ["select", "--lrs", "1e-3",
+                                                                  "5e-324"]])
+def test_38_a_step_size_that_is_0_in_float32_is_refused_before_training(tmp_path, capsys, argv):
+    full = grid_argv(argv[0], tmp_path, *argv[1:], *TINY)
+    assert cli.main(full) == 2
+    one_error_line(capsys.readouterr().err, "5e-324", "float32")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_38_a_signal_to_a_grid_stops_its_workers_at_once(tmp_path, signum):
+    """SIGINT to `table2 --jobs 2` waited for the workers' whole runs; SIGTERM reported the
+    stopped workers as FAILED."""
+    argv = grid_argv("table2", tmp_path, "--epochs", "100000", "--hidden", "8", "--warmup",
+                     "1", "--jobs", "2", methods=("vae", "iop"))
+    grid = subprocess.Popen([sys.executable, "-m", "experiments", *argv], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    logs = [tmp_path / "runs" / f"onehot-{m}-seed0" / "train.log" for m in ("vae", "iop")]
+    try:
+        deadline = time.time() + 120
+        while not all(log.exists() and "epoch" in log.read_text() for log in logs):
+            assert time.time() < deadline and grid.poll() is None
+            time.sleep(0.2)
+        grid.send_signal(signum)  # to the grid alone, not to its workers
+        out, _ = grid.communicate(timeout=60)
+    finally:
+        if grid.poll() is None:
+            os.killpg(grid.pid, signal.SIGKILL)
+    assert grid.returncode == 128 + signum, out
+    name = signal.Signals(signum).name
+    for method in ("vae", "iop"):
+        assert f"onehot-{method}-seed0: stopped by {name}" in out, out
+    assert "FAILED" not in out and "Traceback" not in out, out

@@ -231,6 +231,12 @@ def test_figure3_plots_vamp_against_k_with_iop_lines(tmp_path):
 
 
 # --- settings chosen on validation, curves, split refusal -------------------------------
+def replaced(argv, option, value):
+    """``argv`` with ``option``'s value replaced by ``value`` (an option is given once)."""
+    at = argv.index(option) + 1
+    return [*argv[:at], value, *argv[at + 1:]]
+
+
 def test_select_picks_on_validation_and_table2_reuses_the_picked_runs(tmp_path, monkeypatch,
                                                                       capsys):
     """`select` trains every candidate on the seeds, picks per method the best mean
@@ -278,8 +284,8 @@ def test_select_picks_on_validation_and_table2_reuses_the_picked_runs(tmp_path, 
     tag = f"lr={pick['lr']}"
     assert (res / f"freyfaces-vae-{tag}-seed0.json").exists()
     # an option that differs from the selection's is refused
-    assert cli.main(["table2", "--methods", "vae", "--selected", *common[2:],
-                        "--warmup", "5"]) == 2
+    assert cli.main(["table2", "--methods", "vae", "--selected",
+                     *replaced(common[2:], "--warmup", "5")]) == 2
     assert "was made with other options: --warmup 5" in capsys.readouterr().err
     # a method the selection has no pick for is refused, not trained with the defaults
     assert cli.main(["table2", "--methods", "vae", "iop", "--selected", *common[2:]]) == 2
@@ -291,8 +297,8 @@ def test_select_picks_on_validation_and_table2_reuses_the_picked_runs(tmp_path, 
     later = json.loads((res / "freyfaces-selection.json").read_text())
     assert later["methods"]["vae"] == doc["methods"]["vae"] and "iop" in later["methods"]
     capsys.readouterr()
-    assert cli.main(["select", "--methods", "iop", "--lrs", "1e-3", *common,
-                        "--warmup", "2"]) == 2
+    assert cli.main(["select", "--methods", "iop", "--lrs", "1e-3",
+                     *replaced(common, "--warmup", "2")]) == 2
     assert "selection on file was made with options" in capsys.readouterr().err
 
     # curves: one figure, and where a patience would have stopped each run
