@@ -69,8 +69,10 @@ def report_evaluation(model, data, samples, rng, split="test", source="the model
     with np.errstate(over="ignore", invalid="ignore"):  # non-finite numbers: refused below
         numbers = {"elbo": float(iopvae.elbo(model, x, rng))}
         if model.explicit_posterior:
-            numbers["log_likelihood"] = float(iopvae.test_log_likelihood(model, x, samples,
-                                                                         rng).mean())
+            progress = runs.Progress(f"{split} log-likelihood, S = {samples}, {len(x):,} points",
+                                     len(x) * samples)
+            numbers["log_likelihood"] = float(iopvae.test_log_likelihood(
+                model, x, samples, rng, progress=progress).mean())
     bad = [f"{split} {key} is {value}" for key, value in numbers.items()
            if not math.isfinite(value)]
     if bad:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -166,6 +167,37 @@ DIVERGED_DENSITY_RATIO_LOSS = 10 * 2 * math.log(2)  # T's loss: ten times a coin
 def _hms(seconds):
     s = int(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class Progress:
+    """What a long computation is doing, how far it is and its ETA, on stderr: one line
+    updated in place on a terminal (each second), else a line every ``every`` seconds,
+    so that logs stay readable.  Call it with the units done since the last call; a
+    computation that ends before the first line says nothing."""
+
+    def __init__(self, what, total, stream=None, every=10.0):
+        self.what, self.total, self.done = what, total, 0
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.every = 1.0 if self.tty else every
+        self.started = self.shown = time.time()
+        self.said = False
+
+    def __call__(self, units=1):
+        self.done += units
+        now, finished = time.time(), self.done >= self.total
+        if (now - self.shown < self.every and not finished) or (finished and not self.said):
+            return
+        self.shown, self.said = now, True
+        elapsed = now - self.started
+        eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
+        line = (f"{self.what}: {100 * self.done / self.total:.0f}% | elapsed {_hms(elapsed)} | "
+                f"ETA {_hms(eta)}")
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if finished else ""))
+            self.stream.flush()
+        else:
+            print(line, file=self.stream, flush=True)
 
 
 class Trainer(iopvae.Trainer):

@@ -967,3 +967,45 @@ def test_38_a_signal_to_a_grid_stops_its_workers_at_once(tmp_path, signum):
     for method in ("vae", "iop"):
         assert f"onehot-{method}-seed0: stopped by {name}" in out, out
     assert "FAILED" not in out and "Traceback" not in out, out
+
+
+# === issue 38: progress and an ETA on every long wait ====================================
+def test_38_progress_is_one_line_in_place_on_a_terminal_and_lines_in_a_log(monkeypatch):
+    import io
+    clock = iter(range(100))
+    monkeypatch.setattr(runs.time, "time", lambda: float(next(clock)))
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    for stream, every in ((Terminal(), 1.0), (io.StringIO(), 2.0)):
+        progress = runs.Progress("work", 4, stream=stream, every=every)
+        for _ in range(4):
+            progress(1)
+        text = stream.getvalue()
+        if isinstance(stream, Terminal):  # one line, rewritten: 25% at 1 s, ETA 3 s
+            assert text.startswith("\rwork: 25% | elapsed 0:00:01 | ETA 0:00:03")
+            assert text.count("\n") == 1 and text.endswith("work: 100% | elapsed 0:00:04 | "
+                                                           "ETA 0:00:00\n")
+        else:  # a line each 2 s, and the end
+            assert text.splitlines() == ["work: 50% | elapsed 0:00:02 | ETA 0:00:02",
+                                         "work: 100% | elapsed 0:00:04 | ETA 0:00:00"]
+    quiet = io.StringIO()
+    runs.Progress("quick", 2, stream=quiet)(2)  # done before its first line: nothing said
+    assert quiet.getvalue() == ""
+
+
+def test_38_evaluate_says_how_far_its_log_likelihood_is(vae_run, capsys, monkeypatch):
+    """`evaluate RUN --samples 5000` printed nothing for 202 s."""
+    argv = ["evaluate", str(vae_run), "--samples", "300"]
+    assert cli.main(argv) == 0
+    quiet = capsys.readouterr()
+    assert quiet.err == ""  # done within the first 10 s: nothing to say
+    monkeypatch.setattr(runs.Progress.__init__, "__defaults__", (None, 0.0))  # every pass
+    assert cli.main(argv) == 0
+    told = capsys.readouterr()
+    assert told.out == quiet.out  # the same numbers
+    lines = told.err.splitlines()
+    assert lines[0].startswith("test log-likelihood, S = 300, 1,000 points: ")
+    assert "ETA" in lines[0] and len(lines) > 10
+    assert lines[-1].startswith("test log-likelihood, S = 300, 1,000 points: 100% |")
