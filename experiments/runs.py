@@ -169,33 +169,41 @@ def _hms(seconds):
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-class Progress:
-    """What a long computation is doing, how far it is and its ETA, on stderr: one line
-    updated in place on a terminal (each second), else a line every ``every`` seconds,
-    so that logs stay readable.  Call it with the units done since the last call; a
-    computation that ends before the first line says nothing."""
+PROGRESS_EVERY = 10.0  # seconds between the progress lines in a log
 
-    def __init__(self, what, total, stream=None, every=10.0):
+
+class Progress:
+    """What a long computation is doing, how far it is and its ETA: one line updated in
+    place on a terminal (each second), else a line every ``every`` seconds, so that logs
+    stay readable; on ``stream`` (stderr), or through ``log`` (lines alone).  Call it with
+    the units done since the last call, or ``at`` with the fraction done; a computation
+    that ends before the first line says nothing."""
+
+    def __init__(self, what, total=1, stream=None, every=None, log=None):
         self.what, self.total, self.done = what, total, 0
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.every = 1.0 if self.tty else every
+        self.stream, self.log = stream or sys.stderr, log
+        self.tty = log is None and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.every = 1.0 if self.tty else every or PROGRESS_EVERY
         self.started = self.shown = time.time()
         self.said = False
 
     def __call__(self, units=1):
         self.done += units
-        now, finished = time.time(), self.done >= self.total
+        self.at(self.done / self.total)
+
+    def at(self, fraction):
+        now, finished = time.time(), fraction >= 1
         if (now - self.shown < self.every and not finished) or (finished and not self.said):
             return
         self.shown, self.said = now, True
         elapsed = now - self.started
-        eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-        line = (f"{self.what}: {100 * self.done / self.total:.0f}% | elapsed {_hms(elapsed)} | "
-                f"ETA {_hms(eta)}")
+        eta = _hms(elapsed / fraction * (1 - fraction)) if fraction > 0 else "-"
+        line = f"{self.what}: {100 * fraction:.0f}% | elapsed {_hms(elapsed)} | ETA {eta}"
         if self.tty:
             self.stream.write("\r" + line + ("\n" if finished else ""))
             self.stream.flush()
+        elif self.log:
+            self.log(line)
         else:
             print(line, file=self.stream, flush=True)
 
