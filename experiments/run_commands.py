@@ -119,7 +119,8 @@ def command_sample(args):
     runs.non_negative("--seed", args.seed)
     run_dir = (args.checkpoint if os.path.isdir(args.checkpoint)
                else os.path.dirname(os.path.abspath(args.checkpoint)))
-    out = png_path("--out", args.out or os.path.join(run_dir, "samples.png"))
+    default = "samples_sir.png" if args.sir else "samples.png"  # each its own file
+    out = png_path("--out", args.out or os.path.join(run_dir, default))
     model, config = checkpoints.load_model(args.checkpoint)
     dim = model.decoder.dim
     pixels = 1.3 * (0.6 * 120) ** 2 * max(1, dim / 784)  # a 0.6-inch tile at 120 dpi

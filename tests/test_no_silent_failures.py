@@ -1009,3 +1009,11 @@ def test_38_evaluate_says_how_far_its_log_likelihood_is(vae_run, capsys, monkeyp
     assert lines[0].startswith("test log-likelihood, S = 300, 1,000 points: ")
     assert "ETA" in lines[0] and len(lines) > 10
     assert lines[-1].startswith("test log-likelihood, S = 300, 1,000 points: 100% |")
+
+
+def test_38_sample_sir_keeps_plain_samplings_png(iop_run, capsys):
+    """`sample --sir` overwrote the samples.png of plain sampling."""
+    for extra, name in (([], "samples.png"), (["--sir"], "samples_sir.png")):
+        assert cli.main(["sample", str(iop_run), "--n", "4", *extra]) == 0
+        assert f"to {iop_run / name}" in capsys.readouterr().out
+    assert (iop_run / "samples.png").read_bytes() != (iop_run / "samples_sir.png").read_bytes()
