@@ -36,6 +36,12 @@ from experiments.tables import PICKED, causes_summary, causes_table, goal_summar
 TINY = ["--epochs", "2", "--hidden", "16", "--j2", "1", "--warmup", "1"]
 
 
+def other_warmup(argv, warmup):
+    """``argv`` with its --warmup value replaced (an option given twice is refused)."""
+    at = argv.index("--warmup")
+    return [*argv[:at + 1], warmup, *argv[at + 2:]]
+
+
 def fake_freyfaces(folder, monkeypatch):
     """A FreyFaces pickle in the real format whose 1,965 rows are all different, with
     its checksum registered so that the normal (verifying) loader accepts it."""
@@ -231,12 +237,6 @@ def test_figure3_plots_vamp_against_k_with_iop_lines(tmp_path):
 
 
 # --- settings chosen on validation, curves, split refusal -------------------------------
-def replaced(argv, option, value):
-    """``argv`` with ``option``'s value replaced by ``value`` (an option is given once)."""
-    at = argv.index(option) + 1
-    return [*argv[:at], value, *argv[at + 1:]]
-
-
 def test_select_picks_on_validation_and_table2_reuses_the_picked_runs(tmp_path, monkeypatch,
                                                                       capsys):
     """`select` trains every candidate on the seeds, picks per method the best mean
@@ -285,7 +285,7 @@ def test_select_picks_on_validation_and_table2_reuses_the_picked_runs(tmp_path, 
     assert (res / f"freyfaces-vae-{tag}-seed0.json").exists()
     # an option that differs from the selection's is refused
     assert cli.main(["table2", "--methods", "vae", "--selected",
-                     *replaced(common[2:], "--warmup", "5")]) == 2
+                     *other_warmup(common[2:], "5")]) == 2
     assert "was made with other options: --warmup 5" in capsys.readouterr().err
     # a method the selection has no pick for is refused, not trained with the defaults
     assert cli.main(["table2", "--methods", "vae", "iop", "--selected", *common[2:]]) == 2
@@ -298,7 +298,7 @@ def test_select_picks_on_validation_and_table2_reuses_the_picked_runs(tmp_path, 
     assert later["methods"]["vae"] == doc["methods"]["vae"] and "iop" in later["methods"]
     capsys.readouterr()
     assert cli.main(["select", "--methods", "iop", "--lrs", "1e-3",
-                     *replaced(common, "--warmup", "2")]) == 2
+                     *other_warmup(common, "2")]) == 2
     assert "selection on file was made with options" in capsys.readouterr().err
 
     # curves: one figure, and where a patience would have stopped each run
