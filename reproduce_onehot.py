@@ -53,42 +53,6 @@ QUICK = {"epochs": 4, "warmup": 2, "prior_samples": 2000, "is_samples": 20}
 VALID_SAMPLES = 50       # posterior samples per validation point behind each Figure 2 point
 FIGURE2_EVERY = 5        # epochs between Figure 2's points (81 per curve over 400 epochs)
 TEST_IS_SAMPLES = 1000   # importance samples of the summary's log p(x) (default)
-# CPU seconds of each method's training (Figure 2's points in it) at 500 epochs and of its
-# final evaluation (results/onehot/summary.json): the weights of the whole job's progress
-SECONDS = {"vae": (73, 14), "avb": (386, 1), "vamp": (93, 14), "iop": (346, 45)}
-DONE = None  # per method, the fractions of its training and final evaluation done
-
-
-def _share(done):
-    global DONE
-    DONE = done
-
-
-def report(method, part, fraction):
-    """Tell the whole job's progress how far ``method``'s training (``part`` 0) or final
-    evaluation (1) is."""
-    if DONE is not None:
-        DONE[2 * ALL_METHODS.index(method) + part] = fraction
-
-
-class FinalParts:
-    """The parts of a method's final evaluation, each said as it starts (its last one
-    can take minutes), and reported to the whole job's progress as it ends."""
-
-    def __init__(self, method, parts):
-        self.method, self.parts, self.started = method, parts, 0
-
-    def __call__(self, what):
-        report(self.method, 1, self.started / self.parts)
-        self.started += 1
-        self.log(f"final evaluation {self.started}/{self.parts}: {what}")
-
-    def log(self, line):
-        print(f"[{self.method}] {line}", flush=True)
-
-    def progress(self, what, total):
-        from experiments import runs
-        return runs.Progress(what, total, log=self.log)
 
 
 def figure2_trainer(base, train_x, valid_x, warmup, seed, timer):
@@ -148,6 +112,44 @@ class Stopwatch:
 
     def seconds(self):
         return {"cpu": self.cpu, "wall": self.wall}
+
+
+# CPU seconds of each method's training (Figure 2's points in it) at 500 epochs and of its
+# final evaluation (results/onehot/summary.json): the weights of the whole job's progress
+SECONDS = {"vae": (73, 14), "avb": (386, 1), "vamp": (93, 14), "iop": (346, 45)}
+DONE = None  # per method, the fractions of its training and final evaluation done
+
+
+def _share(done):
+    global DONE
+    DONE = done
+
+
+def report(method, part, fraction):
+    """Tell the whole job's progress how far ``method``'s training (``part`` 0) or final
+    evaluation (1) is."""
+    if DONE is not None:
+        DONE[2 * ALL_METHODS.index(method) + part] = fraction
+
+
+class FinalParts:
+    """The parts of a method's final evaluation, each said as it starts (its last one
+    can take minutes), and reported to the whole job's progress as it ends."""
+
+    def __init__(self, method, parts):
+        self.method, self.parts, self.started = method, parts, 0
+
+    def __call__(self, what):
+        report(self.method, 1, self.started / self.parts)
+        self.started += 1
+        self.log(f"final evaluation {self.started}/{self.parts}: {what}")
+
+    def log(self, line):
+        print(f"[{self.method}] {line}", flush=True)
+
+    def progress(self, what, total):
+        from experiments import runs
+        return runs.Progress(what, total, log=self.log)
 
 
 def train_one(method, epochs, warmup, seed, prior_samples, is_samples=TEST_IS_SAMPLES,
@@ -223,22 +225,6 @@ def final_scores(model, data, rng, prior_samples, is_samples, posterior_samples)
             "test_log_px": float(log_px.mean()), **scores}
 
 
-def exact_log_likelihoods(model, test, components, samples, rng, progress):
-    """``estimators.exact_aggregated_log_likelihood`` of the rows of ``test``, a batch of
-    100 rows at a time (its own batches: the same numbers as one call), each batch told
-    to ``progress``."""
-    import autograd_lite as ag
-    import estimators
-    import iopvae
-
-    found = []
-    for rows in iopvae.row_batches(test, 100):
-        found.append(estimators.exact_aggregated_log_likelihood(model, rows, components,
-                                                                samples, rng))
-        progress(len(rows) * samples)
-    return ag.xp().concatenate(found)
-
-
 def density_ratio_grid(model, components, rng, extent=4.0, points=121, samples=20_000):
     """The density ratio trick seen at work, for the trained IOP model: on a square grid
     of OneHot's 2-D latent space, the learned T_psi(z) and the true log q(z)/N(z), with
@@ -270,6 +256,22 @@ def density_ratio_grid(model, components, rng, extent=4.0, points=121, samples=2
             "mean_T_under_q": float(on_q["T"].mean()),
             "kl_q_n": float(on_q["log_ratio"].mean()),
             "mean_abs_error_under_q": float(abs(on_q["T"] - on_q["log_ratio"]).mean())}
+
+
+def exact_log_likelihoods(model, test, components, samples, rng, progress):
+    """``estimators.exact_aggregated_log_likelihood`` of the rows of ``test``, a batch of
+    100 rows at a time (its own batches: the same numbers as one call), each batch told
+    to ``progress``."""
+    import autograd_lite as ag
+    import estimators
+    import iopvae
+
+    found = []
+    for rows in iopvae.row_batches(test, 100):
+        found.append(estimators.exact_aggregated_log_likelihood(model, rows, components,
+                                                                samples, rng))
+        progress(len(rows) * samples)
+    return ag.xp().concatenate(found)
 
 
 def _train_star(args):
