@@ -664,10 +664,11 @@ def elbo(model, x, rng, batch_size=100, samples=1):
 
 
 def importance_sampled_log_likelihood(x, posterior, log_likelihood, log_prior, samples, rng,
-                                      batch_size=100, chunk=10_000):
+                                      batch_size=100, chunk=10_000, progress=None):
     """log p(x) ~ log (1/S) sum_s p(x|z_s) p(z_s) / q(z_s|x), z_s ~ q(z|x) (Burda et al.
     2015), per point: ``posterior(x) -> (mu, logvar)`` the proposal, ``log_likelihood``
-    and ``log_prior`` per-row log-densities; as many samples a pass as fit ``chunk``."""
+    and ``log_prior`` per-row log-densities; as many samples a pass as fit ``chunk``.
+    ``progress(n)``, if given, hears of the n (point, sample) pairs of each pass."""
     xp = ag.xp()
     out = []
     with ag.no_grad():
@@ -685,20 +686,23 @@ def importance_sampled_log_likelihood(x, posterior, log_likelihood, log_prior, s
                 xs = ag.Tensor(xp.broadcast_to(batch, (s,) + batch.shape).reshape(s * B, -1))
                 log_joint = (log_likelihood(xs, z) + log_prior(z)).data.reshape(s, B)
                 log_w.append((log_joint - log_q).astype(np.float64))
+                if progress:
+                    progress(s * B)
             out.append(log_mean_exp(xp.concatenate(log_w, axis=0), axis=0))
     return xp.concatenate(out)
 
 
-def test_log_likelihood(model, x, samples, rng, batch_size=100, log_prior=None):
+def test_log_likelihood(model, x, samples, rng, batch_size=100, log_prior=None, progress=None):
     """Importance-sampled log p(x) of each row (not for AVB); for IOP an estimate, with
-    log N(z) + T(z) as the log prior.  ``log_prior``: another prior for the same weights."""
+    log N(z) + T(z) as the log prior.  ``log_prior``: another prior for the same weights;
+    ``progress``: as in ``importance_sampled_log_likelihood``."""
     if not model.explicit_posterior:
         raise ValueError(f"{model.name}: q(z|x) is implicit, so log p(x) cannot be "
                          "importance-sampled")
     with evaluation(model):
         return importance_sampled_log_likelihood(x, model.encoder, model.decoder.log_likelihood,
                                                  log_prior or model.log_prior, samples, rng,
-                                                 batch_size)
+                                                 batch_size, progress=progress)
 
 
 if __name__ == "__main__":  # this file is the paper; the command line is the tools'

@@ -34,11 +34,13 @@ A last table gives each method's CPU and wall seconds: training (Algorithm 1),
 Figure 2's evaluation of every round, and the final evaluation; then plotting.
 """
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing
 import os
 import sys
+import threading
 import time
 
 from autograd_lite.files import atomic_write, save_png
@@ -67,6 +69,7 @@ def figure2_trainer(base, train_x, valid_x, warmup, seed, timer):
 
     class Figure2Trainer(base):
         def measure(self, record):
+            report(self.config.method, 0, record["epoch"] / self.epochs)
             if record["epoch"] < warmup or (record["epoch"] - warmup) % FIGURE2_EVERY:
                 return
             with timer:
@@ -114,6 +117,44 @@ class Stopwatch:
         return {"cpu": self.cpu, "wall": self.wall}
 
 
+# CPU seconds of each method's training (Figure 2's points in it) at 500 epochs and of its
+# final evaluation (results/onehot/summary.json): the weights of the whole job's progress
+SECONDS = {"vae": (73, 14), "avb": (386, 1), "vamp": (93, 14), "iop": (346, 45)}
+DONE = None  # per method, the fractions of its training and final evaluation done
+
+
+def _share(done):
+    global DONE
+    DONE = done
+
+
+def report(method, part, fraction):
+    """Tell the whole job's progress how far ``method``'s training (``part`` 0) or final
+    evaluation (1) is."""
+    if DONE is not None:
+        DONE[2 * ALL_METHODS.index(method) + part] = fraction
+
+
+class FinalParts:
+    """The parts of a method's final evaluation, each said as it starts (its last one
+    can take minutes), and reported to the whole job's progress as it ends."""
+
+    def __init__(self, method, parts):
+        self.method, self.parts, self.started = method, parts, 0
+
+    def __call__(self, what):
+        report(self.method, 1, self.started / self.parts)
+        self.started += 1
+        self.log(f"final evaluation {self.started}/{self.parts}: {what}")
+
+    def log(self, line):
+        print(f"[{self.method}] {line}", flush=True)
+
+    def progress(self, what, total):
+        from experiments import runs
+        return runs.Progress(what, total, log=self.log)
+
+
 def train_one(method, epochs, warmup, seed, prior_samples, is_samples=TEST_IS_SAMPLES,
               posterior_samples=1):
     """Train one method on OneHot; return its history, posterior samples, scores and
@@ -139,6 +180,7 @@ def train_one(method, epochs, warmup, seed, prior_samples, is_samples=TEST_IS_SA
     with final:
         scores = final_scores(trainer.model, data, trainer.rng, prior_samples, is_samples,
                               posterior_samples)
+    report(method, 1, 1.0)
     timing = {"training": {k: v - figure2.seconds()[k] for k, v in training.seconds().items()},
               "figure2": figure2.seconds(), "final": final.seconds()}
     return {"method": method, "history": history,
@@ -154,20 +196,29 @@ def final_scores(model, data, rng, prior_samples, is_samples, posterior_samples)
     import iopvae
 
     train, test, valid = (ag.as_array(x) for x in (data.train, data.test, data.valid))
+    part = FinalParts(model.name, 2 + model.explicit_posterior + 2 * (model.name == "iop"))
     with iopvae.evaluation(model):
         x = ag.Tensor(ag.xp().concatenate([test] * posterior_samples))
         z = model.posterior_sample(x, rng)
+    part(f"validation ELBO, {VALID_SAMPLES} samples per point")
     valid_reconstruction, valid_kl = iopvae.mean_elbo_terms(model, valid, rng,
                                                             samples=VALID_SAMPLES)
+    part(f"log p(x) by Monte Carlo over {prior_samples:,} prior samples")
     log_px = estimators.prior_log_likelihood(model, test, prior_samples, rng, data=train)
     scores = {}
+    pairs = len(test) * is_samples
     if model.explicit_posterior:
+        part(f"log p(x) by importance sampling, S = {is_samples}")
         scores["test_log_px_is"] = float(iopvae.test_log_likelihood(
-            model, test, is_samples, rng).mean())
+            model, test, is_samples, rng, progress=part.progress("importance sampling",
+                                                                 pairs)).mean())
     if model.name == "iop":
+        part(f"exact log p(x) by importance sampling, S = {is_samples}")
         components = iopvae.aggregated_posterior_components(model, train)
-        scores["test_log_px_is_exact"] = float(estimators.exact_aggregated_log_likelihood(
-            model, test, components, is_samples, rng).mean())
+        scores["test_log_px_is_exact"] = float(exact_log_likelihoods(
+            model, test, components, is_samples, rng,
+            part.progress("exact importance sampling", pairs)).mean())
+        part("log Z and the density ratio on a grid")
         scores["log_normalizer"] = float(estimators.density_ratio_log_normalizer(
             model, rng, components=components))
         scores["density_ratio"] = density_ratio_grid(model, components, rng)
@@ -223,6 +274,22 @@ def density_ratio_grid(model, components, rng, extent=4.0, points=121, samples=2
             "mean_T_under_q": float(on_q["T"].mean()),
             "kl_q_n": float(on_q["log_ratio"].mean()),
             "mean_abs_error_under_q": float(abs(on_q["T"] - on_q["log_ratio"]).mean())}
+
+
+def exact_log_likelihoods(model, test, components, samples, rng, progress):
+    """``estimators.exact_aggregated_log_likelihood`` of the rows of ``test``, a batch of
+    100 rows at a time (its own batches: the same numbers as one call), each batch told
+    to ``progress``."""
+    import autograd_lite as ag
+    import estimators
+    import iopvae
+
+    found = []
+    for rows in iopvae.row_batches(test, 100):
+        found.append(estimators.exact_aggregated_log_likelihood(model, rows, components,
+                                                                samples, rng))
+        progress(len(rows) * samples)
+    return ag.xp().concatenate(found)
 
 
 def _train_star(args):
@@ -411,16 +478,49 @@ def run_all(args):
     slowest_first = sorted(args.methods, key=("avb", "iop", "vamp", "vae").index)
     jobs = [(m, args.epochs, args.warmup, args.seed, args.prior_samples, args.is_samples)
             for m in slowest_first]
-    if args.jobs > 1 and len(jobs) > 1:
-        # Each worker uses one BLAS thread so that the workers don't fight over cores.
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = "1"
-        with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
-            results = pool.map(_train_star, jobs, chunksize=1)
-    else:
-        results = [train_one(*job) for job in jobs]
+    context = multiprocessing.get_context("spawn")
+    done = context.Array("d", 2 * len(ALL_METHODS), lock=False)  # report()'s fractions
+    with whole_job_progress(done, args):
+        if args.jobs > 1 and len(jobs) > 1:
+            # Each worker uses one BLAS thread so that the workers don't fight over cores.
+            for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ[var] = "1"
+            with context.Pool(min(args.jobs, len(jobs)), _share, (done,)) as pool:
+                results = pool.map(_train_star, jobs, chunksize=1)
+        else:
+            _share(done)
+            results = [train_one(*job) for job in jobs]
     order = {m: i for i, m in enumerate(ALL_METHODS)}
     return sorted(results, key=lambda r: order[r["method"]])
+
+
+@contextlib.contextmanager
+def whole_job_progress(done, args, every=30.0):
+    """A line every ``every`` seconds on the whole job: its methods' parts done (``report``),
+    weighted by what each costs (``SECONDS``, training scaled to ``--epochs``), with the
+    elapsed time and an ETA."""
+    from experiments import runs
+    weights = [w for m in ALL_METHODS for w in (
+        (SECONDS[m][0] * args.epochs / DEFAULT_EPOCHS, SECONDS[m][1] * args.is_samples
+         / TEST_IS_SAMPLES) if m in args.methods else (0, 0))]
+    progress = runs.Progress("whole job", every=every,
+                             log=lambda line: print(f"[{line}]", flush=True))
+    stop = threading.Event()
+
+    def fraction():
+        return sum(w * f for w, f in zip(weights, done)) / sum(weights)
+
+    def watch():
+        while not stop.wait(1.0):
+            progress.at(fraction())
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+    progress.at(fraction())
 
 
 def check_backend():

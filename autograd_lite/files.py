@@ -83,6 +83,31 @@ def remove_stale_temporaries(path):
             os.close(fd)
 
 
+def check_folder(option, folder, writable=True):
+    """Refuse in one line naming ``option`` a ``folder`` that this process could not make
+    or (if ``writable``) write into: empty, a file, a symbolic link to nothing or in a
+    loop, read-only (the folder itself or, if missing, the one it would be made in)."""
+    if not folder:
+        raise ValueError(f"{option} is empty: name a folder")
+    path = os.path.abspath(folder)
+    while True:
+        try:
+            info = os.stat(path)
+            break
+        except (FileNotFoundError, NotADirectoryError):  # made below the first that is
+            if os.path.islink(path):
+                raise ValueError(f"{option} {folder}: {path} is a symbolic link to nothing") \
+                    from None
+            path = os.path.dirname(path)
+        except OSError as exc:  # a link in a loop (ELOOP), a folder without access
+            raise ValueError(f"{option} {folder}: {exc.strerror}") from None
+    where = f"{option} {folder}" + ("" if path == os.path.abspath(folder) else f": {path}")
+    if not stat.S_ISDIR(info.st_mode):
+        raise ValueError(f"{where} is a file, not a folder")
+    if writable and not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{where} is not writable (read-only)")
+
+
 def save_png(fig, path, **savefig_options):
     """The matplotlib figure ``fig`` as the PNG ``path``, through ``atomic_write``."""
     atomic_write(path, lambda f: fig.savefig(f, format="png", **savefig_options))

@@ -55,7 +55,8 @@ def build_parser():
     sample.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     sample.add_argument("--sir", action="store_true",
                         help="IOP: sampling-importance-resampling from N(0, I) with exp(T(z))")
-    sample.add_argument("--out", default="", help="PNG file (default: RUN/samples.png)")
+    sample.add_argument("--out", default="",
+                        help="PNG file (default: RUN/samples.png, with --sir RUN/samples_sir.png)")
     sample.add_argument("--data-dir", default="",
                         help="data folder, for IOP's ancestral sampling (default: the run's)")
     sample.set_defaults(run=run_commands.command_sample)

@@ -7,7 +7,7 @@ import sys
 import autograd_lite as ag
 import datasets
 import iopvae
-from autograd_lite.files import atomic_write, folder_lock, png_path
+from autograd_lite.files import atomic_write, check_folder, folder_lock, png_path
 from experiments import runs
 from experiments.figures import draw_curves, figure3, stopping_table
 from experiments.grid import (
@@ -79,8 +79,7 @@ def check_options(args):
                              "value given twice would train the same runs twice")
     ag.backend_name()  # a bad AUTOGRAD_LITE_BACKEND: one line here, not in every worker
     for option, folder in (("--out", args.out), ("--results", args.results)):
-        if os.path.exists(folder) and not os.path.isdir(folder):
-            raise ValueError(f"{option} {folder} is a file, not a folder")
+        check_folder(option, folder, writable=False)  # read-only: refused if runs are due
 
 
 def _config_values(args):
@@ -148,8 +147,11 @@ def command_table2(args):
     print(f"\nTest log-likelihood (importance sampling; mean ± std over seeds; bold: best or "
           f"not different from it, Welch t-test at 5 %, on S = {args.samples})\n")
     print(text)
-    write_json(os.path.join(args.results, "table2.json"),
-               {"markdown": text, "runs": [r.name for r in found]})
+    try:
+        write_json(os.path.join(args.results, "table2.json"),
+                   {"markdown": text, "runs": [r.name for r in found]})
+    except OSError as exc:  # finished runs in a read-only folder: the table is printed
+        print(f"warning: {exc}; the table is printed above", file=sys.stderr)
 
 
 def results_of(todo, args, values, where):
@@ -173,6 +175,7 @@ def command_figure3(args):
                          "twice then")
     path = png_path("--figure", args.figure or os.path.join(
         os.path.dirname(os.path.normpath(args.results)), f"figure3_{args.dataset}.png"))
+    check_folder("--figure", os.path.dirname(os.path.abspath(path)))
     values, settings = _config_values(args), None
     if args.selected:
         values, settings = selected_settings(args.results, args.dataset, values,
@@ -241,6 +244,8 @@ def command_curves(args):
 
 def command_run(args):
     stop_with_parent()
+    for option, folder in (("--out", args.out), ("--results", args.results)):
+        check_folder(option, folder)
     run = Run(args.dataset, args.method, args.seed, args.components,
               as_settings(parse_settings(args.settings)))
     run_one(run, _config_values(args), args.out, args.results, args.samples,

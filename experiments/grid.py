@@ -117,8 +117,10 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
     test = ag.as_array(data.test)
     rng = ag.default_rng(10_000 + config.seed)
 
-    def ll(s, x=test):
-        return float(iopvae.test_log_likelihood(model, x, s, rng).mean())
+    def ll(s, x=test, split="test"):
+        progress = runs.Progress(f"{config.method} {split} log-likelihood, S = {s}, "
+                                 f"{len(x):,} points", len(x) * s)
+        return float(iopvae.test_log_likelihood(model, x, s, rng, progress=progress).mean())
 
     history = meta["history"]
     timed = [r["seconds"] for r in history if "seconds" in r]  # older code timed no epoch
@@ -136,7 +138,7 @@ def evaluate_run(path, samples=10, tight_samples=1000, data_dir="", normalizer_s
         "samples": samples, "tight_samples": tight_samples,
         "log_likelihood": ll(samples), "log_likelihood_tight": ll(tight_samples),
         # the score settings are chosen by (``select``): never the test set
-        "valid_log_likelihood": ll(samples, ag.as_array(data.valid)),
+        "valid_log_likelihood": ll(samples, ag.as_array(data.valid), "validation"),
         "step_sizes": {"lr": config.lr, "lr_density_ratio": config.lr_density_ratio},
         "history": history_columns(history),
     }

@@ -69,8 +69,10 @@ def report_evaluation(model, data, samples, rng, split="test", source="the model
     with np.errstate(over="ignore", invalid="ignore"):  # non-finite numbers: refused below
         numbers = {"elbo": float(iopvae.elbo(model, x, rng))}
         if model.explicit_posterior:
-            numbers["log_likelihood"] = float(iopvae.test_log_likelihood(model, x, samples,
-                                                                         rng).mean())
+            progress = runs.Progress(f"{split} log-likelihood, S = {samples}, {len(x):,} points",
+                                     len(x) * samples)
+            numbers["log_likelihood"] = float(iopvae.test_log_likelihood(
+                model, x, samples, rng, progress=progress).mean())
     bad = [f"{split} {key} is {value}" for key, value in numbers.items()
            if not math.isfinite(value)]
     if bad:
@@ -117,7 +119,8 @@ def command_sample(args):
     runs.non_negative("--seed", args.seed)
     run_dir = (args.checkpoint if os.path.isdir(args.checkpoint)
                else os.path.dirname(os.path.abspath(args.checkpoint)))
-    out = png_path("--out", args.out or os.path.join(run_dir, "samples.png"))
+    default = "samples_sir.png" if args.sir else "samples.png"  # each its own file
+    out = png_path("--out", args.out or os.path.join(run_dir, default))
     model, config = checkpoints.load_model(args.checkpoint)
     dim = model.decoder.dim
     pixels = 1.3 * (0.6 * 120) ** 2 * max(1, dim / 784)  # a 0.6-inch tile at 120 dpi

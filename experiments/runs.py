@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -102,6 +103,11 @@ class Config:
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be positive and finite (got "
                                  f"{getattr(self, name)})")
+            with np.errstate(over="ignore"):
+                single = np.float32(getattr(self, name))  # the weights' and Adam's type
+            if not 0 < single < np.inf:
+                raise ValueError(f"{name} {getattr(self, name)} is {single} in float32, the "
+                                 "type of the weights: no step, or no finite one")
         for part in ("decoder", "encoder"):
             low, high = getattr(self, part + "_logvar_min"), getattr(self, part + "_logvar_max")
             if not (math.isfinite(low) and math.isfinite(high) and low < high):
@@ -161,6 +167,45 @@ DIVERGED_DENSITY_RATIO_LOSS = 10 * 2 * math.log(2)  # T's loss: ten times a coin
 def _hms(seconds):
     s = int(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+PROGRESS_EVERY = 10.0  # seconds between the progress lines in a log
+
+
+class Progress:
+    """What a long computation is doing, how far it is and its ETA: one line updated in
+    place on a terminal (each second), else a line every ``every`` seconds, so that logs
+    stay readable; on ``stream`` (stderr), or through ``log`` (lines alone).  Call it with
+    the units done since the last call, or ``at`` with the fraction done; a computation
+    that ends before the first line says nothing."""
+
+    def __init__(self, what, total=1, stream=None, every=None, log=None):
+        self.what, self.total, self.done = what, total, 0
+        self.stream, self.log = stream or sys.stderr, log
+        self.tty = log is None and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.every = 1.0 if self.tty else every or PROGRESS_EVERY
+        self.started = self.shown = time.time()
+        self.said = False
+
+    def __call__(self, units=1):
+        self.done += units
+        self.at(self.done / self.total)
+
+    def at(self, fraction):
+        now, finished = time.time(), fraction >= 1
+        if (now - self.shown < self.every and not finished) or (finished and not self.said):
+            return
+        self.shown, self.said = now, True
+        elapsed = now - self.started
+        eta = _hms(elapsed / fraction * (1 - fraction)) if fraction > 0 else "-"
+        line = f"{self.what}: {100 * fraction:.0f}% | elapsed {_hms(elapsed)} | ETA {eta}"
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if finished else ""))
+            self.stream.flush()
+        elif self.log:
+            self.log(line)
+        else:
+            print(line, file=self.stream, flush=True)
 
 
 class Trainer(iopvae.Trainer):

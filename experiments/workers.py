@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 
+from autograd_lite.files import check_folder
 from experiments import runs
 from experiments.grid import asked_config, diverged_path, run_one
 from experiments.results import (
@@ -128,12 +129,15 @@ def pending_runs(todo, args, config_values):
 
 def run_grid(todo, args, config_values):
     """Run the unfinished ``runs``: in this process (``--jobs 1``) or in worker
-    processes with one BLAS thread each, logging to ``<run>/train.log``.  A SIGTERM
-    to this process is passed on to the workers (each run's lock keeps a second grid
-    from training a run a worker still trains)."""
+    processes with one BLAS thread each, logging to ``<run>/train.log``.  A SIGTERM or
+    SIGINT (Ctrl-C) to this process stops the workers at once, each said "stopped"
+    (each run's lock keeps a second grid from training a run a worker still trains)."""
     pending = pending_runs(todo, args, config_values)
     print(f"{len(todo) - len(pending)} of {len(todo)} runs already evaluated (or diverged); "
           f"{len(pending)} to run with {args.jobs} worker(s)", flush=True)
+    for option, folder in (("--out", args.out), ("--results", args.results)):
+        if pending:  # before the first epoch, not at the first write
+            check_folder(option, folder)
     if args.jobs <= 1:
         for run in pending:
             try:
@@ -167,8 +171,9 @@ def run_grid(todo, args, config_values):
             finally:
                 os.close(alive)
         diverged = code != 0 and os.path.exists(diverged_path(run, args.results))
-        why = "" if code == 0 else f": {last_line(log_path)}"
-        said = "done" if code == 0 else "diverged" if diverged else "FAILED"
+        why = "" if code == 0 or stopped else f": {last_line(log_path)}"
+        said = ("done" if code == 0 else "diverged" if diverged else
+                f"stopped by {signal.Signals(stopped[0]).name}" if stopped else "FAILED")
         print(f"{run.name}: {said}{why} (log: {log_path})", flush=True)
         return 0 if diverged else code  # a divergence is a result of the grid, kept
 
@@ -176,14 +181,15 @@ def run_grid(todo, args, config_values):
         with starting:
             stopped.append(signum)
             for worker in workers:
-                worker.terminate()
+                worker.terminate()  # the checkpoint of its last epoch is kept whole
         raise SystemExit(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, stop_workers)
+    previous = {s: signal.signal(s, stop_workers) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
             codes = list(pool.map(work, pending))
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if any(codes):
         raise RunFailed(f"{sum(c != 0 for c in codes)} run(s) failed; see their train.log")

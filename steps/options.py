@@ -7,6 +7,8 @@ import argparse
 import os
 import sys
 
+from autograd_lite.files import check_folder
+
 
 class StepParser(argparse.ArgumentParser):
     def error(self, message):  # one line, as every error of the project
@@ -41,21 +43,11 @@ def step_options(description, *figures, more=()):
 def check_out(out, figures):
     """ValueError in one line unless each of ``figures`` can be written into the folder
     ``out`` (made if missing): what can be known before the training."""
-    if not out:
-        raise ValueError("--out is empty: name the folder of the figures")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out} is a file, not a folder")
+    check_folder("--out", out)
     for figure in figures:
         path = os.path.join(out, figure)
         if os.path.isdir(path):
             raise ValueError(f"{path} is a folder, where the figure goes; move it away")
-    existing = os.path.abspath(out)
-    while not os.path.exists(existing):  # the folder that --out would be made in
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ValueError(f"--out {out}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: {existing} is not writable (read-only)")
 
 
 def _one_line(kind, error, traceback):

@@ -5,8 +5,10 @@ so a test that switches to CuPy, or fails half-way, cannot leak its backend into
 the next one.  Tests that take the ``on_backend`` fixture run once per backend:
 ``numpy``, ``cupy-sim`` (the simulated GPU, which runs everywhere, so every CI run
 checks the CuPy code paths) and ``cupy``, skipped with the reason below where CuPy
-or a GPU is missing.
+or a GPU is missing (``needs_cupy``), all said in one line of pytest's summary
+(``pytest_runtest_makereport``), not one line per test.
 """
+import inspect
 import sys
 from pathlib import Path
 
@@ -21,10 +23,23 @@ import autograd_lite as ag  # noqa: E402
 
 CUPY_MISSING = "CuPy with a CUDA GPU is not available here"
 HAS_CUPY = ag.cupy_available()
-BACKENDS = [pytest.param("numpy", id="numpy"),
-            pytest.param("cupy-sim", id="cupy-sim"),
-            pytest.param("cupy", id="cupy",
-                         marks=pytest.mark.skipif(not HAS_CUPY, reason=CUPY_MISSING))]
+BACKENDS = ["numpy", "cupy-sim", "cupy"]
+
+
+def needs_cupy():
+    """Skip the test calling it where CuPy with a GPU is missing."""
+    if not HAS_CUPY:
+        pytest.skip(CUPY_MISSING)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Every skip for want of CuPy reported at ``needs_cupy``: one line of the summary."""
+    report = yield
+    if report.skipped and isinstance(report.longrepr, tuple) and \
+            report.longrepr[2].endswith(CUPY_MISSING):
+        report.longrepr = (__file__, inspect.getsourcelines(needs_cupy)[1], CUPY_MISSING)
+    return report
 
 
 @pytest.fixture(autouse=True)
@@ -46,6 +61,8 @@ def _small_ais_for_tiny_models(monkeypatch):
 @pytest.fixture(params=BACKENDS)
 def on_backend(request):
     """Run the test under each backend; the value is the backend's name."""
+    if request.param == "cupy":
+        needs_cupy()
     ag.set_backend(request.param)
     return request.param
 

@@ -12,7 +12,7 @@ import pytest
 
 import autograd_lite as ag
 from autograd_lite import backend
-from conftest import HAS_CUPY, ROOT
+from conftest import HAS_CUPY, ROOT, needs_cupy
 
 
 class FakeCupyArray:
@@ -147,8 +147,8 @@ def test_an_op_on_arrays_of_an_inactive_backend_raises_naming_the_op():
         ag.exp(device)
 
 
-@pytest.mark.skipif(not HAS_CUPY, reason="CuPy with a CUDA GPU is not available here")
 def test_real_numpy_and_cupy_arrays_do_not_mix():
+    needs_cupy()
     import cupy  # the test may; autograd_lite's model code never does
 
     ag.set_backend("cupy")

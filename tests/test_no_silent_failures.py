@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -884,3 +885,135 @@ def test_38_divergence_records_are_checked_as_results_are(tmp_path, capsys, chan
     assert table2(tmp_path) == 2
     one_error_line(capsys.readouterr().err, str(path), said)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("kind, said", [("dangling", "symbolic link to nothing"),
+                                        ("loop", "Too many levels of symbolic links"),
+                                        ("below-a-file", "is a file")])
+def test_38_a_results_folder_that_cannot_be_is_refused_before_training(tmp_path, capsys, kind,
+                                                                        said):
+    """A dangling or looping --results was refused after the training, at its first write."""
+    results = tmp_path / "results"
+    if kind == "dangling":
+        results.symlink_to(tmp_path / "nowhere")
+    elif kind == "loop":
+        results.symlink_to(results)
+    else:
+        (tmp_path / "file").write_text("x")
+        results = tmp_path / "file" / "results"
+    argv = grid_argv("table2", tmp_path, *TINY)
+    argv[argv.index("--results") + 1] = str(results)
+    assert cli.main(argv) == 2
+    one_error_line(capsys.readouterr().err, "--results", said)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_38_a_read_only_results_folder_refuses_training_but_tabulates(tmp_path, capsys,
+                                                                      monkeypatch):
+    """Read-only: refused after hours of training; and finished runs there could not be
+    tabulated."""
+    results = str(tmp_path / "results")
+    os.makedirs(results)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and os.fspath(p) != results)
+    argv = grid_argv("table2", tmp_path, *TINY)
+    assert cli.main(argv) == 2
+    one_error_line(capsys.readouterr().err, "--results", "read-only")
+    assert not (tmp_path / "runs").exists()
+    monkeypatch.setattr(os, "access", real)
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and os.fspath(p) != results)
+    import experiments.commands
+    monkeypatch.setattr(experiments.commands, "write_json", lambda path, obj: (_ for _ in ()).throw(
+        PermissionError(13, f"{path} not written: Permission denied")))
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "| onehot | vae | 1 |" in captured.out
+    assert captured.err.startswith("warning: ") and "table2.json not written" in captured.err
+
+
+@pytest.mark.parametrize("argv", [["table2", "--lr", "5e-324"], ["select", "--lrs", "1e-3",
+                                                                  "5e-324"]])
+def test_38_a_step_size_that_is_0_in_float32_is_refused_before_training(tmp_path, capsys, argv):
+    full = grid_argv(argv[0], tmp_path, *argv[1:], *TINY)
+    assert cli.main(full) == 2
+    one_error_line(capsys.readouterr().err, "5e-324", "float32")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_38_a_signal_to_a_grid_stops_its_workers_at_once(tmp_path, signum):
+    """SIGINT to `table2 --jobs 2` waited for the workers' whole runs; SIGTERM reported the
+    stopped workers as FAILED."""
+    argv = grid_argv("table2", tmp_path, "--epochs", "100000", "--hidden", "8", "--warmup",
+                     "1", "--jobs", "2", methods=("vae", "iop"))
+    grid = subprocess.Popen([sys.executable, "-m", "experiments", *argv], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    logs = [tmp_path / "runs" / f"onehot-{m}-seed0" / "train.log" for m in ("vae", "iop")]
+    try:
+        deadline = time.time() + 120
+        while not all(log.exists() and "epoch" in log.read_text() for log in logs):
+            assert time.time() < deadline and grid.poll() is None
+            time.sleep(0.2)
+        grid.send_signal(signum)  # to the grid alone, not to its workers
+        out, _ = grid.communicate(timeout=60)
+    finally:
+        if grid.poll() is None:
+            os.killpg(grid.pid, signal.SIGKILL)
+    assert grid.returncode == 128 + signum, out
+    name = signal.Signals(signum).name
+    for method in ("vae", "iop"):
+        assert f"onehot-{method}-seed0: stopped by {name}" in out, out
+    assert "FAILED" not in out and "Traceback" not in out, out
+
+
+# === issue 38: progress and an ETA on every long wait ====================================
+def test_38_progress_is_one_line_in_place_on_a_terminal_and_lines_in_a_log(monkeypatch):
+    import io
+    clock = iter(range(100))
+    monkeypatch.setattr(runs.time, "time", lambda: float(next(clock)))
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    for stream, every in ((Terminal(), 1.0), (io.StringIO(), 2.0)):
+        progress = runs.Progress("work", 4, stream=stream, every=every)
+        for _ in range(4):
+            progress(1)
+        text = stream.getvalue()
+        if isinstance(stream, Terminal):  # one line, rewritten: 25% at 1 s, ETA 3 s
+            assert text.startswith("\rwork: 25% | elapsed 0:00:01 | ETA 0:00:03")
+            assert text.count("\n") == 1 and text.endswith("work: 100% | elapsed 0:00:04 | "
+                                                           "ETA 0:00:00\n")
+        else:  # a line each 2 s, and the end
+            assert text.splitlines() == ["work: 50% | elapsed 0:00:02 | ETA 0:00:02",
+                                         "work: 100% | elapsed 0:00:04 | ETA 0:00:00"]
+    quiet = io.StringIO()
+    runs.Progress("quick", 2, stream=quiet)(2)  # done before its first line: nothing said
+    assert quiet.getvalue() == ""
+
+
+def test_38_evaluate_says_how_far_its_log_likelihood_is(vae_run, capsys, monkeypatch):
+    """`evaluate RUN --samples 5000` printed nothing for 202 s."""
+    argv = ["evaluate", str(vae_run), "--samples", "300"]
+    assert cli.main(argv) == 0
+    quiet = capsys.readouterr()
+    assert quiet.err == ""  # done within the first 10 s: nothing to say
+    monkeypatch.setattr(runs, "PROGRESS_EVERY", 1e-9)  # a line every pass
+    assert cli.main(argv) == 0
+    told = capsys.readouterr()
+    assert told.out == quiet.out  # the same numbers
+    lines = told.err.splitlines()
+    assert lines[0].startswith("test log-likelihood, S = 300, 1,000 points: ")
+    assert "ETA" in lines[0] and len(lines) > 10
+    assert lines[-1].startswith("test log-likelihood, S = 300, 1,000 points: 100% |")
+
+
+def test_38_sample_sir_keeps_plain_samplings_png(iop_run, capsys):
+    """`sample --sir` overwrote the samples.png of plain sampling."""
+    for extra, name in (([], "samples.png"), (["--sir"], "samples_sir.png")):
+        assert cli.main(["sample", str(iop_run), "--n", "4", *extra]) == 0
+        assert f"to {iop_run / name}" in capsys.readouterr().out
+    assert (iop_run / "samples.png").read_bytes() != (iop_run / "samples_sir.png").read_bytes()

@@ -171,7 +171,7 @@ def test_impossible_estimates_are_flagged_and_iop_prints_log_z(iop_run, monkeypa
     out = capsys.readouterr().out
     assert "log Z" in out and "IMPOSSIBLE" not in out
     monkeypatch.setattr(iopvae, "test_log_likelihood",
-                        lambda model, x, s, rng: np.full(x.shape[0], 2.68))
+                        lambda model, x, s, rng, **options: np.full(x.shape[0], 2.68))
     assert cli.main(["evaluate", str(iop_run), "--samples", "2"]) == 0
     captured = capsys.readouterr()
     line = next(x for x in captured.out.splitlines() if "log-likelihood" in x)

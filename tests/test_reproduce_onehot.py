@@ -149,3 +149,34 @@ def test_methods_option_and_bad_arguments(tmp_path):
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "reproduce_onehot.py"), "--epochs",
                           "0"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("backend", ["numpy"])
+def test_the_final_evaluation_says_each_part(quick_runs, backend):
+    """The final evaluations (up to 165 s for IOP) printed nothing while they ran."""
+    _, stdout = quick_runs[backend]
+    parts = [line for line in stdout.splitlines() if line.startswith("[iop] final evaluation")]
+    assert [line.split(":")[0] for line in parts] == [
+        f"[iop] final evaluation {i}/5" for i in range(1, 6)]
+    assert "exact log p(x) by importance sampling, S = 20" in parts[3]
+
+
+def test_the_whole_job_has_a_progress_line_with_an_eta(capsys):
+    """The main job gave an ETA per method, none for the whole job."""
+    import argparse
+    import time
+
+    sys.path.insert(0, ROOT)
+    import reproduce_onehot
+
+    done = [0.0] * 8  # vae's training and final evaluation, then avb's, vamp's, iop's
+    args = argparse.Namespace(methods=["vae", "iop"], epochs=500, is_samples=1000)
+    with reproduce_onehot.whole_job_progress(done, args, every=1e-9):
+        for fraction in (0.5, 1.0):  # the VAE's training: half, then all of it
+            done[0] = fraction
+            time.sleep(1.5)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[whole")]
+    vae, iop = reproduce_onehot.SECONDS["vae"], reproduce_onehot.SECONDS["iop"]
+    share = vae[0] / (sum(vae) + sum(iop))
+    assert f"[whole job: {100 * share / 2:.0f}% | elapsed" in lines[0] and "ETA" in lines[0]
+    assert lines[-1].startswith(f"[whole job: {100 * share:.0f}% |")
