@@ -23,7 +23,6 @@ the tighter S is skipped (shown as "-") when it would take more than
 """
 import dataclasses
 import os
-import sys
 import time
 
 import numpy as np
@@ -194,38 +193,17 @@ def normalized_scores(model, result, seed, settings=None, log=print):
     started, settings = time.time(), settings or AIS_SETTINGS
     log(f"{result['run']}: log Z of N(z) exp T(z) by AIS, {settings['chains']} chains x "
         f"{settings['temperatures']} temperatures (and 1/2, 1/4 of them) ...")
-    total = settings["temperatures"] + settings["temperatures"] // 2 + settings[
-        "temperatures"] // 4
-    ais = estimators.density_ratio_log_normalizer_ais(
-        model, ag.default_rng(40_000 + seed), progress=Progress(f"{result['run']}: AIS", total),
-        **settings)
+    temperatures = settings["temperatures"]
+    progress = runs.Progress(f"{result['run']}: AIS",
+                             temperatures + temperatures // 2 + temperatures // 4)
+    ais = estimators.density_ratio_log_normalizer_ais(model, ag.default_rng(40_000 + seed),
+                                                      progress=progress, **settings)
     ais = {**ais, **settings, "seconds": time.time() - started}
     log(f"{result['run']}: log Z^ = {ais['log_z']:.3f} ± {ais['stderr']:.3f} (half the "
         f"temperatures: {ais['log_z_half']:.3f}; ESS {ais['ess']:.0f}; {ais['seconds']:.0f} s)")
     return {"log_normalizer_ais": ais,
             "log_likelihood_normalized": result["log_likelihood"] - ais["log_z"],
             "log_likelihood_tight_normalized": result["log_likelihood_tight"] - ais["log_z"]}
-
-
-class Progress:
-    """A callable that counts steps of a long computation and, every ``every`` seconds,
-    writes "WHAT: done of total, elapsed, ETA" to stderr (a line updated in place on a
-    terminal)."""
-
-    def __init__(self, what, total, every=10.0):
-        self.what, self.total, self.every = what, total, every
-        self.done, self.started = 0, time.time()
-        self.shown = self.started
-
-    def __call__(self, steps=1):
-        self.done += steps
-        now = time.time()
-        if now - self.shown >= self.every or self.done == self.total:
-            self.shown, elapsed = now, now - self.started
-            eta = elapsed * (self.total - self.done) / max(self.done, 1)
-            end = "\r" if sys.stderr.isatty() and self.done < self.total else "\n"
-            print(f"{self.what}: {self.done} of {self.total}, elapsed {elapsed:.0f} s, "
-                  f"ETA {eta:.0f} s", end=end, file=sys.stderr, flush=True)
 
 
 def complete_normalized(path, result, log=print):
