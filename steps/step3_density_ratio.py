@@ -35,7 +35,7 @@ parser.add_argument("--quick", action="store_true", help="a few epochs of a tiny
 parser.add_argument("--out", default=os.path.join("out", "steps"), help="folder of the figure")
 args, _ = parser.parse_known_args()
 
-# %% Step 1's encoder (same settings, seed and loop); then T's (no dropout: exercise 2)
+# %% Step 1's encoder (same settings, seed and loop); then T's, without dropout (exercise 2)
 HIDDEN, EPOCHS, WARMUP, LR, K, SEED = 64, 200, 20, 1e-3, 100, 0
 T_EPOCHS, KEEP, T_LR = 200, 1.0, 3e-3           # one T epoch: N samples of each class (M = N)
 if args.quick:
@@ -134,7 +134,7 @@ print(f"wrote {path}")
 # ## Exercises (answers: docs/exercises.md)
 # 1. Shift the exact ratio by a constant, T = T* + c: how does −Eq. (20) change, and why is the
 #    minimum at c = 0? (Hint: Eq. 12 needs equal class sizes.)
-# 2. Set `KEEP = 1.0` (no dropout). Predict, then check, whether E_q[T] moves towards the true
-#    KL, and what happens to T far from both classes.
+# 2. Set `KEEP = 0.5` (the paper's dropout, which step 4 uses). Predict, then check, what
+#    E_q[T] and T's loss become.
 # 3. Where in the figure has T seen no samples of either class? Compare T and the true ratio
 #    there: does it matter for Eq. (15), which only evaluates T at z ~ q(z|x)?

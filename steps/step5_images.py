@@ -3,11 +3,15 @@
 #
 # The same two methods as steps 1 and 4, on Brendan Frey's 28×20 face images (Gaussian
 # decoder, latent size 40 as in the paper), for a few epochs from the same start: the standard
-# VAE (Eq. 3) and the implicit optimal prior (Algorithm 1). What changes in 40 dimensions:
-# q(z) fills a thin part of the space that N(0, I) spreads over, so T tells them apart almost
-# without error and its loss (Eq. 20, negated) is near 0. Then the logistic loss no longer pins
-# T's size: E_q[T] (what Eq. 15 subtracts) sits beside the exact E_q[ln q(z)/N(z)] of the
-# training-set mixture (Eq. 8), which we can still compute, and they need not agree.
+# VAE (Eq. 3) and the implicit optimal prior (Algorithm 1). What changes on images: to
+# reconstruct 560 grey levels the decoder needs precise codes, so each q(z|x_n) is narrow and
+# q(z) fills a thin part of the space that N(0, I) spreads over. The ratio q(z)/N(z) is huge
+# where q(z) lies, T tells the two apart almost without error, and its loss (Eq. 20, negated)
+# is near 0; in two dimensions too (exercise 2): the size of the ratio does it, not the
+# dimension. Then the logistic loss no longer pins T's size: E_q[T] (what Eq. 15 subtracts)
+# sits beside the exact E_q[ln q(z)/N(z)] of the training-set mixture (Eq. 8), which we can
+# still compute, and they need not agree (the paper's dropout keeps T from fitting that
+# mixture, so it is a reference, not T's target).
 #
 #     python steps/step5_images.py [--quick] [--out out/steps] [--data-dir DIR]
 #
@@ -122,5 +126,6 @@ print(f"wrote {path}")
 # ## Exercises (answers: docs/exercises.md)
 # 1. Why is the exact E_q[ln q(z)/N(z)] so large in 40 dimensions? (Each q(z|x_n) is narrow;
 #    ln q(z) at a sample is at least ln q(z|x_n)/N, its own component's share.)
-# 2. Set `LATENT = 2`: does T's loss stay away from 0 again, as on OneHot?
+# 2. Set `LATENT = 2`: predict, then check, whether T's loss moves away from 0, as on OneHot
+#    (steps 3 and 4). What, then, makes T's task easy here?
 # 3. Which numbers of this step would you trust to compare the two methods, and which not?
