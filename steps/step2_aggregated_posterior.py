@@ -31,6 +31,7 @@ import datasets  # noqa: E402
 import iopvae  # noqa: E402
 from autograd_lite.files import atomic_write  # noqa: E402
 from autograd_lite.optim import Adam  # noqa: E402
+from steps.checks import check, report, summary  # noqa: E402
 from steps.options import step_options  # noqa: E402
 
 args = step_options("Step 2: the aggregated posterior on OneHot",
@@ -68,8 +69,10 @@ lib = iopvae.log_aggregated_posterior(z, components)
 first = [int(np.flatnonzero(train_x[:, k])[0]) for k in range(4)]   # a row of each e_k
 mu_k, logvar_k = mu_n[first], logvar_n[first]
 four = iopvae.log_normal_mixture(ag.Tensor(z), ag.Tensor(mu_k), ag.Tensor(logvar_k)).data
-print(f"check: NumPy vs log_aggregated_posterior {abs(ours - lib).max():.1e}, "
-      f"1,000 vs 4 components {abs(four - lib).max():.1e}")
+check("NumPy against log_aggregated_posterior", abs(ours - lib).max(), 0, 1e-9,
+      "the log-sum-exp above is Eq. (8)", fmt=".1e")
+check("1,000 against 4 components", abs(four - lib).max(), 0, 1e-6, "the 1,000 rows hold "
+      "four vectors; BLAS may round a row's float32 code differently elsewhere", fmt=".1e")
 
 
 def log_q(z):                                        # ln q(z), the 4-component mixture
@@ -96,21 +99,32 @@ for k in range(4):
     lhs = weight @ (log_q_x - log_q(z))                           # KL(q(z|x) || q(z))
     ratio = weight @ (log_q(z) - log_normal(z))                   # E_q(z|x)[ln q(z)/N(z)]
     split.append((lhs, ratio))
-    print(f"x = e{k + 1}: KL(q(z|x) || q(z)) = {lhs:.7f} = {kl_normal[k]:.7f} - {ratio:.7f}"
-          f"  (difference {abs(lhs - (kl_normal[k] - ratio)):.1e})")
+    print(f"x = e{k + 1}: KL(q(z|x) || q(z)) = {lhs:.7f} = {kl_normal[k]:.7f} - {ratio:.7f}")
+    report(f"E_q(z|e{k + 1})[ln q(z)/N(z)]", ratio)
+check("Eq. (10), the two sides' largest difference over x",
+      max(abs(lhs - (kl - ratio)) for (lhs, ratio), kl in zip(split, kl_normal)), 0, 1e-6,
+      "the split is an identity: insert ln N(z) into KL(q(z|x) || q(z))", fmt=".1e")
 
 # %% The same averaged over x: step 1's KL bill = information + KL(q(z) || N(0, I))
 information, kl_q = np.mean(split, axis=0)
 print(f"E_x KL(q(z|x) || N(0, I)) = {kl_normal.mean():.4f} = information {information:.4f} "
       f"+ KL(q(z) || N(0, I)) {kl_q:.4f};  ln 4 = {math.log(4):.4f}")
+check("information E_x KL(q(z|x) || q(z))", information, math.log(4), 0, "the information z "
+      "holds about x is at most the entropy of x, ln 4", side="<")
+check("information of a full run", information, 1.15, 0.07, "step 1's posteriors overlap, "
+      "so z tells x apart less than perfectly (ln 4 = 1.386)", skip=args.quick)
+check("KL(q(z) || N(0, I))", kl_q, 0, 0, "a KL is never negative; the rest of step 1's KL bill",
+      side=">")
+check("KL(q(z) || N(0, I)) of a full run", kl_q, 0.15, 0.04, "small: q(z) nearly fills "
+      "N(0, I), so the ratio step 3 learns is weak", skip=args.quick)
 
 # %% Eq. (6) by ancestral sampling: a random training point, then z ~ q(z|x) (what T will see)
 rng_np = np.random.default_rng(2)
 idx = rng_np.integers(0, len(train_x), 100_000)
 z1 = mu_n[idx] + np.exp(0.5 * logvar_n[idx]) * rng_np.standard_normal((len(idx), 2))
 values = log_q(z1) - log_normal(z1)
-print(f"check: sampled E_q[ln q/N] {values.mean():.4f} ± {values.std() / math.sqrt(len(idx)):.4f}"
-      f", exact {kl_q:.4f}")
+check("sampled E_q[ln q/N]", values.mean(), kl_q, 5 * values.std() / math.sqrt(len(idx)),
+      "ancestral samples of q(z) average the ratio to its exact mean, ± 5 standard errors")
 
 # %% The figure: q(z) against N(0, I), and the log-ratio that step 3 will learn
 axis = np.linspace(-4, 4, 241)
@@ -135,6 +149,7 @@ os.makedirs(args.out, exist_ok=True)
 path = os.path.join(args.out, "step2_aggregated_posterior.png")
 atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
 print(f"wrote {path}")
+summary()
 
 # %% [markdown]
 # ## Exercises (answers: docs/exercises.md)

@@ -28,11 +28,12 @@ import datasets  # noqa: E402
 import iopvae  # noqa: E402
 from autograd_lite.files import atomic_write  # noqa: E402
 from autograd_lite.optim import Adam  # noqa: E402
+from steps.checks import check, report, summary  # noqa: E402
 from steps.options import step_options  # noqa: E402
 
 args = step_options("Step 3: the density ratio trick on OneHot", "step3_density_ratio.png")
 
-# %% Step 1's encoder (same settings, seed and loop); then T's (no dropout: exercise 2)
+# %% Step 1's encoder (same settings, seed and loop); then T's, without dropout (exercise 2)
 HIDDEN, EPOCHS, WARMUP, LR, K, SEED = 64, 200, 20, 1e-3, 100, 0
 T_EPOCHS, KEEP, T_LR = 200, 1.0, 3e-3           # one T epoch: N samples of each class (M = N)
 if args.quick:
@@ -77,8 +78,10 @@ with iopvae.evaluation(T):
     ours = np.logaddexp(0, -t1).mean() + np.logaddexp(0, t0).mean()
     lib = float(iopvae.density_ratio_loss(ag.Tensor(t1), ag.Tensor(t0)).data)
     stacked = float(iopvae.density_ratio_loss_on(T, z1, z0).data)
-print(f"check: -Eq. (20) NumPy {ours:.6f}, density_ratio_loss {lib:.6f}, "
-      f"density_ratio_loss_on {stacked:.6f};  at T = 0: {np.log(4):.6f} = ln 4")
+check("-Eq. (20) in NumPy", ours, lib, 1e-5, "density_ratio_loss on T's two outputs",
+      fmt=".6f")
+check("-Eq. (20) by density_ratio_loss_on", stacked, lib, 1e-5, "T run once on the stacked "
+      "batch gives the same loss", fmt=".6f")
 
 # %% The loop: Algorithm 1's lines 7-12 alone, the encoder fixed
 T_opt = Adam(T.parameters(), lr=T_LR)
@@ -98,11 +101,26 @@ z1, z0 = sample_q(20_000), iopvae.standard_normal(rng, (20_000, 2))
 with iopvae.evaluation(T):
     t1, t0 = T(z1).data.astype(np.float64), T(z0).data.astype(np.float64)
 r1, r0 = log_ratio(z1.data), log_ratio(z0.data)
-print(f"E_q[T] = {t1.mean():.4f};  KL(q(z) || N(0, I)) = E_q[ln q/N] = {r1.mean():.4f} "
-      f"± {r1.std() / math.sqrt(len(r1)):.4f};  E_q|T - ln q/N| = {abs(t1 - r1).mean():.4f}")
+report("E_q[T]", t1.mean())
+report("KL(q(z) || N(0, I)) = E_q[ln q/N]", r1.mean())
+check("E_q[T] / KL(q(z) || N(0, I)) of a full run", t1.mean() / r1.mean(), 0.8, 0.35,
+      "T learns the ratio's shape, its size only roughly (0.52 to 1.07 over seeds 0-4)",
+      fmt=".2f", skip=args.quick)
 loss_T = np.logaddexp(0, -t1).mean() + np.logaddexp(0, t0).mean()
 loss_star = np.logaddexp(0, -r1).mean() + np.logaddexp(0, r0).mean()
-print(f"-Eq. (20): T {loss_T:.4f}, the exact ratio T* {loss_star:.4f}, T = 0 {math.log(4):.4f}")
+check("-Eq. (20) of the exact ratio T*", loss_star, math.log(4), 0, "the ratio of Eq. (14) "
+      "classifies better than T = 0, whose loss is ln 4", side="<")
+check("-Eq. (20) of T", loss_T, loss_star, 0.01, "no logit beats T* (Eq. 14), up to the "
+      "sampling noise of 20,000 points", side=">")
+check("-Eq. (20) of T minus T*'s, a full run", loss_T - loss_star, 0.02, 0.025, "T gets within "
+      "a few hundredths of a nat of the best classifier", skip=args.quick)
+error = abs(t1 - r1)
+report("E_q|T - ln q/N|", error.mean())
+log_q = r1 + iopvae.log_standard_normal(ag.Tensor(z1.data.astype(np.float64))).data
+edge = log_q < np.quantile(log_q, 0.05)               # z outside the contour of 95% of q(z)
+report("E_q|T - ln q/N| inside the contour of 95% of q(z)", error[~edge].mean())
+report("E_q|T - ln q/N| outside it", error[edge].mean())
+report("the outside's share of E_q|T - ln q/N|", error[edge].sum() / error.sum(), ".1%")
 
 # %% The figure: T beside the true ratio, with samples of both classes
 axis = np.linspace(-4, 4, 161)
@@ -126,12 +144,13 @@ os.makedirs(args.out, exist_ok=True)
 path = os.path.join(args.out, "step3_density_ratio.png")
 atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
 print(f"wrote {path}")
+summary()
 
 # %% [markdown]
 # ## Exercises (answers: docs/exercises.md)
 # 1. Shift the exact ratio by a constant, T = T* + c: how does −Eq. (20) change, and why is the
 #    minimum at c = 0? (Hint: Eq. 12 needs equal class sizes.)
-# 2. Set `KEEP = 1.0` (no dropout). Predict, then check, whether E_q[T] moves towards the true
-#    KL, and what happens to T far from both classes.
+# 2. Set `KEEP = 0.5` (the paper's dropout, which step 4 uses). Predict, then check, what
+#    E_q[T] and T's loss become.
 # 3. Where in the figure has T seen no samples of either class? Compare T and the true ratio
 #    there: does it matter for Eq. (15), which only evaluates T at z ~ q(z|x)?
