@@ -135,15 +135,15 @@ def markdown(name, done, cpu):
 
 def render(names):
     """Run each step in full into docs/steps/ and write its Markdown beside its figure."""
+    from autograd_lite.files import atomic_write
     os.makedirs(DOCS, exist_ok=True)
     relative = os.path.relpath(DOCS, ROOT)
     for i, name in enumerate(names, 1):
         print(f"[{i}/{len(names)}] {name} ...", file=sys.stderr, flush=True)
         done, cpu = run(name, argv=["--out", relative])
         target = os.path.join(DOCS, f"{name}.md")
-        with open(target + ".tmp", "w", encoding="utf-8") as f:
-            f.write(markdown(name, done, cpu))
-        os.replace(target + ".tmp", target)
+        text = markdown(name, done, cpu)
+        atomic_write(target, lambda f: f.write(text), mode="w")
         print(f"    wrote {os.path.relpath(target, ROOT)} ({cpu:.0f} CPU s)", file=sys.stderr)
 
 
@@ -176,7 +176,7 @@ def main(argv=None):
     started = time.process_time()
     done = execute(path, settings, rest, echo=not args.json)
     if args.json:
-        json.dump({"cells": done, "cpu": time.process_time() - started}, sys.stdout)
+        print(json.dumps({"cells": done, "cpu": time.process_time() - started}))
     return 0
 
 
